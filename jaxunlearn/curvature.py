@@ -1,0 +1,243 @@
+"""Curvature of a loss: Hessian-vector products, Hessian/Fisher diagonals, top eigenvalue, trace.
+
+All functions take ``loss_fn(params, batch) -> scalar`` and any parameter pytree; they import only jax.
+Probes are batched with ``jax.vmap`` in chunks (``chunk_size``) so memory is bounded by the chunk,
+not by the number of parameters or probes. On XLA:CPU vmapped probes are several times faster than
+looping with ``lax.scan``/``lax.map``, so chunks are vmapped and the (few) chunks are looped in Python
+around one compiled function.
+
+Example:
+    >>> loss = lambda w, b: jnp.sum(jnp.sin(w) * b)
+    >>> w, b = jnp.ones(3), jnp.arange(3.0)
+    >>> hessian_diagonal(loss, w, b)          # -sin(w) * b
+    Array([-0.       , -0.84147096, -1.6829419 ], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from jaxunlearn import _validate
+
+__all__ = [
+    "hvp",
+    "hessian_diagonal",
+    "hutchinson_diagonal",
+    "fisher_diagonal",
+    "top_eigenvalue",
+    "hessian_trace",
+]
+
+PyTree = Any
+LossFn = Callable[[PyTree, Any], jax.Array]
+
+
+def hvp(loss_fn: LossFn, params: PyTree, batch: Any, v: PyTree) -> PyTree:
+    """Hessian-vector product ``H(w)·v`` with ``H = ∇²_w L(w, batch)`` (forward-over-reverse).
+
+    Costs about two gradient evaluations.
+
+    Example:
+        >>> hvp(lambda w, b: 0.5 * jnp.sum(b * w ** 2), jnp.ones(2), jnp.array([2.0, 3.0]), jnp.ones(2))
+        Array([2., 3.], dtype=float32)
+    """
+    _validate.same_structure("params", params, "v", v)
+    return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (v,))[1]
+
+
+def _flat_hvp(loss_fn: LossFn, params: PyTree, batch: Any):
+    """Return ``(flat_params, f)`` with ``f(flat_v) -> flat(H v)``."""
+    flat, unravel = ravel_pytree(params)
+
+    def f(flat_v):
+        out = hvp(loss_fn, params, batch, unravel(flat_v.astype(flat.dtype)))
+        return ravel_pytree(out)[0]
+
+    return flat, unravel, f
+
+
+def _num_chunks(total: int, chunk: int) -> int:
+    return math.ceil(total / chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
+def _hessian_diagonal(loss_fn, params, batch, chunk):
+    flat, unravel, f = _flat_hvp(loss_fn, params, batch)
+    n = flat.size
+
+    def diag_chunk(start):
+        idx = start + jnp.arange(chunk)
+        basis = jax.nn.one_hot(idx, n, dtype=flat.dtype)  # rows past the end are all-zero
+        hv = jax.vmap(f)(basis)
+        return jnp.take_along_axis(hv, jnp.minimum(idx, n - 1)[:, None], axis=1)[:, 0]
+
+    starts = jnp.arange(_num_chunks(n, chunk)) * chunk
+    return unravel(jax.lax.map(diag_chunk, starts).reshape(-1)[:n])
+
+
+def hessian_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size: int = 256) -> PyTree:
+    """Exact Hessian diagonal ``diag(H)_i = e_iᵀ H e_i`` via one HVP per coordinate.
+
+    Coordinates are processed ``chunk_size`` at a time with ``vmap`` (memory ∝ chunk_size × N); the
+    chunks run sequentially inside one compiled program. Cost: N HVPs; suitable up to ~1e5 parameters.
+    For larger models use :func:`hutchinson_diagonal`. ``loss_fn`` is a static argument: pass the same
+    function object again to reuse the compiled program.
+
+    Example:
+        >>> hessian_diagonal(lambda w, b: jnp.sum(w ** 3), jnp.array([1.0, 2.0]), None)
+        Array([ 6., 12.], dtype=float32)
+    """
+    chunk_size = _validate.positive_int("chunk_size", chunk_size)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    if n == 0:
+        raise ValueError("params has no parameters.")
+    return _hessian_diagonal(loss_fn, params, batch, min(chunk_size, n))
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_probes", "chunk"))
+def _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk):
+    flat, unravel, f = _flat_hvp(loss_fn, params, batch)
+    n_chunks = _num_chunks(num_probes, chunk)
+
+    def chunk_sum(args):
+        k, i = args
+        z = jax.random.rademacher(k, (chunk, flat.size), dtype=flat.dtype)
+        valid = (i * chunk + jnp.arange(chunk) < num_probes).astype(flat.dtype)[:, None]
+        return jnp.sum(valid * z * jax.vmap(f)(z), axis=0)
+
+    keys = jax.random.split(key, n_chunks)
+    parts = jax.lax.map(chunk_sum, (keys, jnp.arange(n_chunks)))
+    return unravel(jnp.sum(parts, axis=0) / num_probes)
+
+
+def hutchinson_diagonal(
+    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_probes: int, *, chunk_size: int = 16
+) -> PyTree:
+    """Hutchinson estimate of the Hessian diagonal ``diag(H) ≈ (1/K) Σ_k z_k ⊙ (H z_k)``.
+
+    ``z_k`` are Rademacher (±1) probes; the estimator is unbiased and its variance falls as 1/K.
+    Probes are vmapped ``chunk_size`` at a time (memory ∝ chunk_size × N); exactly ``num_probes``
+    probes are used. Cost: ``num_probes`` HVPs (≈ 2 gradients each).
+
+    Example:
+        >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)      # diagonal Hessian: exact for any K
+        >>> hutchinson_diagonal(loss, jnp.ones(2), jnp.array([2.0, 5.0]), jax.random.key(0), 4)
+        Array([2., 5.], dtype=float32)
+    """
+    num_probes = _validate.positive_int("num_probes", num_probes)
+    chunk_size = _validate.positive_int("chunk_size", chunk_size)
+    return _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, min(chunk_size, num_probes))
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
+def _fisher_diagonal(loss_fn, params, batch, chunk):
+    n = jax.tree.leaves(batch)[0].shape[0]
+    n_chunks = _num_chunks(n, chunk)
+    pad = n_chunks * chunk - n
+
+    def padded(a):
+        a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0) if pad else a
+        return a.reshape((n_chunks, chunk) + a.shape[1:])
+
+    def one(example):
+        g = jax.grad(loss_fn)(params, jax.tree.map(lambda a: a[None], example))
+        return jax.tree.map(jnp.square, g)
+
+    def chunk_sum(args):
+        sub, i = args
+        valid = (i * chunk + jnp.arange(chunk) < n).astype(jnp.float32)
+        sq = jax.vmap(one)(sub)
+        return jax.tree.map(lambda s: jnp.tensordot(valid.astype(s.dtype), s, axes=1), sq)
+
+    parts = jax.lax.map(chunk_sum, (jax.tree.map(padded, batch), jnp.arange(n_chunks)))
+    return jax.tree.map(lambda p: jnp.sum(p, axis=0) / n, parts)
+
+
+def fisher_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size: int = 256) -> PyTree:
+    """Empirical Fisher diagonal: the mean squared per-example gradient ``(1/n) Σ_i (∇ℓ_i)²``.
+
+    ``batch`` is a pytree whose leaves share a leading example axis of size n; ``ℓ_i`` is
+    ``loss_fn(params, batch_i)`` evaluated on the one-example batch ``batch_i`` (leading axis 1).
+    Per-example gradients are vmapped ``chunk_size`` examples at a time.
+
+    Example:
+        >>> loss = lambda w, b: jnp.mean(b["x"] @ w)
+        >>> fisher_diagonal(loss, jnp.ones(2), {"x": jnp.array([[1.0, 2.0], [3.0, 0.0]])})
+        Array([5., 2.], dtype=float32)
+    """
+    chunk_size = _validate.positive_int("chunk_size", chunk_size)
+    leaves = jax.tree.leaves(batch)
+    if not leaves:
+        raise ValueError("batch must contain at least one array with a leading example axis.")
+    n = leaves[0].shape[0] if leaves[0].ndim else 0
+    if n == 0 or any(x.ndim == 0 or x.shape[0] != n for x in leaves):
+        raise ValueError(
+            f"batch leaves must share a non-empty leading example axis; got shapes {[x.shape for x in leaves]}."
+        )
+    return _fisher_diagonal(loss_fn, params, batch, min(chunk_size, n))
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_iters"))
+def _top_eigenvalue(loss_fn, params, batch, key, num_iters):
+    flat, _, f = _flat_hvp(loss_fn, params, batch)
+    n = flat.size
+    k = min(num_iters, n)
+    dtype = flat.dtype
+    v0 = jax.random.normal(key, (n,), dtype)
+    Q = jnp.zeros((k + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+
+    def body(i, carry):
+        Q, alphas, betas = carry
+        w = f(Q[i])
+        alpha = jnp.dot(w, Q[i])
+        # Full reorthogonalization against all vectors so far (twice, for stability).
+        Qm = Q * (jnp.arange(k + 1) <= i).astype(dtype)[:, None]
+        for _ in range(2):
+            w = w - Qm.T @ (Qm @ w)
+        beta = jnp.linalg.norm(w)
+        q_next = jnp.where(beta > 1e-10, w / jnp.maximum(beta, 1e-30), 0.0)
+        return Q.at[i + 1].set(q_next), alphas.at[i].set(alpha), betas.at[i].set(beta)
+
+    init = (Q, jnp.zeros((k,), dtype), jnp.zeros((k,), dtype))
+    _, alphas, betas = jax.lax.fori_loop(0, k, body, init)
+    T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    return jnp.max(jnp.linalg.eigvalsh(T))
+
+
+def top_eigenvalue(
+    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_iters: int = 30
+) -> jax.Array:
+    """Largest (algebraic) Hessian eigenvalue ``λ_max(H)`` by Lanczos with full reorthogonalization.
+
+    ``num_iters`` = k HVPs build a k×k tridiagonal ``T = Qᵀ H Q``; the result is ``λ_max(T)``, which
+    converges to ``λ_max(H)`` from below (exact once k reaches the number of parameters). Memory: k
+    parameter-sized vectors.
+
+    Example:
+        >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)
+        >>> top_eigenvalue(loss, jnp.ones(3), jnp.array([1.0, 4.0, 2.0]), jax.random.key(0), 3)
+        Array(4., dtype=float32)
+    """
+    num_iters = _validate.positive_int("num_iters", num_iters)
+    return _top_eigenvalue(loss_fn, params, batch, key, num_iters)
+
+
+def hessian_trace(
+    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_probes: int, *, chunk_size: int = 16
+) -> jax.Array:
+    """Hutchinson estimate of the Hessian trace ``tr(H) ≈ (1/K) Σ_k z_kᵀ H z_k`` (Rademacher ``z_k``).
+
+    Example:
+        >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)
+        >>> hessian_trace(loss, jnp.ones(2), jnp.array([2.0, 5.0]), jax.random.key(0), 8)
+        Array(7., dtype=float32)
+    """
+    diag = hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk_size=chunk_size)
+    return sum(jnp.sum(x) for x in jax.tree.leaves(diag))

@@ -1,0 +1,79 @@
+"""Small building blocks shared by the models: pooling and input checks.
+
+Only jax/numpy here; the modules themselves live in the per-model files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2×2 max pooling with stride 2 on an NHWC batch, written as a reshape.
+
+    ``out[b, i, j, c] = max(x[b, 2i:2i+2, 2j:2j+2, c])``. An odd height or width is cropped first (the
+    last row/column is dropped), exactly like ``VALID`` padding in ``flax.linen.max_pool``.
+
+    Why a reshape: on XLA:CPU the gradient of ``lax.reduce_window`` (used by ``nnx.max_pool``) lowers to
+    ``select_and_scatter``, which is many times slower than the gradient of a plain ``max`` reduction.
+    The forward values are identical; the gradients are identical when each window has a unique maximum
+    (on ties ``jnp.max`` splits the cotangent evenly between the tied entries instead of picking one).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+        >>> max_pool_2x2(x)[0, :, :, 0].tolist()
+        [[5.0, 7.0], [13.0, 15.0]]
+    """
+    if x.ndim != 4:
+        raise ValueError(f"max_pool_2x2 expects an NHWC array [B, H, W, C], got shape {tuple(x.shape)}")
+    b, h, w, c = x.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"max_pool_2x2 needs H, W >= 2, got H={h}, W={w}")
+    h2, w2 = h // 2, w // 2
+    x = x[:, : 2 * h2, : 2 * w2, :]
+    return x.reshape(b, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+def as_float(x) -> jax.Array:
+    """Return ``x`` as a JAX array, casting integer/bool inputs (e.g. uint8 images) to float32.
+
+    Floating inputs keep their dtype (so bfloat16 inputs stay bfloat16).
+
+    Example:
+        >>> import numpy as np
+        >>> as_float(np.zeros((2, 3), np.uint8)).dtype
+        dtype('float32')
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    return x
+
+
+def prepare_input(x, expected: Sequence[int], model: str) -> tuple[jax.Array, bool]:
+    """Validate ``x`` against the per-example shape ``expected`` and add a batch axis if it is missing.
+
+    Accepts ``[B, *expected]`` or a single example ``[*expected]`` (handy under ``jax.vmap`` over
+    examples). Returns ``(x_batched, was_single)``; integer inputs are cast to float32 (`as_float`).
+    Shapes are static, so the check costs nothing under ``jax.jit``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> x, single = prepare_input(jnp.zeros((8, 8, 1)), (8, 8, 1), "cnn")
+        >>> x.shape, single
+        ((1, 8, 8, 1), True)
+    """
+    x = as_float(x)
+    expected = tuple(int(s) for s in expected)
+    if tuple(x.shape) == expected:
+        return x[None], True
+    if x.ndim == len(expected) + 1 and tuple(x.shape[1:]) == expected:
+        return x, False
+    raise ValueError(
+        f"{model}: expected input of shape [B, {', '.join(map(str, expected))}] (or one example "
+        f"[{', '.join(map(str, expected))}]), got {tuple(x.shape)}"
+    )

@@ -1,0 +1,108 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import mlp_loss
+from jax.flatten_util import ravel_pytree
+
+from jaxunlearn import curvature
+
+
+@pytest.fixture
+def dense(mlp):
+    params, batch = mlp
+    flat, unravel = ravel_pytree(params)
+    H = jax.hessian(lambda f: mlp_loss(unravel(f), batch))(flat)
+    return params, batch, np.asarray(H, np.float64), unravel
+
+
+def _flat(t):
+    return np.asarray(ravel_pytree(t)[0])
+
+
+def test_hvp_matches_dense_hessian(dense):
+    params, batch, H, unravel = dense
+    v = jax.random.normal(jax.random.key(1), (H.shape[0],))
+    got = curvature.hvp(mlp_loss, params, batch, unravel(v))
+    np.testing.assert_allclose(_flat(got), H @ np.asarray(v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 256])
+def test_exact_diagonal_matches_dense_hessian(dense, chunk_size):
+    params, batch, H, _ = dense
+    got = curvature.hessian_diagonal(mlp_loss, params, batch, chunk_size=chunk_size)
+    assert jax.tree.structure(got) == jax.tree.structure(params)
+    np.testing.assert_allclose(_flat(got), np.diag(H), rtol=1e-4, atol=1e-6)
+
+
+def test_hutchinson_converges_to_exact_diagonal(dense):
+    params, batch, H, _ = dense
+    exact = np.diag(H)
+    errors = []
+    for probes in (4, 64, 1024):
+        est = curvature.hutchinson_diagonal(mlp_loss, params, batch, jax.random.key(3), probes, chunk_size=64)
+        errors.append(np.linalg.norm(_flat(est) - exact) / np.linalg.norm(exact))
+    assert errors[2] < errors[0]
+    assert errors[2] < 0.5 * errors[0]
+    assert errors[2] < 0.25
+
+
+def test_hutchinson_uses_exactly_num_probes_with_uneven_chunks():
+    # diagonal Hessian: every probe gives the exact diagonal, so any count works; an uneven last chunk
+    # must not be double counted
+    loss = lambda w, b: 0.5 * jnp.sum(b * w**2)
+    b = jnp.array([1.0, 2.0, 3.0])
+    est = curvature.hutchinson_diagonal(loss, jnp.ones(3), b, jax.random.key(0), 5, chunk_size=2)
+    np.testing.assert_allclose(est, b, rtol=1e-6)
+
+
+def test_fisher_is_mean_squared_per_example_gradient(mlp):
+    params, (x, y) = mlp
+    per_example = [ravel_pytree(jax.grad(mlp_loss)(params, (x[i : i + 1], y[i : i + 1])))[0] for i in range(len(y))]
+    expected = np.mean(np.square(np.stack(per_example)), axis=0)
+    for chunk in (5, 16, 100):
+        got = curvature.fisher_diagonal(mlp_loss, params, (x, y), chunk_size=chunk)
+        np.testing.assert_allclose(_flat(got), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_top_eigenvalue_and_trace_match_numpy(dense):
+    params, batch, H, _ = dense
+    n = H.shape[0]
+    lam = curvature.top_eigenvalue(mlp_loss, params, batch, jax.random.key(0), num_iters=n)
+    assert float(lam) == pytest.approx(np.linalg.eigvalsh(H).max(), rel=1e-3)
+    # few iterations already give a close lower estimate of the largest eigenvalue
+    lam10 = curvature.top_eigenvalue(mlp_loss, params, batch, jax.random.key(0), num_iters=10)
+    assert float(lam10) <= np.linalg.eigvalsh(H).max() * (1 + 1e-4)
+    assert float(lam10) >= 0.9 * np.linalg.eigvalsh(H).max()
+    tr = curvature.hessian_trace(mlp_loss, params, batch, jax.random.key(1), 2000, chunk_size=250)
+    assert float(tr) == pytest.approx(np.trace(H), rel=0.1, abs=0.05)
+
+
+def test_under_jit_and_vmap(mlp):
+    params, batch = mlp
+    probes = jax.random.normal(jax.random.key(0), (3,) + ravel_pytree(params)[0].shape)
+    unravel = ravel_pytree(params)[1]
+    batched = jax.jit(jax.vmap(lambda v: ravel_pytree(curvature.hvp(mlp_loss, params, batch, unravel(v)))[0]))(probes)
+    for i in range(3):
+        single = ravel_pytree(curvature.hvp(mlp_loss, params, batch, unravel(probes[i])))[0]
+        np.testing.assert_allclose(batched[i], single, rtol=1e-5, atol=1e-6)
+    jitted = jax.jit(lambda p: curvature.hutchinson_diagonal(mlp_loss, p, batch, jax.random.key(0), 4))(params)
+    eager = curvature.hutchinson_diagonal(mlp_loss, params, batch, jax.random.key(0), 4)
+    np.testing.assert_allclose(_flat(jitted), _flat(eager), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda p, b: curvature.hutchinson_diagonal(mlp_loss, p, b, jax.random.key(0), 0), "num_probes"),
+        (lambda p, b: curvature.hessian_trace(mlp_loss, p, b, jax.random.key(0), -2), "num_probes"),
+        (lambda p, b: curvature.hessian_diagonal(mlp_loss, p, b, chunk_size=0), "chunk_size"),
+        (lambda p, b: curvature.top_eigenvalue(mlp_loss, p, b, jax.random.key(0), num_iters=0), "num_iters"),
+        (lambda p, b: curvature.hvp(mlp_loss, p, b, {"x": jnp.ones(2)}), "params"),
+        (lambda p, b: curvature.fisher_diagonal(mlp_loss, p, (b[0], b[1][:3])), "leading"),
+    ],
+)
+def test_bad_input_raises(mlp, call, name):
+    params, batch = mlp
+    with pytest.raises(ValueError, match=name):
+        call(params, batch)
