@@ -1,0 +1,629 @@
+"""The one training/unlearning loop shared by pretraining, Retrain and every unlearning method.
+
+A run is described by a :class:`Plan`: one or more :class:`Phase` objects (each a loss, the batches it
+reads, an optional parameter mask and the SAM sign), an optimizer configuration, the number of epochs
+and the hyperparameters ``hp`` (a pytree of arrays passed at run time, so changing a value never
+recompiles). Each step pairs one retain batch with one (cycled) forget batch; every active phase takes
+one optimizer step on the shared parameters, each phase with its own optimizer state ("two optimizers
+over one model" for Sharp MinMax). An epoch is one pass over the retain set (``epoch_over="retain"``)
+or the forget set (``"forget"``, e.g. gradient ascent).
+
+The data live on the device once; batches are gathered by index inside the compiled step (no Python
+work per example). Steps are jit-compiled once per (model, loss, optimizer) and reused across epochs,
+methods and runs; parameters and optimizer states are donated.
+
+SAM in a step: ``optax.chain(transforms.sam(...), base)`` with ``grad_fn`` re-evaluating the same batch
+at the perturbed point; the loss value and the batch-norm statistics come from the unperturbed pass.
+
+Example:
+    >>> plan = Plan(phases=(Phase("train", supervised_loss),), optimizer=OptimConfig(), epochs=5)
+    >>> result = run(plan, apply_fn, params, model_state, data, retain_idx=np.arange(n))
+    >>> result.params, result.history
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxunlearn import _validate, objectives, transforms
+from jaxunlearn.checkpoint import Checkpointer
+
+__all__ = [
+    "OptimConfig",
+    "Phase",
+    "Plan",
+    "RunResult",
+    "DeviceData",
+    "build_optimizer",
+    "supervised_loss",
+    "run",
+    "train",
+    "train_many",
+    "evaluate",
+    "COMPILE_COUNTER",
+]
+
+PyTree = Any
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SAM_KINDS = ("none", "sam", "asam")
+SCHEDULES = ("cosine", "constant")
+MASK_READINGS = ("strict", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer settings: a base Optax optimizer, optionally wrapped in SAM or ASAM.
+
+    ``name``: ``sgd`` (momentum, coupled weight decay as in PyTorch), ``adamw`` or ``adam``;
+    ``schedule``: ``cosine`` decay to 0 over the run, or ``constant``; ``sam``: ``none``, ``sam``
+    (T = 1) or ``asam`` (T = |w| + η); ``rho``, ``lamb`` (λ of ``g + s·λ·(g' − g)``), ``eta``.
+
+    Defaults are the papers' pretraining recipe (SGD lr 0.1, momentum 0.9, wd 5e-4, cosine);
+    :data:`UNLEARN_DEFAULT` is the unlearning one (AdamW lr 0.01, wd 5e-4).
+
+    Example:
+        >>> OptimConfig(sam="sam", rho=0.1).with_sam("asam").sam
+        'asam'
+    """
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    sam: str = "none"
+    rho: float = 0.1
+    lamb: float = 1.0
+    eta: float = 0.01
+
+    def __post_init__(self):
+        _validate.choice("optimizer", self.name, OPTIMIZERS)
+        _validate.choice("sam", self.sam, SAM_KINDS)
+        _validate.choice("schedule", self.schedule, SCHEDULES)
+        _validate.positive("lr", self.lr, hint="Use a learning rate such as 0.01.")
+        _validate.positive("rho", self.rho, hint="SAM's radius must be positive, e.g. 0.05 or 0.1.")
+        _validate.positive("weight_decay", self.weight_decay, allow_zero=True)
+        _validate.positive("momentum", self.momentum, allow_zero=True)
+        _validate.positive("lamb", self.lamb, allow_zero=True)
+        _validate.positive("eta", self.eta, allow_zero=True)
+
+    def with_sam(self, kind: str, **kw) -> OptimConfig:
+        """A copy with ``sam=kind`` (and e.g. ``rho=``)."""
+        return dataclasses.replace(self, sam=kind, **kw)
+
+
+PRETRAIN_DEFAULT = OptimConfig()
+UNLEARN_DEFAULT = OptimConfig(name="adamw", lr=0.01, momentum=0.0, weight_decay=5e-4, schedule="constant")
+
+
+def _base_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    lr = optax.cosine_decay_schedule(cfg.lr, max(1, total_steps)) if cfg.schedule == "cosine" else cfg.lr
+    if cfg.name == "sgd":
+        parts = []
+        if cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        parts.append(optax.sgd(lr, momentum=cfg.momentum or None))
+        return optax.chain(*parts)
+    if cfg.name == "adamw":
+        return optax.adamw(lr, weight_decay=cfg.weight_decay)
+    return optax.adam(lr)
+
+
+def build_optimizer(
+    cfg: OptimConfig,
+    total_steps: int,
+    *,
+    sign: str = "min",
+    mask: PyTree | None = None,
+    mask_reading: str = "strict",
+) -> optax.GradientTransformationExtraArgs:
+    """The Optax optimizer of a phase: ``[sam] -> [mask] -> base [-> mask]``.
+
+    * no SAM: ``g ↦ base(g)``; with SAM/ASAM: ``g ↦ base(g + s·λ·(g' − g))``.
+    * ``mask`` M, ``mask_reading="strict"``: the whole update is ``M ⊙ base(M ⊙ d)`` (parameters outside
+      M never move). ``"reference"``: as the Sharp MinMax PyTorch code, only ``g'`` is masked inside SAM
+      (``g + s·λ·(M⊙g' − g)``), or only the gradient without SAM, and AdamW's decay hits every parameter.
+    * ``sign="max"`` (sharpness maximization) needs SAM; without SAM the sign has no effect.
+
+    Example:
+        >>> opt = build_optimizer(OptimConfig(sam="sam"), 100)
+        >>> state = opt.init(params)
+        >>> upd, state = opt.update(g, state, params, grad_fn=lambda p: jax.grad(loss)(p, batch))
+    """
+    _validate.choice("mask_reading", mask_reading, MASK_READINGS)
+    base = _base_optimizer(cfg, total_steps)
+    parts = []
+    if cfg.sam != "none":
+        parts.append(
+            transforms.sam(
+                cfg.rho,
+                adaptive=cfg.sam == "asam",
+                eta=cfg.eta if cfg.sam == "asam" else 0.0,
+                lamb=cfg.lamb,
+                sign=sign,
+                perturbed_mask=mask if (mask is not None and mask_reading == "reference") else None,
+            )
+        )
+    if mask is None:
+        parts.append(base)
+    elif mask_reading == "strict":
+        parts.append(transforms.masked(base, mask, mask_output=True))
+    elif cfg.sam == "none":
+        parts.append(transforms.masked(base, mask, mask_output=False))
+    else:
+        parts.append(base)
+    return optax.chain(*parts)
+
+
+def supervised_loss(apply_fn, params, model_state, batch, hp):
+    """Cross-entropy on the retain batch, ``CE(f(x_r), y_r)``: pretraining, Retrain and fine-tuning.
+
+    Every phase loss has this signature:
+    ``loss(apply_fn, params, model_state, batch, hp) -> (loss, new_model_state)`` with ``batch`` a dict
+    of ``x_r, y_r, i_r`` (retain inputs, labels, train indices) and ``x_f, y_f, i_f`` (forget).
+
+    Example:
+        >>> loss, state = supervised_loss(apply_fn, params, state, {"x_r": x, "y_r": y}, {})
+    """
+    logits, new_state = apply_fn(params, model_state, batch["x_r"], train=True)
+    return objectives.cross_entropy(logits, batch["y_r"]), new_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One optimizer step per engine step.
+
+    Attributes:
+        name: shown in histories.
+        loss: ``loss(apply_fn, params, model_state, batch, hp) -> (loss, new_model_state)``; a
+            module-level function, so compiled steps are shared between runs.
+        uses: which batches the loss reads: ``("retain",)``, ``("forget",)`` or both.
+        sign: ``"min"`` (SAM) or ``"max"`` (sharpness maximization) when the optimizer uses SAM.
+        mask_key: name of a boolean mask pytree in ``hp`` restricting this phase's updates, or None.
+        active: ``epoch -> bool`` (e.g. SCRUB's max steps only in the first epochs); None = always.
+        optimizer: overrides the plan's optimizer for this phase.
+    """
+
+    name: str
+    loss: Callable
+    uses: tuple[str, ...] = ("retain",)
+    sign: str = "min"
+    mask_key: str | None = None
+    active: Callable[[int], bool] | None = None
+    optimizer: OptimConfig | None = None
+
+    def is_active(self, epoch: int) -> bool:
+        return True if self.active is None else bool(self.active(epoch))
+
+
+@dataclasses.dataclass
+class Plan:
+    """What :func:`run` executes. See the module docstring."""
+
+    phases: tuple[Phase, ...]
+    optimizer: OptimConfig = UNLEARN_DEFAULT
+    epochs: int = 10
+    batch_size: int = 64
+    epoch_over: str = "retain"
+    hp: dict = dataclasses.field(default_factory=dict)
+    mask_reading: str = "strict"
+    name: str = "run"
+
+    def __post_init__(self):
+        if not self.phases:
+            raise ValueError("a Plan needs at least one Phase.")
+        _validate.positive_int("epochs", self.epochs)
+        _validate.positive_int("batch_size", self.batch_size)
+        _validate.choice("epoch_over", self.epoch_over, ("retain", "forget"))
+        _validate.choice("mask_reading", self.mask_reading, MASK_READINGS)
+        for ph in self.phases:
+            _validate.choice("phase sign", ph.sign, ("min", "max"))
+            if ph.mask_key is not None and ph.mask_key not in self.hp:
+                raise ValueError(f"phase {ph.name!r} uses mask {ph.mask_key!r}, which is missing from hp.")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Output of :func:`run`: final parameters/state, per-epoch history, timing and divergence report."""
+
+    params: PyTree
+    model_state: PyTree
+    history: list[dict]
+    seconds: float
+    diverged: dict | None = None
+    resumed_from: int | None = None
+
+
+@dataclasses.dataclass
+class DeviceData:
+    """Training arrays placed on the device once: ``x`` [N, ...], ``y`` [N]."""
+
+    x: jax.Array
+    y: jax.Array
+
+    @classmethod
+    def from_numpy(cls, x, y, sharding=None) -> DeviceData:
+        x = np.asarray(x, np.float32)
+        y = np.asarray(y, np.int32)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y must have the same number of examples, got {x.shape[0]} and {y.shape[0]}.")
+        put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
+        return cls(put(x), put(y))
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+class _CompileCounter:
+    """Counts traces of the engine's step functions (a trace precedes every compilation)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def reset(self):
+        self.count = 0
+
+
+COMPILE_COUNTER = _CompileCounter()
+
+
+def _gather(data_x, data_y, idx):
+    return jnp.take(data_x, idx, axis=0), jnp.take(data_y, idx, axis=0)
+
+
+def _finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask):
+    """Pure (unjitted) single-phase update: used by the jitted step and by the vmapped sweep."""
+
+    def update(params, model_state, opt_state, x, y, idx_r, idx_f, hp, mask):
+        x_r, y_r = _gather(x, y, idx_r)
+        x_f, y_f = _gather(x, y, idx_f)
+        batch = {"x_r": x_r, "y_r": y_r, "i_r": idx_r, "x_f": x_f, "y_f": y_f, "i_f": idx_f}
+
+        def lf(p):
+            return phase_loss(apply_fn, p, model_state, batch, hp)
+
+        (loss, new_state), g = jax.value_and_grad(lf, has_aux=True)(params)
+        tx = build_optimizer(cfg, total_steps, sign=sign, mask=mask if has_mask else None, mask_reading=mask_reading)
+        updates, opt_state = tx.update(g, opt_state, params, grad_fn=lambda p: jax.grad(lf, has_aux=True)(p)[0])
+        params = optax.apply_updates(params, updates)
+        return params, new_state, opt_state, loss
+
+    return update
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted_step(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask):
+    update = _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask)
+
+    def step(params, model_state, opt_state, ok, x, y, idx_r, idx_f, hp, mask):
+        COMPILE_COUNTER.count += 1  # runs only while tracing
+        params, new_state, opt_state, loss = update(params, model_state, opt_state, x, y, idx_r, idx_f, hp, mask)
+        ok = ok & jnp.isfinite(loss) & _finite(params)
+        return params, new_state, opt_state, ok, loss
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+def _epoch_indices(rng: np.random.Generator, pool: np.ndarray, steps: int, batch: int) -> np.ndarray:
+    """``steps × batch`` indices: shuffled passes over ``pool`` (wrapping around), as int32."""
+    need = steps * batch
+    reps = math.ceil(need / max(1, len(pool)))
+    idx = np.concatenate([rng.permutation(pool) for _ in range(reps)])[:need]
+    return idx.reshape(steps, batch).astype(np.int32)
+
+
+def _copy(tree):
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+
+
+def _phase_cfg(plan: Plan, phase: Phase) -> OptimConfig:
+    return phase.optimizer or plan.optimizer
+
+
+def run(
+    plan: Plan,
+    apply_fn: Callable,
+    params: PyTree,
+    model_state: PyTree,
+    data: DeviceData,
+    *,
+    retain_idx: np.ndarray,
+    forget_idx: np.ndarray | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    desc: str | None = None,
+    on_epoch_end: Callable[[int, PyTree, PyTree], None] | None = None,
+) -> RunResult:
+    """Execute ``plan`` starting from ``params`` / ``model_state``; the inputs are not modified.
+
+    Per epoch: ``steps = ⌈|pool| / B⌉`` with ``pool`` the retain or forget indices; the retain and the
+    forget batches are shuffled passes (forget cycled) drawn from ``numpy`` generators seeded by
+    ``(seed, epoch)``, so a resumed run sees exactly the batches of an uninterrupted one.
+
+    Divergence guard: a non-finite loss or parameter during an epoch stops the run, restores the
+    parameters of the last finite epoch end and reports ``diverged = {"epoch", "reason"}``.
+
+    Checkpoints (``checkpoint_dir``): saved every ``checkpoint_every`` epochs with Orbax; with
+    ``resume=True`` the newest one is restored and the run continues after it.
+
+    Example:
+        >>> plan = Plan((Phase("train", supervised_loss),), optimizer=PRETRAIN_DEFAULT, epochs=3)
+        >>> res = run(plan, apply_fn, params, state, DeviceData.from_numpy(x, y), retain_idx=np.arange(len(y)))
+    """
+    n = len(data)
+    retain_idx = _check_indices("retain_idx", retain_idx, n, allow_empty=plan.epoch_over == "forget")
+    forget_idx = _check_indices("forget_idx", forget_idx if forget_idx is not None else [], n, allow_empty=True)
+    uses_forget = plan.epoch_over == "forget" or any("forget" in ph.uses for ph in plan.phases)
+    if uses_forget and forget_idx.size == 0:
+        raise ValueError(f"{plan.name}: the forget set is empty; choose a forget set with at least one example.")
+    uses_retain = plan.epoch_over == "retain" or any("retain" in ph.uses for ph in plan.phases)
+    if uses_retain and retain_idx.size == 0:
+        raise ValueError(f"{plan.name}: the retain set is empty; unlearning everything leaves nothing to keep.")
+    if retain_idx.size and forget_idx.size and np.intersect1d(retain_idx, forget_idx).size:
+        raise ValueError("retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.")
+
+    pool = retain_idx if plan.epoch_over == "retain" else forget_idx
+    bs = plan.batch_size
+    steps = max(1, math.ceil(pool.size / bs))
+    total_steps = steps * plan.epochs
+    r_pool = retain_idx if retain_idx.size else forget_idx
+    f_pool = forget_idx if forget_idx.size else retain_idx
+
+    params = _copy(params)
+    model_state = _copy(model_state)
+    hp = plan.hp
+    opt_states = [
+        build_optimizer(
+            _phase_cfg(plan, ph),
+            total_steps,
+            sign=ph.sign,
+            mask=hp[ph.mask_key] if ph.mask_key else None,
+            mask_reading=plan.mask_reading,
+        ).init(params)
+        for ph in plan.phases
+    ]
+    steps_fns = [
+        _jitted_step(
+            apply_fn,
+            ph.loss,
+            _phase_cfg(plan, ph),
+            total_steps,
+            ph.sign,
+            plan.mask_reading,
+            ph.mask_key is not None,
+        )
+        for ph in plan.phases
+    ]
+
+    start_epoch = 0
+    history: list[dict] = []
+    ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
+    resumed_from = None
+    if ckpt is not None and resume:
+        template = {"params": params, "model_state": model_state, "opt_states": opt_states, "epoch": 0}
+        step_, restored = ckpt.restore_latest(template)
+        if step_ is not None:
+            params, model_state, opt_states = restored["params"], restored["model_state"], restored["opt_states"]
+            start_epoch = int(restored["epoch"])
+            resumed_from = start_epoch
+            opt_states = list(opt_states)
+
+    ok0 = jnp.array(True)
+    last_good = (_copy(params), _copy(model_state))
+    diverged = None
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=plan.epochs * steps,
+        initial=start_epoch * steps,
+        desc=desc or plan.name,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    try:
+        for epoch in range(start_epoch, plan.epochs):
+            active = [i for i, ph in enumerate(plan.phases) if ph.is_active(epoch)]
+            rng = np.random.default_rng([seed, epoch])
+            idx_r = _epoch_indices(rng, r_pool, steps, bs)
+            idx_f = _epoch_indices(rng, f_pool, steps, min(bs, f_pool.size))
+            ok = ok0
+            losses = {plan.phases[i].name: [] for i in active}
+            for s in range(steps):
+                for i in active:
+                    ph = plan.phases[i]
+                    mask = hp[ph.mask_key] if ph.mask_key else None
+                    params, model_state, opt_states[i], ok, loss = steps_fns[i](
+                        params, model_state, opt_states[i], ok, data.x, data.y, idx_r[s], idx_f[s], hp, mask
+                    )
+                    losses[ph.name].append(loss)
+                bar.update(1)
+            record = {"epoch": epoch + 1}
+            for name, ls in losses.items():
+                record[f"loss/{name}"] = float(jnp.mean(jnp.stack(ls))) if ls else float("nan")
+            if not bool(ok):
+                diverged = {"epoch": epoch + 1, "reason": "non-finite loss or parameters"}
+                params, model_state = last_good
+                record["diverged"] = True
+                history.append(record)
+                break
+            history.append(record)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss/")})
+            last_good = (_copy(params), _copy(model_state))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, params, model_state)
+            if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == plan.epochs):
+                ckpt.save(
+                    epoch + 1,
+                    {"params": params, "model_state": model_state, "opt_states": opt_states, "epoch": epoch + 1},
+                )
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
+    jax.block_until_ready(params)
+    return RunResult(params, model_state, history, time.perf_counter() - t0, diverged, resumed_from)
+
+
+def _check_indices(name: str, idx, n: int, *, allow_empty: bool) -> np.ndarray:
+    idx = np.asarray(idx)
+    if idx.size == 0:
+        if not allow_empty:
+            raise ValueError(f"{name} is empty; it must select at least one training example.")
+        return idx.astype(np.int64).reshape(0)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D array of integer indices, got shape {idx.shape} dtype {idx.dtype}.")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"{name} has indices outside [0, {n}) (the training set has {n} examples).")
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"{name} contains duplicate indices.")
+    return idx.astype(np.int64)
+
+
+def train(
+    apply_fn: Callable,
+    params: PyTree,
+    model_state: PyTree,
+    data: DeviceData,
+    *,
+    optimizer: OptimConfig = PRETRAIN_DEFAULT,
+    epochs: int,
+    batch_size: int = 64,
+    train_idx: np.ndarray | None = None,
+    seed: int = 0,
+    **kwargs,
+) -> RunResult:
+    """Supervised training with cross-entropy (pretraining, Retrain): :func:`run` with one phase.
+
+    Example:
+        >>> res = train(apply_fn, params, state, data, optimizer=OptimConfig(sam="sam"), epochs=10)
+    """
+    idx = np.arange(len(data)) if train_idx is None else train_idx
+    plan = Plan(
+        phases=(Phase("train", supervised_loss),),
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        name=kwargs.pop("name", "train"),
+    )
+    return run(plan, apply_fn, params, model_state, data, retain_idx=idx, seed=seed, **kwargs)
+
+
+def train_many(
+    apply_fn: Callable,
+    params: PyTree,
+    model_state: PyTree,
+    data: DeviceData,
+    index_sets: np.ndarray,
+    *,
+    optimizer: OptimConfig = PRETRAIN_DEFAULT,
+    epochs: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "train x K",
+) -> tuple[PyTree, PyTree]:
+    """Train K models at once with ``jax.vmap``: one compiled program, K parameter sets.
+
+    ``params`` / ``model_state`` carry a leading axis K (e.g. from ``jax.vmap(init)(keys)``), and
+    ``index_sets`` is ``[K, m]``: model k trains on examples ``index_sets[k]`` (equal sizes, e.g.
+    random 70 % subsets for memorization scores or LiRA shadow models). Model k's batches are drawn
+    from a generator seeded by ``(seed, k, epoch)``, so row k equals a separate :func:`train`-style run
+    with those batches. Returns the stacked ``(params, model_state)``.
+
+    Example:
+        >>> keys = jax.random.split(jax.random.key(0), 8)
+        >>> stacked = jax.vmap(lambda k: init(k))(keys)
+        >>> p, s = train_many(apply_fn, *stacked, data, subsets, epochs=5)
+    """
+    index_sets = np.asarray(index_sets)
+    if index_sets.ndim != 2 or index_sets.shape[1] == 0:
+        raise ValueError(f"index_sets must be [K, m] with m >= 1 (one row of indices per model), got {index_sets.shape}.")
+    k_models, m = index_sets.shape
+    lead = {np.shape(x)[0] for x in jax.tree.leaves(params)}
+    if lead != {k_models}:
+        raise ValueError(f"params must have a leading axis of size K={k_models} (one set per model), got {lead}.")
+    steps = max(1, math.ceil(m / batch_size))
+    total = steps * epochs
+    tx = build_optimizer(optimizer, total)
+    update = _phase_update(apply_fn, supervised_loss, optimizer, total, "min", "strict", False)
+
+    def one(p, s, o, x, y, ir):
+        return update(p, s, o, x, y, ir, ir, {}, None)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(p, s, o, x, y, ir):
+        COMPILE_COUNTER.count += 1
+        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))(p, s, o, x, y, ir)
+
+    params, model_state = _copy(params), _copy(model_state)
+    opt_state = jax.vmap(tx.init)(params)
+    bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for epoch in range(epochs):
+        idx = np.stack(
+            [_epoch_indices(np.random.default_rng([seed, k, epoch]), index_sets[k], steps, batch_size) for k in range(k_models)],
+            axis=1,
+        )  # [steps, K, B]
+        idx = jnp.asarray(idx)
+        for s in range(steps):
+            params, model_state, opt_state, _ = step(params, model_state, opt_state, data.x, data.y, idx[s])
+            bar.update(1)
+    bar.close()
+    return params, model_state
+
+
+def evaluate(
+    apply_fn: Callable, params: PyTree, model_state: PyTree, x, y=None, *, batch_size: int = 1024
+) -> dict[str, np.ndarray | float]:
+    """Eval-mode logits for ``x`` (batched, jitted) and, with labels, accuracy and per-example loss.
+
+    Returns ``{"logits", "loss", "correct", "accuracy"}`` (numpy; the last three only with ``y``).
+
+    Example:
+        >>> evaluate(apply_fn, params, state, x_test, y_test)["accuracy"]
+    """
+    x = np.asarray(x, np.float32)
+    if x.shape[0] == 0:
+        raise ValueError("cannot evaluate on an empty set of examples.")
+    outs = []
+    fn = _eval_fn(apply_fn)
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start : start + batch_size]
+        pad = batch_size - chunk.shape[0] if x.shape[0] > batch_size else 0
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        out = np.asarray(fn(params, model_state, chunk))
+        outs.append(out[: out.shape[0] - pad] if pad else out)
+    logits = np.concatenate(outs)
+    result: dict[str, Any] = {"logits": logits}
+    if y is not None:
+        y = np.asarray(y)
+        result["loss"] = np.asarray(objectives.per_example_cross_entropy(jnp.asarray(logits), jnp.asarray(y)))
+        result["correct"] = logits.argmax(-1) == y
+        result["accuracy"] = float(result["correct"].mean())
+    return result
+
+
+@functools.lru_cache(maxsize=64)
+def _eval_fn(apply_fn):
+    return jax.jit(lambda p, s, x: apply_fn(p, s, x, train=False)[0])
