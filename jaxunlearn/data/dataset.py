@@ -73,13 +73,10 @@ class Dataset:
             if len(x) != len(y):
                 raise ValueError(f"{self.name}: x_{split} has {len(x)} examples but y_{split} has {len(y)}")
             if x.shape[1:] != shape:
-                raise ValueError(
-                    f"{self.name}: x_{split} examples have shape {x.shape[1:]}, x_train examples {shape}"
-                )
+                raise ValueError(f"{self.name}: x_{split} examples have shape {x.shape[1:]}, x_train examples {shape}")
             if y.size and (y.min() < 0 or y.max() >= self.num_classes):
                 raise ValueError(
-                    f"{self.name}: y_{split} has labels in [{y.min()}, {y.max()}], "
-                    f"outside [0, {self.num_classes})"
+                    f"{self.name}: y_{split} has labels in [{y.min()}, {y.max()}], outside [0, {self.num_classes})"
                 )
             if x.size and not np.isfinite(x).all():
                 raise ValueError(f"{self.name}: x_{split} contains NaN or inf")
@@ -125,9 +122,7 @@ def _allocate(counts: np.ndarray, n_take: int) -> np.ndarray:
     return take
 
 
-def stratified_split(
-    labels: np.ndarray, n_take: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, n_take: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Split `range(len(labels))` into `n_take` indices and the rest, keeping class proportions.
 
     Each class contributes `round`-ed (largest-remainder) shares of `n_take`; the examples within a class

@@ -43,23 +43,25 @@ def _open_split(name: str, split: str, data_dir: str | None):
             f"TFDS has no dataset {name!r} (neither registered nor prepared in {shown_dir!r}). "
             f"See https://www.tensorflow.org/datasets/catalog for names."
         ) from e
-    except (NotImplementedError, FileNotFoundError, AssertionError, OSError) as e:
+    except (NotImplementedError, FileNotFoundError, AssertionError, OSError, KeyError, ValueError) as e:
+        # tfds reports missing data in several ways (no random-access files, empty split metadata, ...):
+        # ask the builder whether the dataset is prepared at all to pick the right message.
         try:
             prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
         except Exception:  # only used to choose the message
             prepared = False
-        if prepared:
+        if not prepared:
+            raise FileNotFoundError(
+                f"TFDS dataset {name!r} is not prepared in {shown_dir!r} and jaxunlearn never downloads. "
+                + _build_hint(name, shown_dir)
+            ) from e
+        if isinstance(e, NotImplementedError):
             raise RuntimeError(
                 f"TFDS dataset {name!r} is prepared in {shown_dir!r} but not in a random-access format "
                 f"(ArrayRecord), which reading without TensorFlow needs ({e}). Rebuild it: "
                 + _build_hint(name, shown_dir)
             ) from e
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in {shown_dir!r} and jaxunlearn never downloads. "
-            + _build_hint(name, shown_dir)
-        ) from e
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"TFDS dataset {name!r} has no split {split!r}: {e}") from e
+        raise ValueError(f"TFDS dataset {name!r}: cannot open split {split!r}: {e}") from e
 
 
 def _feature_keys(info, image_key: str | None, label_key: str | None) -> tuple[str, str, int]:
@@ -153,7 +155,8 @@ def tfds_arrays(
     int32. The test split is `test_split`, else `"test"`, else `"validation"`. `max_train` / `max_test`
     read only a uniformly random, seeded subset of that many examples (labels are unknown before
     reading, so this subset is not stratified); reads go in sorted index batches. `info` holds
-    `num_classes`, `class_names`, `splits` and the features used.
+    `num_classes`, `class_names`, `splits`, the features used and `source_train_indices` /
+    `source_test_indices` (the positions read).
 
     Example:
       >>> x, y, xt, yt, info = tfds_arrays("mnist", max_train=1000)  # doctest: +SKIP
@@ -202,5 +205,7 @@ def tfds_arrays(
         "class_names": class_names,
         "source_train_size": len(train_source),
         "source_test_size": len(test_source),
+        "source_train_indices": train_idx,
+        "source_test_indices": test_idx,
     }
     return x_train, y_train, x_test, y_test, meta
