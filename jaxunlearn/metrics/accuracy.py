@@ -98,6 +98,8 @@ def _check_logits(logits: Any, name: str = "logits") -> np.ndarray:
 def _check_unit(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (Number, np.number, np.ndarray, jax.Array)):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar in [0, 1], got an array of shape {np.shape(value)}")
     v = float(value)
     if not (0.0 <= v <= 1.0):
         raise ValueError(f"{name} must lie in [0, 1] (accuracies are fractions, not percent), got {v}")
@@ -364,7 +366,7 @@ def average_gap(acc: Mapping[str, float], ref: Mapping[str, float],
     Values must be in [0, 1].
 
     Example:
-        >>> average_gap({"forget_acc": .8, "retain_acc": 1.}, {"forget_acc": .9, "retain_acc": .9})
+        >>> round(average_gap({"forget_acc": .8, "retain_acc": 1.}, {"forget_acc": .9, "retain_acc": .9}), 6)
         0.1
     """
     if keys is None:

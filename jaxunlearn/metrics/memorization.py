@@ -117,9 +117,10 @@ def memorization_scores(train_fn: Callable[[Any], Any], logits_fn: Callable, x: 
     Needs ``num_models >= 2``; the estimate's standard error shrinks like 1/sqrt(K) (Feldman–Zhang use
     thousands of models on CIFAR; tens suffice to separate mislabelled from clean examples).
 
-    Example:
-        >>> scores = memorization_scores(train_fn, logits_fn, x_train, y_train, num_models=16)
-        >>> forget_idx = np.argsort(scores)[-100:]          # the 100 most memorized examples
+    Example::
+
+        scores = memorization_scores(train_fn, logits_fn, x_train, y_train, num_models=16)
+        forget_idx = np.argsort(scores)[-100:]          # the 100 most memorized examples
     """
     if not callable(train_fn):
         raise ValueError(f"train_fn must be callable, got {type(train_fn).__name__}")
