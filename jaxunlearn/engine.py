@@ -37,13 +37,25 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxunlearn import _validate, objectives, transforms
+from jaxunlearn import objectives
 from jaxunlearn.checkpoint import Checkpointer
+from jaxunlearn.plan import (
+    PRETRAIN_DEFAULT,
+    UNLEARN_DEFAULT,
+    OptimConfig,
+    Phase,
+    Plan,
+    build_optimizer,
+    supervised_loss,
+)
 
 __all__ = [
+    "unlearn",
     "OptimConfig",
     "Phase",
     "Plan",
+    "PRETRAIN_DEFAULT",
+    "UNLEARN_DEFAULT",
     "RunResult",
     "DeviceData",
     "build_optimizer",
@@ -57,183 +69,6 @@ __all__ = [
 
 PyTree = Any
 
-OPTIMIZERS = ("sgd", "adamw", "adam")
-SAM_KINDS = ("none", "sam", "asam")
-SCHEDULES = ("cosine", "constant")
-MASK_READINGS = ("strict", "reference")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer settings: a base Optax optimizer, optionally wrapped in SAM or ASAM.
-
-    ``name``: ``sgd`` (momentum, coupled weight decay as in PyTorch), ``adamw`` or ``adam``;
-    ``schedule``: ``cosine`` decay to 0 over the run, or ``constant``; ``sam``: ``none``, ``sam``
-    (T = 1) or ``asam`` (T = |w| + η); ``rho``, ``lamb`` (λ of ``g + s·λ·(g' − g)``), ``eta``.
-
-    Defaults are the papers' pretraining recipe (SGD lr 0.1, momentum 0.9, wd 5e-4, cosine);
-    :data:`UNLEARN_DEFAULT` is the unlearning one (AdamW lr 0.01, wd 5e-4).
-
-    Example:
-        >>> OptimConfig(sam="sam", rho=0.1).with_sam("asam").sam
-        'asam'
-    """
-
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    sam: str = "none"
-    rho: float = 0.1
-    lamb: float = 1.0
-    eta: float = 0.01
-
-    def __post_init__(self):
-        _validate.choice("optimizer", self.name, OPTIMIZERS)
-        _validate.choice("sam", self.sam, SAM_KINDS)
-        _validate.choice("schedule", self.schedule, SCHEDULES)
-        _validate.positive("lr", self.lr, hint="Use a learning rate such as 0.01.")
-        _validate.positive("rho", self.rho, hint="SAM's radius must be positive, e.g. 0.05 or 0.1.")
-        _validate.positive("weight_decay", self.weight_decay, allow_zero=True)
-        _validate.positive("momentum", self.momentum, allow_zero=True)
-        _validate.positive("lamb", self.lamb, allow_zero=True)
-        _validate.positive("eta", self.eta, allow_zero=True)
-
-    def with_sam(self, kind: str, **kw) -> OptimConfig:
-        """A copy with ``sam=kind`` (and e.g. ``rho=``)."""
-        return dataclasses.replace(self, sam=kind, **kw)
-
-
-PRETRAIN_DEFAULT = OptimConfig()
-UNLEARN_DEFAULT = OptimConfig(name="adamw", lr=0.01, momentum=0.0, weight_decay=5e-4, schedule="constant")
-
-
-def _base_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    lr = optax.cosine_decay_schedule(cfg.lr, max(1, total_steps)) if cfg.schedule == "cosine" else cfg.lr
-    if cfg.name == "sgd":
-        parts = []
-        if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay))
-        parts.append(optax.sgd(lr, momentum=cfg.momentum or None))
-        return optax.chain(*parts)
-    if cfg.name == "adamw":
-        return optax.adamw(lr, weight_decay=cfg.weight_decay)
-    return optax.adam(lr)
-
-
-def build_optimizer(
-    cfg: OptimConfig,
-    total_steps: int,
-    *,
-    sign: str = "min",
-    mask: PyTree | None = None,
-    mask_reading: str = "strict",
-) -> optax.GradientTransformationExtraArgs:
-    """The Optax optimizer of a phase: ``[sam] -> [mask] -> base [-> mask]``.
-
-    * no SAM: ``g ↦ base(g)``; with SAM/ASAM: ``g ↦ base(g + s·λ·(g' − g))``.
-    * ``mask`` M, ``mask_reading="strict"``: the whole update is ``M ⊙ base(M ⊙ d)`` (parameters outside
-      M never move). ``"reference"``: as the Sharp MinMax PyTorch code, only ``g'`` is masked inside SAM
-      (``g + s·λ·(M⊙g' − g)``), or only the gradient without SAM, and AdamW's decay hits every parameter.
-    * ``sign="max"`` (sharpness maximization) needs SAM; without SAM the sign has no effect.
-
-    Example:
-        >>> opt = build_optimizer(OptimConfig(sam="sam"), 100)
-        >>> state = opt.init(params)
-        >>> upd, state = opt.update(g, state, params, grad_fn=lambda p: jax.grad(loss)(p, batch))
-    """
-    _validate.choice("mask_reading", mask_reading, MASK_READINGS)
-    base = _base_optimizer(cfg, total_steps)
-    parts = []
-    if cfg.sam != "none":
-        parts.append(
-            transforms.sam(
-                cfg.rho,
-                adaptive=cfg.sam == "asam",
-                eta=cfg.eta if cfg.sam == "asam" else 0.0,
-                lamb=cfg.lamb,
-                sign=sign,
-                perturbed_mask=mask if (mask is not None and mask_reading == "reference") else None,
-            )
-        )
-    if mask is None:
-        parts.append(base)
-    elif mask_reading == "strict":
-        parts.append(transforms.masked(base, mask, mask_output=True))
-    elif cfg.sam == "none":
-        parts.append(transforms.masked(base, mask, mask_output=False))
-    else:
-        parts.append(base)
-    return optax.chain(*parts)
-
-
-def supervised_loss(apply_fn, params, model_state, batch, hp):
-    """Cross-entropy on the retain batch, ``CE(f(x_r), y_r)``: pretraining, Retrain and fine-tuning.
-
-    Every phase loss has this signature:
-    ``loss(apply_fn, params, model_state, batch, hp) -> (loss, new_model_state)`` with ``batch`` a dict
-    of ``x_r, y_r, i_r`` (retain inputs, labels, train indices) and ``x_f, y_f, i_f`` (forget).
-
-    Example:
-        >>> loss, state = supervised_loss(apply_fn, params, state, {"x_r": x, "y_r": y}, {})
-    """
-    logits, new_state = apply_fn(params, model_state, batch["x_r"], train=True)
-    return objectives.cross_entropy(logits, batch["y_r"]), new_state
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """One optimizer step per engine step.
-
-    Attributes:
-        name: shown in histories.
-        loss: ``loss(apply_fn, params, model_state, batch, hp) -> (loss, new_model_state)``; a
-            module-level function, so compiled steps are shared between runs.
-        uses: which batches the loss reads: ``("retain",)``, ``("forget",)`` or both.
-        sign: ``"min"`` (SAM) or ``"max"`` (sharpness maximization) when the optimizer uses SAM.
-        mask_key: name of a boolean mask pytree in ``hp`` restricting this phase's updates, or None.
-        active: ``epoch -> bool`` (e.g. SCRUB's max steps only in the first epochs); None = always.
-        optimizer: overrides the plan's optimizer for this phase.
-    """
-
-    name: str
-    loss: Callable
-    uses: tuple[str, ...] = ("retain",)
-    sign: str = "min"
-    mask_key: str | None = None
-    active: Callable[[int], bool] | None = None
-    optimizer: OptimConfig | None = None
-
-    def is_active(self, epoch: int) -> bool:
-        return True if self.active is None else bool(self.active(epoch))
-
-
-@dataclasses.dataclass
-class Plan:
-    """What :func:`run` executes. See the module docstring."""
-
-    phases: tuple[Phase, ...]
-    optimizer: OptimConfig = UNLEARN_DEFAULT
-    epochs: int = 10
-    batch_size: int = 64
-    epoch_over: str = "retain"
-    hp: dict = dataclasses.field(default_factory=dict)
-    mask_reading: str = "strict"
-    name: str = "run"
-
-    def __post_init__(self):
-        if not self.phases:
-            raise ValueError("a Plan needs at least one Phase.")
-        _validate.positive_int("epochs", self.epochs)
-        _validate.positive_int("batch_size", self.batch_size)
-        _validate.choice("epoch_over", self.epoch_over, ("retain", "forget"))
-        _validate.choice("mask_reading", self.mask_reading, MASK_READINGS)
-        for ph in self.phases:
-            _validate.choice("phase sign", ph.sign, ("min", "max"))
-            if ph.mask_key is not None and ph.mask_key not in self.hp:
-                raise ValueError(f"phase {ph.name!r} uses mask {ph.mask_key!r}, which is missing from hp.")
-
 
 @dataclasses.dataclass
 class RunResult:
@@ -245,6 +80,7 @@ class RunResult:
     seconds: float
     diverged: dict | None = None
     resumed_from: int | None = None
+    info: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -449,12 +285,13 @@ def run(
             idx_f = _epoch_indices(rng, f_pool, steps, min(bs, f_pool.size))
             ok = ok0
             losses = {plan.phases[i].name: [] for i in active}
+            hp_epoch = {**hp, "_epoch": np.int32(epoch), "_epochs": np.int32(plan.epochs)}
             for s in range(steps):
                 for i in active:
                     ph = plan.phases[i]
                     mask = hp[ph.mask_key] if ph.mask_key else None
                     params, model_state, opt_states[i], ok, loss = steps_fns[i](
-                        params, model_state, opt_states[i], ok, data.x, data.y, idx_r[s], idx_f[s], hp, mask
+                        params, model_state, opt_states[i], ok, data.x, data.y, idx_r[s], idx_f[s], hp_epoch, mask
                     )
                     losses[ph.name].append(loss)
                 bar.update(1)
@@ -558,7 +395,9 @@ def train_many(
     """
     index_sets = np.asarray(index_sets)
     if index_sets.ndim != 2 or index_sets.shape[1] == 0:
-        raise ValueError(f"index_sets must be [K, m] with m >= 1 (one row of indices per model), got {index_sets.shape}.")
+        raise ValueError(
+            f"index_sets must be [K, m] with m >= 1 (one row of indices per model), got {index_sets.shape}."
+        )
     k_models, m = index_sets.shape
     lead = {np.shape(x)[0] for x in jax.tree.leaves(params)}
     if lead != {k_models}:
@@ -580,10 +419,11 @@ def train_many(
     opt_state = jax.vmap(tx.init)(params)
     bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in range(epochs):
-        idx = np.stack(
-            [_epoch_indices(np.random.default_rng([seed, k, epoch]), index_sets[k], steps, batch_size) for k in range(k_models)],
-            axis=1,
-        )  # [steps, K, B]
+        per_model = [
+            _epoch_indices(np.random.default_rng([seed, k, epoch]), index_sets[k], steps, batch_size)
+            for k in range(k_models)
+        ]
+        idx = np.stack(per_model, axis=1)  # [steps, K, B]
         idx = jnp.asarray(idx)
         for s in range(steps):
             params, model_state, opt_state, _ = step(params, model_state, opt_state, data.x, data.y, idx[s])
@@ -627,3 +467,61 @@ def evaluate(
 @functools.lru_cache(maxsize=64)
 def _eval_fn(apply_fn):
     return jax.jit(lambda p, s, x: apply_fn(p, s, x, train=False)[0])
+
+
+def unlearn(
+    method: str,
+    ctx,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Run the registered unlearning ``method`` on the context ``ctx`` (a ``methods.Context``).
+
+    The method's recipe is built (masks, teachers, scores: counted in ``seconds``) and its plan run by
+    :func:`run`; methods that edit the weights directly return at once. With ``ctx.corrected`` (feature
+    or label unlearning) the corrected examples Z̃ join the retain set, so gradient methods learn them
+    while unlearning the affected examples Z.
+
+    Example:
+        >>> ctx = methods.Context(apply_fn, params, state, data.x, data.y, retain_idx, forget_idx, 10)
+        >>> res = unlearn("sharp_minmax", ctx)
+        >>> res.params, res.seconds
+    """
+    from jaxunlearn import methods as methods_lib  # the registry sits below the engine
+
+    m = methods_lib.get(method)
+    t0 = time.perf_counter()
+    recipe = m.recipe(ctx)
+    if recipe.plan is None:
+        params = jax.block_until_ready(recipe.params)
+        state = recipe.model_state if recipe.model_state is not None else ctx.model_state
+        return RunResult(params, state, [], time.perf_counter() - t0, info=dict(recipe.info))
+    params, state = recipe.start if recipe.start is not None else (ctx.params, ctx.model_state)
+    x, y = ctx.x, ctx.y
+    retain_idx = np.asarray(ctx.retain_idx if recipe.retain_idx is None else recipe.retain_idx)
+    forget_idx = np.asarray(ctx.forget_idx if recipe.forget_idx is None else recipe.forget_idx)
+    if ctx.corrected is not None:
+        x_t, y_t = ctx.corrected
+        n = int(np.shape(x)[0])
+        x = jnp.concatenate([jnp.asarray(x), jnp.asarray(x_t, jnp.float32)])
+        y = jnp.concatenate([jnp.asarray(y), jnp.asarray(y_t, jnp.int32)])
+        retain_idx = np.concatenate([retain_idx, n + np.arange(len(y_t))])
+    res = run(
+        recipe.plan,
+        ctx.apply_fn,
+        params,
+        state,
+        DeviceData(jnp.asarray(x), jnp.asarray(y)),
+        retain_idx=retain_idx,
+        forget_idx=forget_idx,
+        seed=ctx.seed,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+        desc=method,
+    )
+    res.seconds = time.perf_counter() - t0
+    res.info = dict(recipe.info)
+    return res

@@ -1,0 +1,28 @@
+"""Unlearning methods, one small file each, and the registry ``METHODS`` (name -> :class:`Method`).
+
+Registry names: ``retrain``, ``ft``, ``ga``, ``neggrad``, ``rl``, ``scrub``, ``salun``, ``l1_sparse``,
+``sharp_minmax``, ``ssd``, ``hessian_select``. Each gradient method runs with the unlearning optimizer of
+the :class:`Context` (plain AdamW/SGD, SAM or ASAM).
+
+Example:
+    >>> from jaxunlearn import methods
+    >>> methods.get("sharp_minmax").defaults["fraction"]
+    0.3
+"""
+
+from jaxunlearn.methods import (  # noqa: F401  (registration side effects)
+    ft,
+    ga,
+    hessian_select,
+    l1_sparse,
+    neggrad,
+    retrain,
+    rl,
+    salun,
+    scrub,
+    sharp_minmax,
+    ssd,
+)
+from jaxunlearn.methods.base import METHODS, Context, Method, Recipe, get, register, resolve_options
+
+__all__ = ["METHODS", "Context", "Method", "Recipe", "get", "register", "resolve_options"]

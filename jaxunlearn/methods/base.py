@@ -1,0 +1,156 @@
+"""What every unlearning method receives (:class:`Context`) and returns (:class:`Recipe`), and the registry.
+
+A method is a small function ``recipe(ctx) -> Recipe``. Gradient methods return a
+:class:`~jaxunlearn.plan.Plan` that the shared engine runs; methods that edit the weights directly
+(SSD, the closed-form feature/label updates) return the new parameters. Methods import only the core,
+``plan``, ``selection`` and ``objectives``, never the engine.
+
+Example:
+    >>> from jaxunlearn import methods
+    >>> sorted(methods.METHODS)[:3]
+    ['ft', 'ga', 'hessian_select']
+    >>> recipe = methods.get("neggrad").recipe(ctx)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxunlearn.plan import PRETRAIN_DEFAULT, UNLEARN_DEFAULT, OptimConfig, Plan
+
+__all__ = ["Context", "Recipe", "Method", "METHODS", "register", "get", "resolve_options"]
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a method may use.
+
+    Attributes:
+        apply_fn: ``apply_fn(params, model_state, x, *, train, features) -> (out, new_state)``.
+        params, model_state: the trained (original) model.
+        x, y: all training inputs/labels, on the device (``x[retain_idx]`` is the retain set).
+        retain_idx, forget_idx: disjoint 1-D integer index arrays into ``x``.
+        num_classes: number of classes.
+        optimizer: the unlearning optimizer (plain, SAM or ASAM), default AdamW(0.01, wd 5e-4).
+        epochs, batch_size, seed: unlearning schedule.
+        options: method-specific settings overriding the method's defaults.
+        init_fn: ``seed -> (params, model_state)`` fresh initialisation (for Retrain).
+        pretrain_optimizer, pretrain_epochs: the recipe Retrain repeats on the retain set.
+        corrected: for feature/label unlearning, ``(x_tilde, y_tilde)``: the corrected versions of the
+            forget examples ``x[forget_idx]`` (same order), or None for plain sample deletion.
+    """
+
+    apply_fn: Callable
+    params: PyTree
+    model_state: PyTree
+    x: Any
+    y: Any
+    retain_idx: np.ndarray
+    forget_idx: np.ndarray
+    num_classes: int
+    optimizer: OptimConfig = UNLEARN_DEFAULT
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    options: dict = dataclasses.field(default_factory=dict)
+    init_fn: Callable[[int], tuple[PyTree, PyTree]] | None = None
+    pretrain_optimizer: OptimConfig = PRETRAIN_DEFAULT
+    pretrain_epochs: int = 30
+    corrected: tuple[Any, Any] | None = None
+
+    @property
+    def key(self) -> jax.Array:
+        return jax.random.key(self.seed)
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A method's output: a plan to run (from ``start`` or the original parameters), or final parameters.
+
+    ``retain_idx``/``forget_idx``/``x``/``y`` override the context's data for the run (e.g. feature
+    unlearning trains on the corrected examples); ``info`` is copied into the results (mask sizes, ...).
+    """
+
+    plan: Plan | None = None
+    start: tuple[PyTree, PyTree] | None = None
+    params: PyTree | None = None
+    model_state: PyTree | None = None
+    data: tuple[Any, Any] | None = None
+    retain_idx: np.ndarray | None = None
+    forget_idx: np.ndarray | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if (self.plan is None) == (self.params is None):
+            raise ValueError("a Recipe has either a plan to run or final params, not both or neither.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registered method: its name, a one-line summary, its recipe builder and default options."""
+
+    name: str
+    summary: str
+    recipe_fn: Callable[[Context, dict], Recipe]
+    defaults: dict = dataclasses.field(default_factory=dict)
+    gradient_based: bool = True
+
+    def recipe(self, ctx: Context) -> Recipe:
+        return self.recipe_fn(ctx, resolve_options(self, ctx.options))
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, summary: str, defaults: dict | None = None, *, gradient_based: bool = True):
+    """Decorator registering ``fn(ctx, options) -> Recipe`` under ``name``.
+
+    Example:
+        >>> @register("my_ft", "fine-tune", {"lr_scale": 1.0})
+        ... def my_ft(ctx, opts): ...
+    """
+
+    def deco(fn):
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered.")
+        METHODS[name] = Method(name, summary, fn, dict(defaults or {}), gradient_based)
+        return fn
+
+    return deco
+
+
+def get(name: str) -> Method:
+    """The method registered as ``name``; unknown names raise ``ValueError`` with the closest names.
+
+    Example:
+        >>> get("neggrad").summary
+    """
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(METHODS))}.")
+    return METHODS[name]
+
+
+def resolve_options(method: Method, options: dict) -> dict:
+    """Merge ``options`` over the method's defaults; unknown option names raise ``ValueError``."""
+    unknown = set(options) - set(method.defaults)
+    if unknown:
+        raise ValueError(
+            f"{method.name} has no option(s) {sorted(unknown)}; its options are "
+            f"{', '.join(f'{k}={v!r}' for k, v in method.defaults.items()) or 'none'}."
+        )
+    return {**method.defaults, **options}
+
+
+def scaled(cfg: OptimConfig, lr_scale: float) -> OptimConfig:
+    """``cfg`` with its learning rate multiplied by ``lr_scale``."""
+    return dataclasses.replace(cfg, lr=cfg.lr * lr_scale) if lr_scale != 1.0 else cfg

@@ -1,0 +1,65 @@
+"""Pieces several methods share: gradient saliency over a set, and simple phase losses.
+
+Example:
+    >>> g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxunlearn import objectives
+
+PyTree = Any
+
+
+@functools.lru_cache(maxsize=32)
+def _grad_sum_fn(apply_fn):
+    def f(params, model_state, x, y, idx, weights):
+        def loss(p):
+            logits, _ = apply_fn(p, model_state, jnp.take(x, idx, axis=0), train=False)
+            ell = objectives.per_example_cross_entropy(logits, jnp.take(y, idx, axis=0))
+            return jnp.sum(weights * ell)
+
+        return jax.grad(loss)(params)
+
+    return jax.jit(f)
+
+
+def summed_gradient(apply_fn, params, model_state, x, y, idx, *, labels=None, batch_size: int = 256) -> PyTree:
+    """``Σ_{i ∈ idx} ∇_w CE(f(x_i), y_i)`` in eval mode (batch-norm running statistics), batched.
+
+    ``labels`` (same length as ``idx``) replaces ``y[idx]``. The magnitude ``|Σ ∇(−CE)|`` is the saliency
+    that SalUn and Sharp MinMax rank parameters by.
+
+    Example:
+        >>> scores = jax.tree.map(jnp.abs, summed_gradient(apply_fn, params, state, x, y, forget_idx))
+    """
+    idx = np.asarray(idx)
+    if idx.size == 0:
+        raise ValueError("cannot compute a gradient over an empty set of examples.")
+    if labels is not None:
+        y = jnp.asarray(y).at[idx].set(jnp.asarray(labels, jnp.int32))
+    fn = _grad_sum_fn(apply_fn)
+    total = None
+    bs = min(batch_size, idx.size)
+    for start in range(0, idx.size, bs):
+        chunk = idx[start : start + bs]
+        w = np.ones(bs, np.float32)
+        if chunk.size < bs:
+            w[chunk.size :] = 0.0
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - chunk.size)])
+        g = fn(params, model_state, x, y, jnp.asarray(chunk, jnp.int32), jnp.asarray(w))
+        total = g if total is None else jax.tree.map(jnp.add, total, g)
+    return total
+
+
+def forget_ce(apply_fn, params, model_state, batch, hp):
+    """``CE(f(x_f), y_f)`` on the forget batch (train mode)."""
+    logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
+    return objectives.cross_entropy(logits, batch["y_f"]), new_state

@@ -1,0 +1,28 @@
+"""Gradient ascent (GA): minimize ``−CE(D_f)``; an epoch is one pass over the forget set.
+
+GA diverges by design if run long; the defaults use a small learning rate and few epochs, and the
+engine's divergence guard stops it when the loss or the weights stop being finite.
+"""
+
+from jaxunlearn import objectives
+from jaxunlearn.methods.base import Recipe, register, scaled
+from jaxunlearn.plan import Phase, Plan
+
+
+def ga_loss(apply_fn, params, model_state, batch, hp):
+    """``−CE(f(x_f), y_f)``."""
+    logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
+    return objectives.negated_cross_entropy(logits, batch["y_f"]), new_state
+
+
+@register("ga", "gradient ascent on the forget set: min -CE(F)", {"lr_scale": 0.01, "epochs": 2})
+def ga(ctx, opts):
+    plan = Plan(
+        phases=(Phase("forget", ga_loss, uses=("forget",)),),
+        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
+        epochs=opts["epochs"] or ctx.epochs,
+        batch_size=ctx.batch_size,
+        epoch_over="forget",
+        name="ga",
+    )
+    return Recipe(plan=plan)

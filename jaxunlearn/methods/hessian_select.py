@@ -1,0 +1,174 @@
+"""Sharpness-aware parameter selection (Lee, Xiong, Malekmohammadi 2025) and its controls.
+
+Scores per parameter, at the learned parameters, from a chosen data set (forget / retain / all):
+
+* ``hessian``: the Hessian diagonal of the mean CE (exact when the model has at most ``exact_limit``
+  parameters, Hutchinson with ``num_probes`` probes otherwise);
+* controls: ``fisher`` (empirical Fisher diagonal), ``gradient`` (``|Σ ∇CE|``, SalUn-style saliency),
+  ``random`` (same size, uniformly), ``last_layer`` (the head's leaves), ``all`` (no restriction).
+
+The mask keeps the top ``fraction`` by global rank. ``update`` decides what is done with it:
+
+* ``gradient``: run the ``base`` gradient method with every phase's updates restricted to the mask
+  (intersected with the base method's own masks);
+* ``first_order``: ``θ ← θ − τ·M ⊙ (∇ℓ(Z̃) − ∇ℓ(Z))`` for ``steps`` steps (Warnecke et al.), Z the
+  affected (forget) examples and Z̃ their corrected versions (``ctx.corrected``);
+* ``second_order``: the same with a diagonal Newton step ``Δ / (|diag H| + damping)``.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxunlearn import _validate, curvature, objectives, selection
+from jaxunlearn.methods import base as base_mod
+from jaxunlearn.methods.base import Recipe, register
+from jaxunlearn.methods.common import summed_gradient
+
+SCORES = ("hessian", "hutchinson", "exact", "fisher", "gradient", "random", "last_layer", "all")
+UPDATES = ("gradient", "first_order", "second_order")
+
+
+def _subset(ctx, which: str, max_examples: int, seed: int) -> np.ndarray:
+    pools = {
+        "forget": ctx.forget_idx,
+        "retain": ctx.retain_idx,
+        "all": np.concatenate([ctx.retain_idx, ctx.forget_idx]),
+    }
+    idx = pools[_validate.choice("data", which, pools)]
+    if len(idx) > max_examples:
+        idx = np.random.default_rng(seed).choice(idx, max_examples, replace=False)
+    return np.sort(idx)
+
+
+def _mean_ce(ctx):
+    def loss(p, batch):
+        logits, _ = ctx.apply_fn(p, ctx.model_state, batch["x"], train=False)
+        return objectives.cross_entropy(logits, batch["y"])
+
+    return loss
+
+
+def parameter_scores(ctx, kind: str, data: str = "forget", *, num_probes=64, exact_limit=20000, max_examples=512):
+    """Score pytree for the selection ``kind`` (see the module docstring); None for ``all``."""
+    _validate.choice("scores", kind, SCORES)
+    idx = _subset(ctx, data, max_examples, ctx.seed)
+    batch = {"x": jnp.take(ctx.x, jnp.asarray(idx), axis=0), "y": jnp.take(ctx.y, jnp.asarray(idx), axis=0)}
+    loss = _mean_ce(ctx)
+    n = selection.count(ctx.params)
+    if kind == "exact" or (kind == "hessian" and n <= exact_limit):
+        return curvature.hessian_diagonal(loss, ctx.params, batch)
+    if kind in ("hessian", "hutchinson"):
+        return curvature.hutchinson_diagonal(loss, ctx.params, batch, jax.random.key(ctx.seed + 7), int(num_probes))
+    if kind == "fisher":
+        return curvature.fisher_diagonal(loss, ctx.params, batch, chunk_size=64)
+    if kind == "gradient":
+        g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, idx)
+        return jax.tree.map(jnp.abs, g)
+    return None
+
+
+def selection_mask(ctx, kind: str, fraction: float, data: str = "forget", **kw):
+    """The boolean mask for ``kind``; ``random`` and ``last_layer`` ignore the scores."""
+    if kind == "all":
+        return selection.all_params(ctx.params)
+    if kind == "random":
+        return selection.random_fraction(ctx.params, fraction, jax.random.key(ctx.seed + 11))
+    if kind == "last_layer":
+        paths = _leaf_paths(ctx.params)
+        last = paths[-1].rsplit("/", 1)[0]
+        return selection.by_path(ctx.params, lambda p: p.rsplit("/", 1)[0] == last)
+    scores = parameter_scores(ctx, kind, data, **kw)
+    return selection.top_fraction(scores, fraction)
+
+
+def _leaf_paths(params):
+    out = []
+
+    def visit(path, x):
+        out.append("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path))
+        return x
+
+    jax.tree_util.tree_map_with_path(visit, params)
+    return out
+
+
+def _restrict(plan, mask):
+    hp = dict(plan.hp)
+    phases = []
+    for i, ph in enumerate(plan.phases):
+        key = f"select_mask_{i}"
+        hp[key] = mask if ph.mask_key is None else jax.tree.map(jnp.logical_and, mask, plan.hp[ph.mask_key])
+        phases.append(dataclasses.replace(ph, mask_key=key))
+    return dataclasses.replace(plan, phases=tuple(phases), hp=hp, name=f"{plan.name}+select")
+
+
+def _corrected_update(ctx, mask, opts, diag):
+    if ctx.corrected is None:
+        raise ValueError(
+            "update='first_order'/'second_order' needs the corrected examples Z̃ (ctx.corrected = (x_tilde, "
+            "y_tilde)); these updates are for feature/label unlearning. Use update='gradient' for deletion."
+        )
+    x_t, y_t = (jnp.asarray(a) for a in ctx.corrected)
+    n_f = len(ctx.forget_idx)
+    if x_t.shape[0] != n_f:
+        raise ValueError(
+            f"ctx.corrected must hold one corrected example per forget example ({n_f}), got {x_t.shape[0]}."
+        )
+    params = ctx.params
+    tau = float(opts["tau"])
+    for _ in range(int(opts["steps"])):
+        g_bad = summed_gradient(ctx.apply_fn, params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
+        g_good = summed_gradient(ctx.apply_fn, params, ctx.model_state, x_t, y_t, np.arange(n_f))
+        delta = jax.tree.map(lambda a, b: (a - b) / n_f, g_good, g_bad)
+        if diag is not None:
+            delta = jax.tree.map(lambda d, h: d / (jnp.abs(h) + opts["damping"]), delta, diag)
+        params = jax.tree.map(lambda w, d, m: jnp.where(m, w - tau * d, w), params, delta, mask)
+    return params
+
+
+@register(
+    "hessian_select",
+    "update only the parameters with the largest Hessian diagonal",
+    {
+        "scores": "hessian",
+        "data": "forget",
+        "fraction": 0.1,
+        "base": "neggrad",
+        "update": "gradient",
+        "num_probes": 64,
+        "exact_limit": 20000,
+        "max_examples": 512,
+        "tau": 1.0,
+        "steps": 1,
+        "damping": 1e-3,
+        "base_options": None,
+    },
+)
+def hessian_select(ctx, opts):
+    _validate.choice("update", opts["update"], UPDATES)
+    kw = {k: opts[k] for k in ("num_probes", "exact_limit", "max_examples")}
+    if opts["scores"] in ("random", "last_layer", "all"):
+        kw = {}
+    mask = selection_mask(ctx, opts["scores"], float(opts["fraction"]), opts["data"], **kw)
+    info = {"mask_size": selection.mask_size(mask), "num_params": selection.count(mask), "scores": opts["scores"]}
+    if opts["update"] == "gradient":
+        if opts["base"] in ("hessian_select", "ssd", "retrain"):
+            raise ValueError(
+                f"base must be a gradient unlearning method from the original model, got {opts['base']!r}."
+            )
+        base = base_mod.get(opts["base"])
+        sub = dataclasses.replace(ctx, options=dict(opts["base_options"] or {}))
+        recipe = base.recipe(sub)
+        recipe.plan = _restrict(recipe.plan, mask)
+        recipe.info = {**recipe.info, **info, "base": opts["base"]}
+        return recipe
+    diag = None
+    if opts["update"] == "second_order":
+        diag = parameter_scores(
+            ctx, "hessian", opts["data"], **{k: opts[k] for k in ("num_probes", "exact_limit", "max_examples")}
+        )
+    params = _corrected_update(ctx, mask, opts, diag)
+    return Recipe(params=params, model_state=ctx.model_state, info=info)

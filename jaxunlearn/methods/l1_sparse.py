@@ -1,0 +1,30 @@
+"""L1-sparse: fine-tune with an L1 penalty whose weight decays linearly over the epochs.
+
+Loss at epoch e (0-based) of E: ``CE(D_r) + γ·(1 − e/E)·‖w‖₁``.
+"""
+
+import jax.numpy as jnp
+
+from jaxunlearn import objectives
+from jaxunlearn.methods.base import Recipe, register, scaled
+from jaxunlearn.plan import Phase, Plan
+
+
+def l1_loss(apply_fn, params, model_state, batch, hp):
+    """``CE(R) + γ·(1 − epoch/epochs)·‖w‖₁``."""
+    logits, new_state = apply_fn(params, model_state, batch["x_r"], train=True)
+    decay = 1.0 - hp["_epoch"].astype(jnp.float32) / hp["_epochs"].astype(jnp.float32)
+    return objectives.cross_entropy(logits, batch["y_r"]) + hp["gamma"] * decay * objectives.l1_norm(params), new_state
+
+
+@register("l1_sparse", "fine-tune + linearly decaying L1 penalty", {"gamma": 5e-5, "lr_scale": 1.0, "epochs": None})
+def l1_sparse(ctx, opts):
+    plan = Plan(
+        phases=(Phase("retain", l1_loss),),
+        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
+        epochs=opts["epochs"] or ctx.epochs,
+        batch_size=ctx.batch_size,
+        hp={"gamma": jnp.float32(opts["gamma"])},
+        name="l1_sparse",
+    )
+    return Recipe(plan=plan)

@@ -1,0 +1,30 @@
+"""NegGrad (NegGrad+ in RUM): minimize ``α·CE(D_r) − (1−α)·CE(D_f)`` on paired batches (α = 0.99)."""
+
+import jax.numpy as jnp
+
+from jaxunlearn import objectives
+from jaxunlearn.methods.base import Recipe, register, scaled
+from jaxunlearn.plan import Phase, Plan
+
+
+def neggrad_loss(apply_fn, params, model_state, batch, hp):
+    """``α·CE(R) − (1−α)·CE(F)``; one forward pass over the concatenated batches."""
+    n_r = batch["x_r"].shape[0]
+    logits, new_state = apply_fn(params, model_state, jnp.concatenate([batch["x_r"], batch["x_f"]]), train=True)
+    ce_r = objectives.cross_entropy(logits[:n_r], batch["y_r"])
+    ce_f = objectives.cross_entropy(logits[n_r:], batch["y_f"])
+    a = hp["alpha"]
+    return a * ce_r - (1.0 - a) * ce_f, new_state
+
+
+@register("neggrad", "alpha*CE(R) - (1-alpha)*CE(F)", {"alpha": 0.99, "lr_scale": 1.0, "epochs": None})
+def neggrad(ctx, opts):
+    plan = Plan(
+        phases=(Phase("neggrad", neggrad_loss, uses=("retain", "forget")),),
+        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
+        epochs=opts["epochs"] or ctx.epochs,
+        batch_size=ctx.batch_size,
+        hp={"alpha": jnp.float32(opts["alpha"])},
+        name="neggrad",
+    )
+    return Recipe(plan=plan)

@@ -1,0 +1,31 @@
+"""SalUn: random-label unlearning with updates restricted to the most salient parameters.
+
+Saliency ``s = |Σ_{i∈F} ∇ CE(x_i, y_i)|``; the mask keeps the top ``fraction`` of all parameters
+(global rank), and RL's updates are masked with it.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxunlearn import selection
+from jaxunlearn.methods.base import Recipe, register, scaled
+from jaxunlearn.methods.common import summed_gradient
+from jaxunlearn.methods.rl import random_label_table, rl_loss
+from jaxunlearn.plan import Phase, Plan
+
+
+@register(
+    "salun", "RL restricted to the top fraction of |grad CE(F)|", {"fraction": 0.5, "lr_scale": 1.0, "epochs": None}
+)
+def salun(ctx, opts):
+    g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
+    mask = selection.top_fraction(jax.tree.map(jnp.abs, g), opts["fraction"])
+    plan = Plan(
+        phases=(Phase("rl", rl_loss, uses=("retain", "forget"), mask_key="mask"),),
+        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
+        epochs=opts["epochs"] or ctx.epochs,
+        batch_size=ctx.batch_size,
+        hp={"random_labels": random_label_table(ctx), "mask": mask},
+        name="salun",
+    )
+    return Recipe(plan=plan, info={"mask_size": selection.mask_size(mask), "num_params": selection.count(mask)})

@@ -1,0 +1,48 @@
+"""SSD, selective synaptic dampening (Foster et al. 2024): no training, one edit of the weights.
+
+With Fisher diagonals ``I_F`` (forget set) and ``I_D`` (training data), every parameter with
+``I_F > α·I_D`` is scaled by ``β = min(λ·I_D / I_F, 1)``; the others are unchanged.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxunlearn import curvature, objectives
+from jaxunlearn.methods.base import Recipe, register
+
+
+def _fisher(ctx, idx, chunk):
+    def loss(p, batch):
+        logits, _ = ctx.apply_fn(p, ctx.model_state, batch["x"], train=False)
+        return objectives.cross_entropy(logits, batch["y"])
+
+    x = jnp.take(ctx.x, jnp.asarray(idx), axis=0)
+    y = jnp.take(ctx.y, jnp.asarray(idx), axis=0)
+    return curvature.fisher_diagonal(loss, ctx.params, {"x": x, "y": y}, chunk_size=chunk)
+
+
+@register(
+    "ssd",
+    "dampen parameters far more important to F than to D (Fisher)",
+    {"alpha": 10.0, "lam": 1.0, "max_examples": 2000, "chunk_size": 64},
+    gradient_based=False,
+)
+def ssd(ctx, opts):
+    rng = np.random.default_rng(ctx.seed)
+    all_idx = np.concatenate([ctx.retain_idx, ctx.forget_idx])
+    d_idx = rng.choice(all_idx, min(len(all_idx), int(opts["max_examples"])), replace=False)
+    f_idx = ctx.forget_idx
+    if len(f_idx) > int(opts["max_examples"]):
+        f_idx = rng.choice(f_idx, int(opts["max_examples"]), replace=False)
+    i_d = _fisher(ctx, np.sort(d_idx), int(opts["chunk_size"]))
+    i_f = _fisher(ctx, np.sort(f_idx), int(opts["chunk_size"]))
+    alpha, lam = float(opts["alpha"]), float(opts["lam"])
+
+    def dampen(w, d, f):
+        beta = jnp.minimum(lam * d / jnp.maximum(f, 1e-30), 1.0)
+        return jnp.where(f > alpha * d, w * beta, w)
+
+    params = jax.tree.map(dampen, ctx.params, i_d, i_f)
+    changed = sum(int(jnp.sum(f > alpha * d)) for d, f in zip(jax.tree.leaves(i_d), jax.tree.leaves(i_f)))
+    return Recipe(params=params, model_state=ctx.model_state, info={"dampened": changed})
