@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -37,6 +38,12 @@ _EXTRA_STYLES = [
     {"color": "#7f7f7f", "marker": "h", "s": 16, "alpha": 0.7, "zorder": 3},
 ]
 _DRAW_ORDER = {"retain": 0, "test": 1, "val": 2, "forget": 9}
+
+
+@partial(jax.jit, static_argnums=0)
+def _apply(fn, params, x):
+    # One compiled function per (fn, shapes): fn is static, so it is cached by fn's hash/equality.
+    return fn(params, x)
 
 
 def batched_apply(fn: Callable, params: Any, x, *, batch_size: int = 256) -> np.ndarray:
@@ -67,7 +74,6 @@ def batched_apply(fn: Callable, params: Any, x, *, batch_size: int = 256) -> np.
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     bs = min(int(batch_size), n)
-    jitted = jax.jit(fn)
     outs = []
     for start in range(0, n, bs):
         xb = x[start : start + bs]
@@ -75,7 +81,7 @@ def batched_apply(fn: Callable, params: Any, x, *, batch_size: int = 256) -> np.
         if m < bs:
             pad = jnp.repeat(jnp.asarray(xb[:1]), bs - m, axis=0)
             xb = jnp.concatenate([jnp.asarray(xb), pad], axis=0)
-        out = jitted(params, xb)
+        out = _apply(fn, params, xb)
         outs.append(jax.tree_util.tree_map(lambda o, m=m: o[:m], out))
     return jax.tree_util.tree_map(lambda *os_: np.concatenate([np.asarray(o) for o in os_], axis=0), *outs)
 
@@ -186,6 +192,14 @@ def _style(name: str, extra_index: dict[str, int]) -> dict:
     return dict(_EXTRA_STYLES[extra_index[name] % len(_EXTRA_STYLES)])
 
 
+@lru_cache(maxsize=1)
+def _default_mode() -> int:
+    # 0o666 minus the umask, read once (os.umask is process-wide).
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _save_figure(fig, path, *, dpi: int = 150) -> str:
     """Save ``fig`` to ``path`` atomically (temp file in the same dir + os.replace); create dirs."""
     path = os.fspath(path)
@@ -196,6 +210,7 @@ def _save_figure(fig, path, *, dpi: int = 150) -> str:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, format=ext, bbox_inches="tight")
+        os.chmod(tmp, _default_mode())  # mkstemp creates 0o600; give the file open()'s usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

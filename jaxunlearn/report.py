@@ -1,0 +1,420 @@
+"""Results files, markdown tables and figures for unlearning runs.
+
+``results.json`` schema (the public contract of a run directory)::
+
+    {"settings": {...anything JSON...},
+     "methods": {NAME: {"forget_acc": v, "retain_acc": v, "test_acc": v, "mia": v, "tow": v,
+                        "seconds": v, ...extra keys...}}}
+
+with every required value ``v`` either a number or ``{"mean": m, "std": s}`` (several seeds).
+``forget_acc``, ``retain_acc``, ``test_acc`` and ``mia`` lie in [0, 1]; ``tow`` and ``seconds`` are >= 0
+(ToW is in [0, 1] with RUM's absolute differences; the signed variant of paper A's code can exceed 1).
+``original`` (the model before unlearning) and ``retrain`` are ordinary entries.
+
+Writes are atomic (temporary file in the same directory, fsync, ``os.replace``), so a crash or a
+concurrent reader never sees a half-written file. Figures use matplotlib's Agg canvas through the
+object API; nothing here calls ``plt.show()`` or changes the global backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ACCURACY_KEYS",
+    "REQUIRED_KEYS",
+    "markdown_table",
+    "plot_bars",
+    "read_results",
+    "results_path",
+    "save_figure",
+    "to_jsonable",
+    "validate_results",
+    "write_results",
+]
+
+REQUIRED_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia", "tow", "seconds")
+ACCURACY_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia")  # must lie in [0, 1]
+_NONNEG_KEYS = ("tow", "seconds")
+_FIRST = ("original", "retrain")
+_TOL = 1e-9
+
+_HEADERS = {
+    "forget_acc": "FA (%)",
+    "retain_acc": "RA (%)",
+    "test_acc": "TA (%)",
+    "mia": "MIA (%)",
+    "tow": "ToW (%)",
+    "seconds": "Time (s)",
+}
+_PERCENT_KEYS = frozenset({"forget_acc", "retain_acc", "test_acc", "mia", "tow", "tow_mia", "val_acc"})
+
+
+@functools.lru_cache(maxsize=1)
+def _default_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` would give a new file (mkstemp uses 0o600).
+    Read once (``os.umask`` is process-wide), so later calls never touch the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def results_path(path) -> str:
+    """Resolve ``path`` to a results file: a path ending in ``.json`` is used as is, anything else is a
+    directory holding ``results.json``.
+
+    Example::
+
+        results_path("runs/digits")   # "runs/digits/results.json"
+    """
+    path = os.fspath(path)
+    return path if path.endswith(".json") else os.path.join(path, "results.json")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert ``obj`` to plain JSON types: numpy/jax scalars -> float/int/bool, arrays -> (nested) lists,
+    tuples -> lists, mapping keys -> str; NaN/inf -> None (strict JSON has no NaN).
+
+    Example::
+
+        to_jsonable({"acc": np.float32(0.5), "curve": jnp.arange(3)})   # {"acc": 0.5, "curve": [0, 1, 2]}
+    """
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if hasattr(obj, "__array__") or isinstance(obj, np.ndarray):  # numpy / jax arrays and scalars
+        arr = np.asarray(obj)
+        if arr.ndim == 0:
+            return to_jsonable(arr.item())
+        return [to_jsonable(v) for v in arr.tolist()]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot convert {type(obj).__name__} to JSON")
+
+
+def _value_ok(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _check_value(name: str, key: str, v) -> float:
+    """Validate one metric value; return its mean."""
+    where = f"methods[{name!r}][{key!r}]"
+    if isinstance(v, Mapping):
+        if set(v) != {"mean", "std"}:
+            raise ValueError(f"{where} must be a number or {{'mean', 'std'}}, got keys {sorted(v)}")
+        m, s = v["mean"], v["std"]
+        if not _value_ok(m) or not _value_ok(s):
+            raise ValueError(f"{where} mean/std must be finite numbers, got {v!r}")
+        if float(s) < 0:
+            raise ValueError(f"{where} std must be >= 0, got {s!r}")
+        return float(m)
+    if not _value_ok(v):
+        raise ValueError(f"{where} must be a finite number or {{'mean': m, 'std': s}}, got {v!r}")
+    return float(v)
+
+
+def validate_results(obj: Any) -> dict:
+    """Check ``obj`` against the results contract; return it unchanged or raise ValueError.
+
+    Contract: ``{"settings": dict, "methods": {NAME: entry}}``; every entry is a dict holding
+    ``forget_acc, retain_acc, test_acc, mia, tow, seconds``, each a finite number or
+    ``{"mean": m, "std": s}`` with s >= 0; accuracies and ``mia`` in [0, 1]; ``tow``, ``seconds`` >= 0.
+    Extra keys (in ``settings``, in entries) are allowed and not checked.
+
+    Example::
+
+        validate_results({"settings": {}, "methods": {"retrain": {"forget_acc": 0.9, "retain_acc": 1.0,
+                          "test_acc": 0.95, "mia": 0.1, "tow": 1.0, "seconds": 12.0}}})
+    """
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"results must be a JSON object, got {type(obj).__name__}")
+    missing = [k for k in ("settings", "methods") if k not in obj]
+    if missing:
+        raise ValueError(f"results is missing top-level key(s) {missing}")
+    if not isinstance(obj["settings"], Mapping):
+        raise ValueError(f"results['settings'] must be an object, got {type(obj['settings']).__name__}")
+    methods = obj["methods"]
+    if not isinstance(methods, Mapping):
+        raise ValueError(f"results['methods'] must be an object, got {type(methods).__name__}")
+    for name, entry in methods.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"method names must be non-empty strings, got {name!r}")
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"methods[{name!r}] must be an object, got {type(entry).__name__}")
+        absent = [k for k in REQUIRED_KEYS if k not in entry]
+        if absent:
+            raise ValueError(f"methods[{name!r}] is missing required key(s) {absent}")
+        for key in REQUIRED_KEYS:
+            m = _check_value(name, key, entry[key])
+            if key in ACCURACY_KEYS and not (-_TOL <= m <= 1 + _TOL):
+                raise ValueError(f"methods[{name!r}][{key!r}] = {m} is outside [0, 1] (use fractions, not %)")
+            if key in _NONNEG_KEYS and m < -_TOL:
+                raise ValueError(f"methods[{name!r}][{key!r}] = {m} must be >= 0")
+    return obj  # type: ignore[return-value]
+
+
+def write_results(path, settings: Mapping, methods: Mapping) -> str:
+    """Validate and atomically write ``{"settings": settings, "methods": methods}`` as JSON.
+
+    ``path`` is a directory (the file is ``path/results.json``, directories are created) or a ``.json``
+    file. Values are converted with ``to_jsonable``; the object is validated (``validate_results``)
+    BEFORE anything is written; the file is written to a temporary file in the same directory, fsynced
+    and moved over the target with ``os.replace`` (atomic on POSIX and Windows).
+
+    Example::
+
+        write_results("runs/digits", {"dataset": "digits", "seeds": 3},
+                      {"retrain": {"forget_acc": 0.91, "retain_acc": 1.0, "test_acc": 0.95,
+                                   "mia": 0.12, "tow": 1.0, "seconds": 30.5}})
+    Returns:
+      the path of the written file.
+    """
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
+    if not isinstance(methods, Mapping):
+        raise ValueError(f"methods must be a dict, got {type(methods).__name__}")
+    obj = {"settings": to_jsonable(settings), "methods": to_jsonable(methods)}
+    validate_results(obj)
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    target = results_path(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".results-", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return target
+
+
+def read_results(path) -> dict:
+    """Read and validate a results file (``path`` is a run directory or a ``.json`` file).
+
+    Raises FileNotFoundError if it does not exist and ValueError naming the file if it is not valid JSON
+    or does not match the contract (see ``validate_results``).
+
+    Example::
+
+        res = read_results("runs/digits"); res["methods"]["retrain"]["test_acc"]
+    """
+    target = results_path(path)
+    with open(target, encoding="utf-8") as fh:
+        try:
+            obj = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{target} is not valid JSON (corrupt or truncated): {e}") from e
+    try:
+        return validate_results(obj)
+    except ValueError as e:
+        raise ValueError(f"{target}: {e}") from e
+
+
+def _mean_std(v) -> tuple[float | None, float | None]:
+    if isinstance(v, Mapping):
+        m, s = v.get("mean"), v.get("std")
+        return (float(m) if _value_ok(m) else None), (float(s) if _value_ok(s) else None)
+    if _value_ok(v):
+        return float(v), None
+    return None, None
+
+
+def _ordered_methods(methods: Mapping) -> list[str]:
+    names = list(methods)
+    return [n for n in _FIRST if n in methods] + [n for n in names if n not in _FIRST]
+
+
+def _fmt_number(x: float, percent: bool, digits: int) -> str:
+    return f"{100 * x:.{digits}f}" if percent else f"{x:.{digits}g}"
+
+
+def _fmt_cell(v, key: str, digits: int, retrain_seconds: float | None) -> str:
+    m, s = _mean_std(v)
+    if m is None:
+        return "—"
+    if key == "seconds":
+        text = f"{m:.1f}" + (f" ± {s:.1f}" if s is not None else "")
+        if retrain_seconds is not None and m > 0:
+            text += f" ({retrain_seconds / m:.1f}×)"
+        return text
+    percent = key in _PERCENT_KEYS
+    text = _fmt_number(m, percent, digits if percent else 4)
+    if s is not None:
+        text += " ± " + _fmt_number(s, percent, digits if percent else 4)
+    return text
+
+
+def markdown_table(
+    results: Mapping,
+    columns: Sequence[str] = REQUIRED_KEYS,
+    *,
+    digits: int = 1,
+    headers: Mapping[str, str] | None = None,
+) -> str:
+    """Render results as a GitHub-markdown table, one row per method (``original``, ``retrain`` first).
+
+    Fractions (accuracies, MIA, ToW) are shown in percent with ``digits`` decimals: ``97.3`` or
+    ``97.3 ± 0.4`` for ``{"mean", "std"}``; ``seconds`` as ``12.3 (8.1×)`` where 8.1× = seconds(retrain) /
+    seconds(method) is the speed-up over retraining; other columns with 4 significant digits; missing
+    values as ``—``.
+
+    Example::
+
+        print(markdown_table(read_results("runs/digits")))
+        # | Method | FA (%) | RA (%) | TA (%) | MIA (%) | ToW (%) | Time (s) |
+        # |---|---:|...
+
+    Args:
+      results: ``{"settings", "methods"}`` object or the ``methods`` dict alone.
+      columns: entry keys to show, in order.
+      digits: decimals for percentages.
+      headers: optional header overrides key -> text.
+    Returns:
+      the table as a string (ending with a newline).
+    """
+    methods = results["methods"] if isinstance(results, Mapping) and "methods" in results else results
+    if not isinstance(methods, Mapping) or not methods:
+        raise ValueError("results must hold a non-empty 'methods' dict")
+    columns = list(columns)
+    if not columns:
+        raise ValueError("columns must name at least one key")
+    heads = dict(_HEADERS)
+    heads.update(headers or {})
+    retrain_seconds = None
+    if "retrain" in methods and isinstance(methods["retrain"], Mapping):
+        retrain_seconds = _mean_std(methods["retrain"].get("seconds"))[0]
+        if retrain_seconds is not None and retrain_seconds <= 0:
+            retrain_seconds = None
+    lines = [
+        "| Method | " + " | ".join(heads.get(c, c) for c in columns) + " |",
+        "|---|" + "|".join("---:" for _ in columns) + "|",
+    ]
+    for name in _ordered_methods(methods):
+        entry = methods[name] if isinstance(methods[name], Mapping) else {}
+        cells = [_fmt_cell(entry.get(c), c, digits, retrain_seconds) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_figure(fig, path, *, dpi: int = 150, close: bool = True) -> str:
+    """Save a matplotlib figure to ``path`` (format from the extension), creating parent directories.
+
+    The image is written to a temporary file in the same directory and moved into place with
+    ``os.replace``. With ``close=True`` a pyplot-managed figure is closed afterwards (figures made with
+    ``matplotlib.figure.Figure`` need no closing).
+
+    Example::
+
+        from matplotlib.figure import Figure
+        fig = Figure(); fig.add_subplot().plot([0, 1]); save_figure(fig, "out/figs/line.png")
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-fig-", suffix="." + ext)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=ext, bbox_inches="tight")
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if close and getattr(fig.canvas, "manager", None) is not None:
+        import matplotlib.pyplot as plt  # only reached for figures pyplot already manages
+
+        plt.close(fig)
+    return path
+
+
+def plot_bars(
+    results: Mapping,
+    path,
+    *,
+    keys: Sequence[str] = ACCURACY_KEYS,
+    title: str | None = None,
+    dpi: int = 150,
+) -> str:
+    """Grouped bar chart: one group per metric (FA, RA, TA, MIA), one bar per method, values in percent,
+    error bars = std where the value is ``{"mean", "std"}``; ``original`` and ``retrain`` come first and
+    the retrain value of each metric is marked by a dashed line across its group.
+
+    Example::
+
+        plot_bars(read_results("runs/digits"), "runs/digits/bars.png")
+
+    Args:
+      results: ``{"settings", "methods"}`` object or the ``methods`` dict alone.
+      path: output image path; directories are created.
+      keys: entry keys to plot (fractions in [0, 1]).
+      title: optional title.
+      dpi: resolution.
+    Returns:
+      ``path`` as a string.
+    """
+    from matplotlib.figure import Figure
+
+    methods = results["methods"] if isinstance(results, Mapping) and "methods" in results else results
+    if not isinstance(methods, Mapping) or not methods:
+        raise ValueError("results must hold a non-empty 'methods' dict")
+    keys = list(keys)
+    if not keys:
+        raise ValueError("keys must name at least one metric")
+    names = _ordered_methods(methods)
+    n_m, n_k = len(names), len(keys)
+    width = 0.8 / n_m
+    fig = Figure(figsize=(max(6.0, 1.2 + n_k * (0.35 * n_m + 0.6)), 4.6))
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(n_m)]
+    hatches = ["", "//", "..", "xx", "\\\\", "oo", "--", "++"]
+    x = np.arange(n_k)
+    for i, name in enumerate(names):
+        entry = methods[name] if isinstance(methods[name], Mapping) else {}
+        ms = [_mean_std(entry.get(k)) for k in keys]
+        heights = [100 * m if m is not None else np.nan for m, _ in ms]
+        errs = [100 * s if s is not None else np.nan for _, s in ms]
+        has_err = any(s is not None for _, s in ms)
+        ax.bar(x - 0.4 + (i + 0.5) * width, heights, width, yerr=errs if has_err else None,
+               capsize=2, color=colors[i], hatch=hatches[(i // 10) % len(hatches)], edgecolor="black",
+               linewidth=0.4, label=name)
+    if "retrain" in methods and isinstance(methods["retrain"], Mapping):
+        for j, k in enumerate(keys):
+            m = _mean_std(methods["retrain"].get(k))[0]
+            if m is not None:
+                ax.hlines(100 * m, j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=0.9)
+    ax.set_xticks(x)
+    ax.set_xticklabels([_HEADERS.get(k, k).replace(" (%)", "") for k in keys])
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="method (--- retrain)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=dpi)

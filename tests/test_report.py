@@ -1,0 +1,155 @@
+"""Tests for jaxunlearn.report (results.json, markdown tables, figures)."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from jaxunlearn import report
+
+
+def _entry(fa, ra, ta, mia, tow, sec, **extra):
+    return dict(forget_acc=fa, retain_acc=ra, test_acc=ta, mia=mia, tow=tow, seconds=sec, **extra)
+
+
+@pytest.fixture
+def methods():
+    return {
+        "sharp_minmax": _entry({"mean": np.float32(0.91), "std": 0.012}, 0.99, 0.94, 0.2, 0.97,
+                               {"mean": 3.0, "std": 0.5}, es=np.float64(2.5)),
+        "retrain": _entry(0.9, 1.0, 0.95, 0.15, 1.0, 30.0),
+        "original": _entry(jnp.float32(1.0), 1.0, 0.95, 0.02, np.float32(0.9), np.int64(28)),
+        "ft": _entry(0.99, 1.0, 0.95, 0.05, 0.9, 6.0, curve=np.arange(3), bad=float("nan")),
+    }
+
+
+def test_roundtrip_and_conversion(tmp_path, methods):
+    settings = {"dataset": "digits", "seeds": np.int32(3), "rho": np.float32(0.1), "out": tmp_path}
+    path = report.write_results(tmp_path / "run", settings, methods)
+    assert path == os.path.join(str(tmp_path / "run"), "results.json")
+    res = report.read_results(tmp_path / "run")
+    assert set(res) == {"settings", "methods"}
+    assert res["settings"]["seeds"] == 3 and isinstance(res["settings"]["seeds"], int)
+    assert res["settings"]["rho"] == pytest.approx(0.1)
+    assert res["settings"]["out"] == str(tmp_path)
+    assert list(res["methods"]) == list(methods)
+    sm = res["methods"]["sharp_minmax"]
+    assert sm["forget_acc"]["mean"] == pytest.approx(0.91) and sm["forget_acc"]["std"] == pytest.approx(0.012)
+    assert sm["es"] == 2.5 and type(sm["es"]) is float
+    assert res["methods"]["ft"]["curve"] == [0, 1, 2] and res["methods"]["ft"]["bad"] is None
+    assert res["methods"]["original"]["seconds"] == 28
+    # Explicit .json path works too, and the file is strict JSON.
+    p2 = report.write_results(tmp_path / "x.json", {}, methods)
+    with open(p2) as fh:
+        json.loads(fh.read(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+
+def test_atomic_write_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_path, methods, monkeypatch):
+    d = tmp_path / "run"
+    report.write_results(d, {"v": 1}, methods)
+    report.write_results(d, {"v": 2}, methods)  # overwrite
+    assert sorted(os.listdir(d)) == ["results.json"]
+    assert report.read_results(d)["settings"]["v"] == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(d / "results.json").st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
+    # Invalid content is rejected before touching the file.
+    bad = dict(methods, ft=_entry(1.5, 1.0, 0.9, 0.1, 0.9, 1.0))
+    with pytest.raises(ValueError, match="forget_acc"):
+        report.write_results(d, {"v": 3}, bad)
+    # A failure at the final rename leaves the old file intact and no temporary file behind.
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        report.write_results(d, {"v": 4}, methods)
+    monkeypatch.undo()
+    assert sorted(os.listdir(d)) == ["results.json"]
+    assert report.read_results(d)["settings"]["v"] == 2
+
+
+def test_validation_errors(tmp_path, methods):
+    good = {"settings": {}, "methods": {"retrain": _entry(0.9, 1.0, 0.95, 0.1, 1.0, 3.0)}}
+    assert report.validate_results(good) is good
+    for key in report.REQUIRED_KEYS:
+        entry = dict(good["methods"]["retrain"])
+        del entry[key]
+        with pytest.raises(ValueError, match=key):
+            report.validate_results({"settings": {}, "methods": {"m": entry}})
+    with pytest.raises(ValueError, match="outside"):
+        report.validate_results({"settings": {}, "methods": {"m": _entry(97.3, 1.0, 0.9, 0.1, 1.0, 1.0)}})
+    with pytest.raises(ValueError, match="mia"):
+        report.validate_results({"settings": {}, "methods": {"m": _entry(0.9, 1.0, 0.9, -0.1, 1.0, 1.0)}})
+    with pytest.raises(ValueError, match="seconds"):
+        report.validate_results({"settings": {}, "methods": {"m": _entry(0.9, 1.0, 0.9, 0.1, 1.0, -2.0)}})
+    with pytest.raises(ValueError, match="std"):
+        report.validate_results({"settings": {}, "methods": {
+            "m": _entry({"mean": 0.9, "std": -0.1}, 1.0, 0.9, 0.1, 1.0, 1.0)}})
+    with pytest.raises(ValueError, match="mean"):
+        report.validate_results({"settings": {}, "methods": {"m": _entry({"mean": 0.9}, 1.0, 0.9, 0.1, 1.0, 1.0)}})
+    with pytest.raises(ValueError, match="finite"):
+        report.validate_results({"settings": {}, "methods": {"m": _entry(None, 1.0, 0.9, 0.1, 1.0, 1.0)}})
+    with pytest.raises(ValueError, match="settings"):
+        report.validate_results({"methods": {}})
+    with pytest.raises(ValueError, match="methods"):
+        report.validate_results({"settings": {}, "methods": []})
+    with pytest.raises(ValueError, match="settings"):
+        report.write_results(tmp_path, [1], methods)
+    with pytest.raises(TypeError):
+        report.write_results(tmp_path, {"f": object()}, methods)
+    # Corrupt and mismatched files on disk.
+    (tmp_path / "trunc").mkdir()
+    (tmp_path / "trunc" / "results.json").write_text('{"settings": {}, "meth')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        report.read_results(tmp_path / "trunc")
+    (tmp_path / "wrong.json").write_text(json.dumps({"settings": {}, "methods": {"a": {"forget_acc": 0.5}}}))
+    with pytest.raises(ValueError, match="wrong.json.*missing"):
+        report.read_results(tmp_path / "wrong.json")
+    with pytest.raises(FileNotFoundError):
+        report.read_results(tmp_path / "nowhere")
+
+
+def test_markdown_table(methods):
+    res = {"settings": {}, "methods": report.to_jsonable(methods)}
+    table = report.markdown_table(res)
+    lines = table.strip().splitlines()
+    assert len(lines) == 2 + len(methods)
+    assert lines[0].startswith("| Method |") and "FA (%)" in lines[0] and "Time (s)" in lines[0]
+    assert set(lines[1].replace("|", "").replace("-", "").replace(":", "").strip()) == set()
+    rows = [line.split("|")[1].strip() for line in lines[2:]]
+    assert rows[:2] == ["original", "retrain"] and sorted(rows[2:]) == ["ft", "sharp_minmax"]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
+    fa = methods["sharp_minmax"]["forget_acc"]
+    assert cells["sharp_minmax"][0] == f"{100 * float(fa['mean']):.1f} ± {100 * fa['std']:.1f}"
+    assert cells["retrain"][2] == f"{100 * 0.95:.1f}"
+    assert cells["ft"][5] == f"6.0 ({30.0 / 6.0:.1f}×)"
+    assert cells["retrain"][5] == "30.0 (1.0×)"
+    assert cells["sharp_minmax"][5].startswith("3.0 ± 0.5 (")
+    # Custom columns, missing values and non-percent columns.
+    t2 = report.markdown_table(res["methods"], columns=("test_acc", "es"), digits=2)
+    l2 = {line.split("|")[1].strip(): line for line in t2.strip().splitlines()[2:]}
+    assert "| 2.5 |" in l2["sharp_minmax"] and "—" in l2["retrain"] and "95.00" in l2["retrain"]
+    with pytest.raises(ValueError):
+        report.markdown_table({"settings": {}, "methods": {}})
+
+
+def test_figures(tmp_path, methods):
+    res = {"settings": {}, "methods": report.to_jsonable(methods)}
+    path = tmp_path / "a" / "b" / "bars.png"
+    assert report.plot_bars(res, path, title="toy") == str(path)
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and path.stat().st_size > 0
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = report.save_figure(fig, tmp_path / "new" / "dir" / "line.png")
+    assert os.path.getsize(out) > 0 and not plt.fignum_exists(fig.number)
+    assert sorted(os.listdir(tmp_path / "new" / "dir")) == ["line.png"]
+    with pytest.raises(ValueError):
+        report.plot_bars({"settings": {}, "methods": {}}, tmp_path / "x.png")
