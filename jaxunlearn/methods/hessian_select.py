@@ -51,7 +51,7 @@ def _mean_ce(ctx):
     return loss
 
 
-def parameter_scores(ctx, kind: str, data: str = "forget", *, num_probes=64, exact_limit=20000, max_examples=512):
+def parameter_scores(ctx, kind: str, data: str = "forget", *, num_probes=16, exact_limit=20000, max_examples=256):
     """Score pytree for the selection ``kind`` (see the module docstring); None for ``all``."""
     _validate.choice("scores", kind, SCORES)
     idx = _subset(ctx, data, max_examples, ctx.seed)
@@ -138,9 +138,9 @@ def _corrected_update(ctx, mask, opts, diag):
         "fraction": 0.1,
         "base": "neggrad",
         "update": "gradient",
-        "num_probes": 64,
+        "num_probes": 16,
         "exact_limit": 20000,
-        "max_examples": 512,
+        "max_examples": 256,
         "tau": 1.0,
         "steps": 1,
         "damping": 1e-3,

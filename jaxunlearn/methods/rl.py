@@ -1,7 +1,8 @@
 """Random label (RL): give every forget example a fixed random WRONG label and train on ``D_f ∪ D_r``.
 
-Each step's loss is the mean cross-entropy over the union of the retain batch (true labels) and the
-forget batch (random labels).
+Training on the union ``D_f ∪ D_r`` is reproduced on paired batches by weighting the two batch means
+with the set sizes: ``(1−w)·CE(R) + w·CE(F, ỹ)`` with ``w = |F| / (|F| + |R|)``, which is the expected
+loss of a batch drawn from the union.
 """
 
 import jax
@@ -13,11 +14,20 @@ from jaxunlearn.plan import Phase, Plan
 
 
 def rl_loss(apply_fn, params, model_state, batch, hp):
-    """``CE`` over ``[x_r; x_f]`` with labels ``[y_r; ỹ_f]``, ``ỹ`` the fixed random labels."""
+    """``(1−w)·CE(x_r, y_r) + w·CE(x_f, ỹ_f)``, ``ỹ`` the fixed random labels, ``w = hp["forget_weight"]``."""
+    n_r = batch["x_r"].shape[0]
     x = jnp.concatenate([batch["x_r"], batch["x_f"]])
-    y = jnp.concatenate([batch["y_r"], jnp.take(hp["random_labels"], batch["i_f"])])
     logits, new_state = apply_fn(params, model_state, x, train=True)
-    return objectives.cross_entropy(logits, y), new_state
+    ce_r = objectives.cross_entropy(logits[:n_r], batch["y_r"])
+    ce_f = objectives.cross_entropy(logits[n_r:], jnp.take(hp["random_labels"], batch["i_f"]))
+    w = hp["forget_weight"]
+    return (1.0 - w) * ce_r + w * ce_f, new_state
+
+
+def union_weight(ctx) -> jax.Array:
+    """``|F| / (|F| + |R|)``: the forget set's share of the union."""
+    n_f, n_r = len(ctx.forget_idx), len(ctx.retain_idx)
+    return jnp.float32(n_f / (n_f + n_r))
 
 
 def random_label_table(ctx, seed_offset: int = 17):
@@ -28,14 +38,14 @@ def random_label_table(ctx, seed_offset: int = 17):
     return y.at[idx].set(wrong)
 
 
-@register("rl", "random wrong labels on F, train on F and R", {"lr_scale": 1.0, "epochs": None})
+@register("rl", "random wrong labels on F, train on F and R", {"lr_scale": 0.1, "epochs": None})
 def rl(ctx, opts):
     plan = Plan(
         phases=(Phase("rl", rl_loss, uses=("retain", "forget")),),
         optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
         epochs=opts["epochs"] or ctx.epochs,
         batch_size=ctx.batch_size,
-        hp={"random_labels": random_label_table(ctx)},
+        hp={"random_labels": random_label_table(ctx), "forget_weight": union_weight(ctx)},
         name="rl",
     )
     return Recipe(plan=plan)

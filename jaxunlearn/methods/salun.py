@@ -10,12 +10,12 @@ import jax.numpy as jnp
 from jaxunlearn import selection
 from jaxunlearn.methods.base import Recipe, register, scaled
 from jaxunlearn.methods.common import summed_gradient
-from jaxunlearn.methods.rl import random_label_table, rl_loss
+from jaxunlearn.methods.rl import random_label_table, rl_loss, union_weight
 from jaxunlearn.plan import Phase, Plan
 
 
 @register(
-    "salun", "RL restricted to the top fraction of |grad CE(F)|", {"fraction": 0.5, "lr_scale": 1.0, "epochs": None}
+    "salun", "RL restricted to the top fraction of |grad CE(F)|", {"fraction": 0.5, "lr_scale": 0.1, "epochs": None}
 )
 def salun(ctx, opts):
     g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
@@ -25,7 +25,7 @@ def salun(ctx, opts):
         optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
         epochs=opts["epochs"] or ctx.epochs,
         batch_size=ctx.batch_size,
-        hp={"random_labels": random_label_table(ctx), "mask": mask},
+        hp={"random_labels": random_label_table(ctx), "forget_weight": union_weight(ctx), "mask": mask},
         name="salun",
     )
     return Recipe(plan=plan, info={"mask_size": selection.mask_size(mask), "num_params": selection.count(mask)})

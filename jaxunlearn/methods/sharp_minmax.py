@@ -9,6 +9,10 @@ or the smallest fraction (``largest=False``, what the reference code's ascending
 ``g'`` inside SAM, as the reference code does (then parameters outside M still get ``(1+λ)g`` on the
 forget step). The unlearning optimizer's SAM flavour is used (SAM when plain was asked: the method is
 sharpness-aware by definition).
+
+The two optimizers have their own learning rates: with Adam-type optimizers the loss weights
+``α`` and ``1−α`` barely change the step size, so the forget optimizer's rate is ``forget_lr_scale``
+times the retain one's (default 0.01); without it the forget step dominates and the model collapses.
 """
 
 import dataclasses
@@ -43,7 +47,15 @@ def forget_mask(ctx, fraction: float, largest: bool = True):
 @register(
     "sharp_minmax",
     "SAM-min on R outside M, sharpness maximization on F inside M",
-    {"fraction": 0.3, "largest": True, "alpha": 0.99, "mask_reading": "strict", "lr_scale": 1.0, "epochs": None},
+    {
+        "fraction": 0.3,
+        "largest": True,
+        "alpha": 0.99,
+        "mask_reading": "strict",
+        "lr_scale": 1.0,
+        "forget_lr_scale": 0.01,
+        "epochs": None,
+    },
 )
 def sharp_minmax(ctx, opts):
     mask = forget_mask(ctx, opts["fraction"], bool(opts["largest"]))
@@ -53,7 +65,14 @@ def sharp_minmax(ctx, opts):
     plan = Plan(
         phases=(
             Phase("retain", retain_loss, uses=("retain",), sign="min", mask_key="mask_retain"),
-            Phase("forget", forget_loss, uses=("forget",), sign="max", mask_key="mask_forget"),
+            Phase(
+                "forget",
+                forget_loss,
+                uses=("forget",),
+                sign="max",
+                mask_key="mask_forget",
+                optimizer=scaled(cfg, opts["forget_lr_scale"]),
+            ),
         ),
         optimizer=cfg,
         epochs=opts["epochs"] or ctx.epochs,

@@ -1,7 +1,9 @@
 """SSD, selective synaptic dampening (Foster et al. 2024): no training, one edit of the weights.
 
 With Fisher diagonals ``I_F`` (forget set) and ``I_D`` (training data), every parameter with
-``I_F > α·I_D`` is scaled by ``β = min(λ·I_D / I_F, 1)``; the others are unchanged.
+``I_F > α·I_D`` is scaled by ``β = min(λ·I_D / I_F, 1)``; the others are unchanged. The paper uses
+α = 10 for ResNets; on the small CNNs here α = 5 forgets a whole class (forget accuracy 0) while a
+random forget set keeps test accuracy (digits), so 5 is the default.
 """
 
 import jax
@@ -25,7 +27,7 @@ def _fisher(ctx, idx, chunk):
 @register(
     "ssd",
     "dampen parameters far more important to F than to D (Fisher)",
-    {"alpha": 10.0, "lam": 1.0, "max_examples": 2000, "chunk_size": 64},
+    {"alpha": 5.0, "lam": 1.0, "max_examples": 2000, "chunk_size": 64},
     gradient_based=False,
 )
 def ssd(ctx, opts):

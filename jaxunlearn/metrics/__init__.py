@@ -4,12 +4,16 @@
   average gap, speed-up, mean ± std over seeds.
 * :mod:`~jaxunlearn.metrics.mia` — SalUn-style MIA-efficacy (per-feature SVC attacks) and LiRA.
 * :mod:`~jaxunlearn.metrics.memorization` — Feldman–Zhang subsampled memorization scores.
+* :mod:`~jaxunlearn.metrics.entanglement` — RUM's entanglement score on penultimate features.
+* :mod:`~jaxunlearn.metrics.features` — 2-D projections and before/after feature plots.
+* :mod:`~jaxunlearn.metrics.landscape` — filter-normalized loss landscapes and their sharpness summary.
+* :mod:`~jaxunlearn.metrics.relearn` — the relearning attack.
 
 Convention: ``logits_fn(params, x) -> logits`` (pure, jit-able); anything that needs training takes a
 ``train_fn(masks: bool[K, N]) -> stacked params`` supplied by the engine.
 """
 
-from jaxunlearn.metrics import accuracy, memorization, mia
+from jaxunlearn.metrics import accuracy, entanglement, features, landscape, memorization, mia, relearn
 from jaxunlearn.metrics.accuracy import (
     accuracy as accuracy_score,
 )
@@ -27,6 +31,9 @@ from jaxunlearn.metrics.accuracy import (
     tow,
     tow_mia,
 )
+from jaxunlearn.metrics.entanglement import entanglement_from_features, entanglement_score
+from jaxunlearn.metrics.features import plot_features, project_2d
+from jaxunlearn.metrics.landscape import loss_surface, plot_surface, random_directions, sharpness_summary
 from jaxunlearn.metrics.memorization import memorization_from_correctness, memorization_scores, subset_masks
 from jaxunlearn.metrics.mia import (
     attack_auc,
@@ -40,11 +47,26 @@ from jaxunlearn.metrics.mia import (
     mia_features,
     tpr_at_fpr,
 )
+from jaxunlearn.metrics.relearn import recovery_summary, relearn_attack
 
 __all__ = [
     "accuracy",
+    "entanglement",
+    "features",
+    "landscape",
     "memorization",
     "mia",
+    "relearn",
+    "entanglement_from_features",
+    "entanglement_score",
+    "plot_features",
+    "project_2d",
+    "loss_surface",
+    "plot_surface",
+    "random_directions",
+    "sharpness_summary",
+    "recovery_summary",
+    "relearn_attack",
     "accuracy_score",
     "aggregate_seeds",
     "average_gap",
