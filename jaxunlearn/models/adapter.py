@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 PyTree = Any
@@ -69,11 +70,13 @@ class ApplyFn:
         return out, new_state.to_pure_dict()
 
     def __call__(self, params, model_state, x, *, train: bool = False, features: bool = False):
-        if not isinstance(train, bool) or not isinstance(features, bool):
+        if not isinstance(train, bool | np.bool_) or not isinstance(features, bool | np.bool_):
             raise TypeError(
-                "train and features must be Python bools (they select the computation, so they are "
-                f"static under jit); got train={train!r}, features={features!r}"
+                "train and features must be Python bools: they select the computation, so they are static "
+                "(under jax.jit pass them via static_argnames=('train', 'features') or close over them); "
+                f"got train={train!r}, features={features!r}"
             )
+        train, features = bool(train), bool(features)
         if train:
             return self._train(_pure(params), _pure(model_state), x, features=features)
         return self._eval(_pure(params), _pure(model_state), x, features=features), model_state

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from jaxunlearn.models.layers import max_pool_2x2, prepare_input
+from jaxunlearn.models.layers import max_pool_2x2, normal_init, prepare_input
+
+_init = normal_init(1.0, "fan_in")  # LeCun normal
 
 
 def _pool_plan(height: int, width: int, n_convs: int, min_size: int) -> tuple[bool, ...]:
@@ -65,12 +67,14 @@ class CNN(nnx.Module):
         h, w, c = self.input_shape
         self.pools = _pool_plan(h, w, len(self.channels), int(pool_min_size))
         for i, out_c in enumerate(self.channels):
-            setattr(self, f"conv{i}", nnx.Conv(c, out_c, kernel_size=(3, 3), padding="SAME", rngs=rngs))
+            setattr(
+                self, f"conv{i}", nnx.Conv(c, out_c, kernel_size=(3, 3), padding="SAME", kernel_init=_init, rngs=rngs)
+            )
             c = out_c
             if self.pools[i]:
                 h, w = h // 2, w // 2
-        self.dense = nnx.Linear(h * w * c, int(dense), rngs=rngs)
-        self.head = nnx.Linear(int(dense), self.num_classes, rngs=rngs)
+        self.dense = nnx.Linear(h * w * c, int(dense), kernel_init=_init, rngs=rngs)
+        self.head = nnx.Linear(int(dense), self.num_classes, kernel_init=_init, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False, features: bool = False) -> jax.Array:
         del train  # no batch norm or dropout

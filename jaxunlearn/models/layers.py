@@ -5,7 +5,8 @@ Only jax/numpy here; the modules themselves live in the per-model files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -77,3 +78,35 @@ def prepare_input(x, expected: Sequence[int], model: str) -> tuple[jax.Array, bo
         f"{model}: expected input of shape [B, {', '.join(map(str, expected))}] (or one example "
         f"[{', '.join(map(str, expected))}]), got {tuple(x.shape)}"
     )
+
+
+def normal_init(scale: float = 1.0, mode: str = "fan_in") -> Callable:
+    """Gaussian initializer ``w ~ N(0, scale / fan)`` (LeCun normal for ``scale=1``, He normal for ``scale=2``).
+
+    ``fan_in = receptive_field · shape[-2]``, ``fan_out = receptive_field · shape[-1]`` with
+    ``receptive_field = prod(shape[:-2])`` (Flax's ``HWIO`` conv and ``[in, out]`` dense layouts).
+
+    Draws ``2^k >= size`` normals and reshapes the first ``size``: every kernel whose size rounds to the
+    same power of two reuses one compiled sampler, so eagerly building a model compiles a handful of
+    programs instead of one per distinct kernel shape (several times faster on CPU for ResNet-18). Pure
+    and traceable, so it also works inside ``jax.jit`` / ``jax.vmap`` over keys.
+
+    Example:
+        >>> import jax
+        >>> w = normal_init(2.0, "fan_out")(jax.random.key(0), (3, 3, 16, 32))
+        >>> w.shape
+        (3, 3, 16, 32)
+    """
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
+
+    def init(key, shape, dtype=jnp.float32):
+        shape = tuple(int(s) for s in shape)
+        receptive = math.prod(shape[:-2])
+        fan = receptive * (shape[-2] if mode == "fan_in" else shape[-1]) if len(shape) >= 2 else shape[0]
+        size = math.prod(shape)
+        n = 1 << max(0, (size - 1).bit_length())
+        z = jax.random.normal(key, (n,), dtype)[:size].reshape(shape)
+        return z * jnp.asarray(math.sqrt(scale / max(1, fan)), dtype)
+
+    return init

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from jaxunlearn.models.layers import prepare_input
+from jaxunlearn.models.layers import normal_init, prepare_input
+
+_init = normal_init(1.0, "fan_in")  # LeCun normal
 
 
 class MLP(nnx.Module):
@@ -40,9 +42,9 @@ class MLP(nnx.Module):
         self.hidden = tuple(int(h) for h in hidden)
         width = math.prod(self.input_shape)
         for i, h in enumerate(self.hidden):
-            setattr(self, f"dense{i}", nnx.Linear(width, h, rngs=rngs))
+            setattr(self, f"dense{i}", nnx.Linear(width, h, kernel_init=_init, rngs=rngs))
             width = h
-        self.head = nnx.Linear(width, self.num_classes, rngs=rngs)
+        self.head = nnx.Linear(width, self.num_classes, kernel_init=_init, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False, features: bool = False) -> jax.Array:
         del train  # no batch norm or dropout

@@ -15,12 +15,20 @@ from jaxunlearn.models.theory import TheoryCNN
 
 
 def _theory_cnn(
-    *, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs,
-    filters: int = 10, activation: str = "poly", q: float = 3, sigma0: float = 0.01,
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    rngs: nnx.Rngs,
+    filters: int = 10,
+    activation: str = "poly",
+    q: float = 3,
+    sigma0: float = 0.01,
 ) -> TheoryCNN:
     """Theory two-layer CNN; ``input_shape = (P, d)``, ``num_classes = 2``."""
     if num_classes != 2:
-        raise ValueError(f"theory_cnn is a binary model (logits [F_-1, F_+1]): num_classes must be 2, got {num_classes}")
+        raise ValueError(
+            f"theory_cnn is a binary model (logits [F_-1, F_+1]): num_classes must be 2, got {num_classes}"
+        )
     if len(input_shape) != 2:
         raise ValueError(
             f"theory_cnn expects input_shape = (P, d) (P patches of dimension d), got {tuple(input_shape)}"
@@ -29,9 +37,7 @@ def _theory_cnn(
     return TheoryCNN(p, d, filters=filters, activation=activation, q=q, sigma0=sigma0, rngs=rngs)
 
 
-def _mlp(
-    *, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs, hidden: Sequence[int] = (256, 128)
-) -> MLP:
+def _mlp(*, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs, hidden: Sequence[int] = (256, 128)) -> MLP:
     """MLP on the flattened input."""
     return MLP(input_shape, num_classes, hidden=hidden, rngs=rngs)
 
@@ -44,8 +50,13 @@ def _image_shape(name: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def _cnn(
-    *, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs,
-    channels: Sequence[int] = (32, 64), dense: int = 128, pool_min_size: int = 8,
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    rngs: nnx.Rngs,
+    channels: Sequence[int] = (32, 64),
+    dense: int = 128,
+    pool_min_size: int = 8,
 ) -> CNN:
     """Small CNN (conv32-relu-pool-conv64-relu-pool-dense128-relu-dense)."""
     shape = _image_shape("cnn", input_shape)

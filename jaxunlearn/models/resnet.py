@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxunlearn.models.layers import prepare_input
+from jaxunlearn.models.layers import normal_init, prepare_input
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # He init, as torchvision
+_conv_init = normal_init(2.0, "fan_out")  # He init, as torchvision
+_dense_init = normal_init(1.0, "fan_in")
 
 
 def _bn(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -21,8 +22,14 @@ def _bn(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
     return nnx.Conv(
-        cin, cout, kernel_size=(k, k), strides=(stride, stride), padding="SAME" if k > 1 else "VALID",
-        use_bias=False, kernel_init=_conv_init, rngs=rngs,
+        cin,
+        cout,
+        kernel_size=(k, k),
+        strides=(stride, stride),
+        padding="SAME" if k > 1 else "VALID",
+        use_bias=False,
+        kernel_init=_conv_init,
+        rngs=rngs,
     )
 
 
@@ -102,7 +109,7 @@ class ResNet18(nnx.Module):
                 stride = 2 if (s > 0 and b == 0) else 1
                 setattr(self, f"stage{s}_block{b}", BasicBlock(cin, cout, stride=stride, rngs=rngs))
                 cin = cout
-        self.head = nnx.Linear(cin, self.num_classes, rngs=rngs)
+        self.head = nnx.Linear(cin, self.num_classes, kernel_init=_dense_init, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False, features: bool = False) -> jax.Array:
         x, single = prepare_input(x, self.input_shape, "resnet18")
