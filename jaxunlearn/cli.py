@@ -1,0 +1,271 @@
+"""The ``jaxunlearn`` command.
+
+``jaxunlearn run``    pretrain (SGD and SAM), unlearn with every method (plain and SAM optimizers),
+                      evaluate and write ``results.json``, markdown tables and figures.
+``jaxunlearn show``   print the tables of a finished run directory.
+``jaxunlearn theory`` the synthetic signal/noise experiment of the theory (SGD vs SAM).
+
+User errors (bad option values, missing data, a mismatched checkpoint) end with one line on stderr
+and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in s.split(",") if v.strip())
+
+
+def _method_options(items: list[str]) -> dict:
+    """``name.key=value`` items -> {name: {key: value}} (values parsed as JSON when possible)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(
+                f"--option must look like METHOD.KEY=VALUE (e.g. sharp_minmax.fraction=0.1), got {item!r}."
+            )
+        lhs, value = item.split("=", 1)
+        name, key = lhs.split(".", 1)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(name, {})[key] = parsed
+    return out
+
+
+def _load_config(path: str) -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--config {path}: no such file.")
+    with open(path, "rb") as f:
+        if path.endswith(".toml"):
+            import tomllib
+
+            cfg = tomllib.load(f)
+        else:
+            cfg = json.load(f)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--config {path} must hold a table/object of settings.")
+    return {k.replace("-", "_"): v for k, v in cfg.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxunlearn.runner import DEFAULT_METHODS
+
+    p = argparse.ArgumentParser(
+        prog="jaxunlearn",
+        description="Sharpness-aware machine unlearning in JAX.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser(
+        "run",
+        help="pretrain, unlearn with every method, evaluate, report",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Defaults: digits, small CNN, pretrain with SGD and SAM, random 10%% forget set, all methods "
+        "with plain and SAM unlearning optimizers. Writes runs/<timestamp>/results.json, table.md and figures.",
+    )
+    g = r.add_argument_group("data")
+    g.add_argument("--dataset", default=None, help="digits | fashion_mnist | synthetic | tfds:NAME (default digits)")
+    g.add_argument("--data-dir", default=None, help="directory with the data (Fashion-MNIST IDX files, TFDS data_dir)")
+    g.add_argument("--max-train", type=int, default=None, help="use at most this many training examples")
+    g.add_argument("--max-test", type=int, default=None, help="use at most this many test examples")
+    g.add_argument("--forget", default=None, help="forget set: random | class | high | low | mid | mix (memorization)")
+    g.add_argument("--forget-size", type=float, default=None, help="count, or fraction in (0, 1) (default 0.1)")
+    g.add_argument("--forget-class", type=int, default=None, help="the class to forget with --forget class")
+    g.add_argument("--mem-models", type=int, default=None, help="models for memorization scores (default 8)")
+    g = r.add_argument_group("model and training")
+    g.add_argument(
+        "--model", default=None, help="cnn | mlp | resnet18 | theory_cnn (default: cnn; theory_cnn for synthetic)"
+    )
+    g.add_argument("--width", type=int, default=None, help="width multiplier/hidden size passed to the model")
+    g.add_argument("--pretrain", type=_csv, default=None, help="comma list of sgd | sam | asam (default sgd,sam)")
+    g.add_argument("--pretrain-lr", type=float, default=None, help="SGD learning rate for pretraining (default 0.05)")
+    g.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining (and Retrain) epochs (default 15)")
+    g.add_argument("--pretrain-rho", type=float, default=None, help="SAM/ASAM radius when pretraining (default 0.1)")
+    g.add_argument("--batch-size", type=int, default=None, help="batch size (default 64)")
+    g = r.add_argument_group("unlearning")
+    g.add_argument("--methods", type=_csv, default=None, help=f"comma list (default {','.join(DEFAULT_METHODS)})")
+    g.add_argument(
+        "--unlearn-optimizer",
+        type=_csv,
+        default=None,
+        help="comma list of sgd (plain AdamW) | sam | asam (default sgd,sam)",
+    )
+    g.add_argument("--unlearn-lr", type=float, default=None, help="AdamW learning rate for unlearning (default 0.01)")
+    g.add_argument("--unlearn-epochs", type=int, default=None, help="unlearning epochs (default 5)")
+    g.add_argument("--rho", type=float, default=None, help="SAM/ASAM radius when unlearning (default 0.1)")
+    g.add_argument("--lamb", type=float, default=None, help="lambda in g + s*lambda*(g' - g) (default 1)")
+    g.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="method option, e.g. sharp_minmax.fraction=0.1 (repeatable; see `jaxunlearn methods`)",
+    )
+    g = r.add_argument_group("run")
+    g.add_argument("--seeds", type=int, default=None, help="number of seeds; tables show mean ± std (default 1)")
+    g.add_argument("--seed", type=int, default=None, help="first seed (default 0)")
+    g.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    g.add_argument("--no-figures", action="store_true", help="skip the figures")
+    g.add_argument("--landscape-grid", type=int, default=None, help="loss-landscape grid points per axis (default 11)")
+    g.add_argument("--config", default=None, help="JSON or TOML file with the same settings (options override it)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("show", help="print the tables of a finished run")
+    s.add_argument("dir", help="run directory (or results.json)")
+
+    t = sub.add_parser(
+        "theory",
+        help="signal learning vs noise memorization, SGD vs SAM (synthetic data)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    t.add_argument("--out", default=None, help="output directory (default runs/theory-<timestamp>)")
+    t.add_argument("--n", type=int, default=80, help="training examples")
+    t.add_argument("--d", type=int, default=400, help="dimension of a patch")
+    t.add_argument("--phi-norm", type=float, default=1.0, help="signal strength ||phi||")
+    t.add_argument("--sigma-p", type=float, default=1.0, help="noise standard deviation")
+    t.add_argument("--steps", type=int, default=300, help="gradient steps")
+    t.add_argument("--lr", type=float, default=0.5, help="learning rate")
+    t.add_argument("--rho", type=float, default=1.0, help="SAM radius")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("methods", help="list the unlearning methods and their options")
+    return p
+
+
+def _job_config(args) -> JobConfig:  # noqa: F821
+    from jaxunlearn.runner import JobConfig
+
+    values: dict = {}
+    if args.config:
+        values.update(_load_config(args.config))
+    mapping = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "max_train": args.max_train,
+        "max_test": args.max_test,
+        "forget": args.forget,
+        "forget_size": args.forget_size,
+        "forget_class": args.forget_class,
+        "mem_models": args.mem_models,
+        "model": args.model,
+        "width": args.width,
+        "pretrain": args.pretrain,
+        "pretrain_lr": args.pretrain_lr,
+        "pretrain_epochs": args.pretrain_epochs,
+        "pretrain_rho": args.pretrain_rho,
+        "batch_size": args.batch_size,
+        "methods": args.methods,
+        "unlearn_optimizer": args.unlearn_optimizer,
+        "unlearn_lr": args.unlearn_lr,
+        "unlearn_epochs": args.unlearn_epochs,
+        "rho": args.rho,
+        "lamb": args.lamb,
+        "seeds": args.seeds,
+        "seed": args.seed,
+        "out": args.out,
+        "landscape_grid": args.landscape_grid,
+    }
+    values.update({k: v for k, v in mapping.items() if v is not None})
+    opts = values.pop("method_options", {}) or {}
+    for name, kv in _method_options(args.option).items():
+        opts.setdefault(name, {}).update(kv)
+    known = set(JobConfig.__dataclass_fields__)
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"--config has unknown setting(s) {sorted(unknown)}; known: {sorted(known)}.")
+    for k in ("pretrain", "unlearn_optimizer", "methods"):
+        if isinstance(values.get(k), list):
+            values[k] = tuple(values[k])
+    cfg = JobConfig(**values, method_options=opts)
+    cfg.resume = args.resume or cfg.resume
+    cfg.figures = not args.no_figures and cfg.figures
+    cfg.progress = not args.quiet
+    return cfg
+
+
+def _cmd_run(args) -> int:
+    from jaxunlearn.runner import format_tables, run_job
+
+    cfg = _job_config(args)
+    results = run_job(cfg)
+    print(format_tables(results))
+    print(f"results: {os.path.join(cfg.out, 'results.json')}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from jaxunlearn import report
+    from jaxunlearn.runner import format_tables
+
+    path = args.dir
+    results_file = path if path.endswith(".json") else os.path.join(path, "results.json")
+    if not os.path.exists(results_file):
+        raise FileNotFoundError(f"{results_file} does not exist; pass a directory written by `jaxunlearn run`.")
+    with open(results_file) as f:
+        results = json.load(f)
+    report.validate_results(results)
+    print(format_tables(results))
+    return 0
+
+
+def _cmd_methods(args) -> int:
+    from jaxunlearn import methods
+
+    for name in sorted(methods.METHODS):
+        m = methods.METHODS[name]
+        opts = ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()) or "-"
+        print(f"{name:15s} {m.summary}\n{'':15s} options: {opts}")
+    return 0
+
+
+def _cmd_theory(args) -> int:
+    from jaxunlearn import theory
+
+    out = theory.run_theory(
+        out=args.out,
+        n=args.n,
+        d=args.d,
+        phi_norm=args.phi_norm,
+        sigma_p=args.sigma_p,
+        steps=args.steps,
+        lr=args.lr,
+        rho=args.rho,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(out["summary"])
+    return 0
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxunlearn`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": _cmd_run, "show": _cmd_show, "theory": _cmd_theory, "methods": _cmd_methods}
+    try:
+        return handlers[args.command](args)
+    except USER_ERRORS as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"jaxunlearn: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxunlearn: interrupted; rerun the same command with --resume to continue.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
