@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxunlearn import objectives
+from jaxunlearn import distributed, objectives, sharpness
 from jaxunlearn.checkpoint import Checkpointer
 from jaxunlearn.plan import (
     PRETRAIN_DEFAULT,
@@ -125,20 +125,69 @@ def _finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask):
-    """Pure (unjitted) single-phase update: used by the jitted step and by the vmapped sweep."""
+SAM_MODES = ("global", "per_device")
+
+
+def _constrain_batch(batch, mesh):
+    """Shard each batch array's first axis over the mesh's ``data`` axis (when it divides evenly)."""
+    k = distributed.data_size(mesh)
+    s = distributed.batch_sharding(mesh)
+    return {key: jax.lax.with_sharding_constraint(v, s) if v.shape[0] % k == 0 else v for key, v in batch.items()}
+
+
+def _per_device_sam_grads(apply_fn, phase_loss, cfg, mesh, params, model_state, batch, hp):
+    """m-sharpness: each device perturbs with ITS shard's gradient. Returns ``(mean_k g_k, mean_k g'_k)``
+    with ``g_k = ∇L_k(w)``, ``e_k = perturbation(g_k)``, ``g'_k = ∇L_k(w + e_k)`` on shard k."""
+    axis = distributed.DATA if distributed.DATA in mesh.axis_names else mesh.axis_names[0]
+    asam = cfg.sam == "asam"
+    P = jax.sharding.PartitionSpec
+
+    def per_shard(p, st, b, h):
+        # mark w as device-varying: the gradient of an invariant input would be psum-ed over devices
+        p = jax.tree.map(lambda a: jax.lax.pcast(a, axis, to="varying"), p)
+
+        def lf(q):
+            return phase_loss(apply_fn, q, st, b, h)[0]
+
+        g = jax.grad(lf)(p)
+        e = sharpness.perturbation(g, p, cfg.rho, adaptive=asam, eta=cfg.eta if asam else 0.0)
+        gp = jax.grad(lf)(jax.tree.map(jnp.add, p, e))
+        return jax.lax.pmean(g, axis), jax.lax.pmean(gp, axis)
+
+    fn = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(), P(axis), P()), out_specs=(P(), P()))
+    return fn(params, model_state, batch, hp)
+
+
+def _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask, mesh=None, sam_mode="global"):
+    """Pure (unjitted) single-phase update: used by the jitted step and by the vmapped sweep.
+
+    With a ``mesh`` the gathered batch is sharded over ``data`` (params stay replicated) and XLA's
+    SPMD partitioner all-reduces the gradients: SAM then perturbs with the GLOBAL batch gradient.
+    ``sam_mode="per_device"`` computes each device's perturbation from its own shard instead and
+    averages the per-device SAM gradients (the loss value and model state still come from the
+    unperturbed global pass).
+    """
+    per_device = sam_mode == "per_device" and cfg.sam != "none" and mesh is not None
 
     def update(params, model_state, opt_state, x, y, idx_r, idx_f, hp, mask):
         x_r, y_r = _gather(x, y, idx_r)
         x_f, y_f = _gather(x, y, idx_f)
         batch = {"x_r": x_r, "y_r": y_r, "i_r": idx_r, "x_f": x_f, "y_f": y_f, "i_f": idx_f}
+        if mesh is not None:
+            batch = _constrain_batch(batch, mesh)
 
         def lf(p):
             return phase_loss(apply_fn, p, model_state, batch, hp)
 
-        (loss, new_state), g = jax.value_and_grad(lf, has_aux=True)(params)
+        if per_device:
+            loss, new_state = lf(params)
+            g, gp = _per_device_sam_grads(apply_fn, phase_loss, cfg, mesh, params, model_state, batch, hp)
+            grad_fn = lambda p: gp  # noqa: E731  (the transform combines g + s·λ·(M ⊙ mean g'_k − g))
+        else:
+            (loss, new_state), g = jax.value_and_grad(lf, has_aux=True)(params)
+            grad_fn = lambda p: jax.grad(lf, has_aux=True)(p)[0]  # noqa: E731
         tx = build_optimizer(cfg, total_steps, sign=sign, mask=mask if has_mask else None, mask_reading=mask_reading)
-        updates, opt_state = tx.update(g, opt_state, params, grad_fn=lambda p: jax.grad(lf, has_aux=True)(p)[0])
+        updates, opt_state = tx.update(g, opt_state, params, grad_fn=grad_fn)
         params = optax.apply_updates(params, updates)
         return params, new_state, opt_state, loss
 
@@ -146,8 +195,8 @@ def _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, ha
 
 
 @functools.lru_cache(maxsize=256)
-def _jitted_step(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask):
-    update = _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask)
+def _jitted_step(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask, mesh=None, sam_mode="global"):
+    update = _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask, mesh, sam_mode)
 
     def step(params, model_state, opt_state, ok, x, y, idx_r, idx_f, hp, mask):
         COMPILE_COUNTER.count += 1  # runs only while tracing
@@ -190,6 +239,8 @@ def run(
     progress: bool = True,
     desc: str | None = None,
     on_epoch_end: Callable[[int, PyTree, PyTree], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    sam_mode: str = "global",
 ) -> RunResult:
     """Execute ``plan`` starting from ``params`` / ``model_state``; the inputs are not modified.
 
@@ -200,8 +251,20 @@ def run(
     Divergence guard: a non-finite loss or parameter during an epoch stops the run, restores the
     parameters of the last finite epoch end and reports ``diverged = {"epoch", "reason"}``.
 
+    ``on_epoch_end(epoch, params, model_state)`` runs after each finite epoch (``epoch`` counts from 1)
+    with copies of the parameters and state, which stay valid after the run (the live arrays are
+    donated to the next step). An exception it raises stops the run.
+
     Checkpoints (``checkpoint_dir``): saved every ``checkpoint_every`` epochs with Orbax; with
-    ``resume=True`` the newest one is restored and the run continues after it.
+    ``resume=True`` the newest one is restored and the run continues after it. Multi-host: every
+    process calls the same ``run`` and Orbax coordinates the writes (use a shared file system).
+
+    Data parallelism (``mesh``, e.g. :func:`jaxunlearn.distributed.make_mesh`): the data are sharded
+    over the mesh's ``data`` axis, parameters, optimizer states and ``hp`` replicated, and each global
+    batch (gathered by index) is split over the devices; the result equals the one-device run up to
+    float rounding. SAM perturbs with the global batch gradient (``sam_mode="global"``) or, with
+    ``sam_mode="per_device"``, each device with its own shard's gradient (m-sharpness, m = B / devices;
+    batch sizes must then divide by the number of devices).
 
     Example:
         >>> plan = Plan((Phase("train", supervised_loss),), optimizer=PRETRAIN_DEFAULT, epochs=3)
@@ -219,6 +282,7 @@ def run(
     if retain_idx.size and forget_idx.size and np.intersect1d(retain_idx, forget_idx).size:
         raise ValueError("retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.")
 
+    _validate_choice_sam_mode(sam_mode)
     pool = retain_idx if plan.epoch_over == "retain" else forget_idx
     bs = plan.batch_size
     steps = max(1, math.ceil(pool.size / bs))
@@ -226,9 +290,21 @@ def run(
     r_pool = retain_idx if retain_idx.size else forget_idx
     f_pool = forget_idx if forget_idx.size else retain_idx
 
+    if mesh is not None and sam_mode == "per_device":
+        k = distributed.data_size(mesh)
+        f_bs = min(bs, f_pool.size)
+        if bs % k or f_bs % k:
+            raise ValueError(
+                f"sam_mode='per_device' needs batch sizes divisible by the {k} devices of the data axis; "
+                f"got retain batch {bs} and forget batch {f_bs}. Change batch_size (or the forget set size)."
+            )
+
     params = _copy(params)
     model_state = _copy(model_state)
     hp = plan.hp
+    if mesh is not None:
+        data = distributed.shard_data(data, mesh)
+        params, model_state, hp = distributed.replicate((params, model_state, hp), mesh)
     opt_states = [
         build_optimizer(
             _phase_cfg(plan, ph),
@@ -248,9 +324,13 @@ def run(
             ph.sign,
             plan.mask_reading,
             ph.mask_key is not None,
+            mesh,
+            sam_mode,
         )
         for ph in plan.phases
     ]
+    if mesh is not None:
+        opt_states = distributed.replicate(opt_states, mesh)
 
     start_epoch = 0
     history: list[dict] = []
@@ -265,7 +345,7 @@ def run(
             resumed_from = start_epoch
             opt_states = list(opt_states)
 
-    ok0 = jnp.array(True)
+    ok0 = jnp.array(True) if mesh is None else distributed.replicate(jnp.array(True), mesh)
     last_good = (_copy(params), _copy(model_state))
     diverged = None
     t0 = time.perf_counter()
@@ -273,7 +353,7 @@ def run(
         total=plan.epochs * steps,
         initial=start_epoch * steps,
         desc=desc or plan.name,
-        disable=not progress,
+        disable=not progress or not distributed.is_main_process(),
         leave=False,
         dynamic_ncols=True,
     )
@@ -286,6 +366,9 @@ def run(
             ok = ok0
             losses = {plan.phases[i].name: [] for i in active}
             hp_epoch = {**hp, "_epoch": np.int32(epoch), "_epochs": np.int32(plan.epochs)}
+            if mesh is not None:  # every input of the step on the mesh (needed across processes)
+                idx_r, idx_f = distributed.replicate((jnp.asarray(idx_r), jnp.asarray(idx_f)), mesh)
+                hp_epoch = distributed.replicate(hp_epoch, mesh)
             for s in range(steps):
                 for i in active:
                     ph = plan.phases[i]
@@ -307,8 +390,8 @@ def run(
             history.append(record)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss/")})
             last_good = (_copy(params), _copy(model_state))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, params, model_state)
+            if on_epoch_end is not None:  # copies: ``params`` itself is donated to the next step
+                on_epoch_end(epoch + 1, *last_good)
             if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == plan.epochs):
                 ckpt.save(
                     epoch + 1,
@@ -320,6 +403,11 @@ def run(
             ckpt.close()
     jax.block_until_ready(params)
     return RunResult(params, model_state, history, time.perf_counter() - t0, diverged, resumed_from)
+
+
+def _validate_choice_sam_mode(sam_mode: str) -> None:
+    if sam_mode not in SAM_MODES:
+        raise ValueError(f"sam_mode must be one of {list(SAM_MODES)}, got {sam_mode!r}.")
 
 
 def _check_indices(name: str, idx, n: int, *, allow_empty: bool) -> np.ndarray:
@@ -377,6 +465,9 @@ def train_many(
     epochs: int,
     batch_size: int = 64,
     seed: int = 0,
+    seeds=None,
+    lr=None,
+    rho=None,
     progress: bool = True,
     desc: str = "train x K",
 ) -> tuple[PyTree, PyTree]:
@@ -385,8 +476,13 @@ def train_many(
     ``params`` / ``model_state`` carry a leading axis K (e.g. from ``jax.vmap(init)(keys)``), and
     ``index_sets`` is ``[K, m]``: model k trains on examples ``index_sets[k]`` (equal sizes, e.g.
     random 70 % subsets for memorization scores or LiRA shadow models). Model k's batches are drawn
-    from a generator seeded by ``(seed, k, epoch)``, so row k equals a separate :func:`train`-style run
-    with those batches. Returns the stacked ``(params, model_state)``.
+    from a generator seeded by ``(seed, k, epoch)``; with ``seeds`` (K ints) by ``(seeds[k], epoch)``
+    instead, exactly the batches of ``train(..., train_idx=index_sets[k], seed=seeds[k])``, so row k
+    then reproduces that separate run (up to float rounding of the vmapped program).
+    ``lr`` / ``rho`` (K values, or one): per-model learning rate / SAM radius, traced inside the one
+    compiled program (``rho`` needs ``optimizer.sam != "none"``), so row k equals
+    ``train(..., optimizer=dataclasses.replace(optimizer, lr=lr[k], rho=rho[k]))``.
+    Returns the stacked ``(params, model_state)``.
 
     Example:
         >>> keys = jax.random.split(jax.random.key(0), 8)
@@ -399,45 +495,78 @@ def train_many(
             f"index_sets must be [K, m] with m >= 1 (one row of indices per model), got {index_sets.shape}."
         )
     k_models, m = index_sets.shape
+    if not np.issubdtype(index_sets.dtype, np.integer) or index_sets.min() < 0 or index_sets.max() >= len(data):
+        raise ValueError(f"index_sets must hold integer indices in [0, {len(data)}) (the training set's size).")
+    if seeds is not None:
+        seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
+        if len(seeds) != k_models:
+            raise ValueError(f"seeds must hold one seed per model (K={k_models}), got {len(seeds)}.")
     lead = {np.shape(x)[0] for x in jax.tree.leaves(params)}
     if lead != {k_models}:
         raise ValueError(f"params must have a leading axis of size K={k_models} (one set per model), got {lead}.")
     steps = max(1, math.ceil(m / batch_size))
     total = steps * epochs
-    tx = build_optimizer(optimizer, total)
-    update = _phase_update(apply_fn, supervised_loss, optimizer, total, "min", "strict", False)
+    hyper = {}
+    for name, value in (("lr", lr), ("rho", rho)):
+        if value is None:
+            continue
+        value = np.asarray(value, np.float32).reshape(-1)
+        if value.size == 1:
+            value = np.repeat(value, k_models)
+        if value.size != k_models or not np.all(value > 0):
+            raise ValueError(f"{name} must hold one positive value per model (K={k_models}), got {value.tolist()}.")
+        hyper[name] = jnp.asarray(value)
+    if "rho" in hyper and optimizer.sam == "none":
+        raise ValueError("a rho sweep needs a SAM optimizer: pass optimizer=OptimConfig(sam='sam' or 'asam').")
 
-    def one(p, s, o, x, y, ir):
+    def cfg_for(h):  # the optimizer of one model, with its (traced) lr / rho
+        return dataclasses.replace(optimizer, **h) if h else optimizer
+
+    def one(p, s, o, x, y, ir, h):
+        update = _phase_update(apply_fn, supervised_loss, cfg_for(h), total, "min", "strict", False)
         return update(p, s, o, x, y, ir, ir, {}, None)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(p, s, o, x, y, ir):
+    def step(p, s, o, x, y, ir, h):
         COMPILE_COUNTER.count += 1
-        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))(p, s, o, x, y, ir)
+        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0, 0))(p, s, o, x, y, ir, h)
 
     params, model_state = _copy(params), _copy(model_state)
-    opt_state = jax.vmap(tx.init)(params)
+    opt_state = jax.vmap(lambda p, h: build_optimizer(cfg_for(h), total).init(p))(params, hyper)
     bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in range(epochs):
         per_model = [
-            _epoch_indices(np.random.default_rng([seed, k, epoch]), index_sets[k], steps, batch_size)
+            _epoch_indices(
+                np.random.default_rng([seed, k, epoch] if seeds is None else [seeds[k], epoch]),
+                index_sets[k],
+                steps,
+                batch_size,
+            )
             for k in range(k_models)
         ]
         idx = np.stack(per_model, axis=1)  # [steps, K, B]
         idx = jnp.asarray(idx)
         for s in range(steps):
-            params, model_state, opt_state, _ = step(params, model_state, opt_state, data.x, data.y, idx[s])
+            params, model_state, opt_state, _ = step(params, model_state, opt_state, data.x, data.y, idx[s], hyper)
             bar.update(1)
     bar.close()
     return params, model_state
 
 
 def evaluate(
-    apply_fn: Callable, params: PyTree, model_state: PyTree, x, y=None, *, batch_size: int = 1024
+    apply_fn: Callable,
+    params: PyTree,
+    model_state: PyTree,
+    x,
+    y=None,
+    *,
+    batch_size: int = 1024,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, np.ndarray | float]:
     """Eval-mode logits for ``x`` (batched, jitted) and, with labels, accuracy and per-example loss.
 
     Returns ``{"logits", "loss", "correct", "accuracy"}`` (numpy; the last three only with ``y``).
+    With ``mesh`` each chunk is split over the ``data`` axis (padded to a multiple of its size).
 
     Example:
         >>> evaluate(apply_fn, params, state, x_test, y_test)["accuracy"]
@@ -447,12 +576,23 @@ def evaluate(
         raise ValueError("cannot evaluate on an empty set of examples.")
     outs = []
     fn = _eval_fn(apply_fn)
+    if mesh is not None:
+        k = distributed.data_size(mesh)
+        batch_size = max(k, batch_size // k * k)
+        params, model_state = distributed.replicate((params, model_state), mesh)
     for start in range(0, x.shape[0], batch_size):
         chunk = x[start : start + batch_size]
         pad = batch_size - chunk.shape[0] if x.shape[0] > batch_size else 0
+        if mesh is not None:
+            pad = pad or -chunk.shape[0] % k
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out = np.asarray(fn(params, model_state, chunk))
+        if mesh is not None:
+            chunk = distributed.shard_batch(chunk, mesh)
+        out = fn(params, model_state, chunk)
+        if mesh is not None and jax.process_count() > 1:  # every process gets all the logits
+            out = _allgather(out)
+        out = np.asarray(out)
         outs.append(out[: out.shape[0] - pad] if pad else out)
     logits = np.concatenate(outs)
     result: dict[str, Any] = {"logits": logits}
@@ -462,6 +602,12 @@ def evaluate(
         result["correct"] = logits.argmax(-1) == y
         result["accuracy"] = float(result["correct"].mean())
     return result
+
+
+def _allgather(x):
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(x, tiled=True)
 
 
 @functools.lru_cache(maxsize=64)
@@ -476,13 +622,15 @@ def unlearn(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    sam_mode: str = "global",
 ) -> RunResult:
     """Run the registered unlearning ``method`` on the context ``ctx`` (a ``methods.Context``).
 
     The method's recipe is built (masks, teachers, scores: counted in ``seconds``) and its plan run by
     :func:`run`; methods that edit the weights directly return at once. With ``ctx.corrected`` (feature
     or label unlearning) the corrected examples Z̃ join the retain set, so gradient methods learn them
-    while unlearning the affected examples Z.
+    while unlearning the affected examples Z. ``mesh`` / ``sam_mode``: data parallelism as in :func:`run`.
 
     Example:
         >>> ctx = methods.Context(apply_fn, params, state, data.x, data.y, retain_idx, forget_idx, 10)
@@ -521,6 +669,8 @@ def unlearn(
         resume=resume,
         progress=progress,
         desc=method,
+        mesh=mesh,
+        sam_mode=sam_mode,
     )
     res.seconds = time.perf_counter() - t0
     res.info = dict(recipe.info)

@@ -1,0 +1,218 @@
+"""Meshes, shardings and multi-host setup: data-parallel (and FSDP-style) runs on TPU pods and GPUs.
+
+One mesh for the whole run (as big_vision does): a 1-D ``("data",)`` mesh for data parallelism, or a
+2-D ``("data", "model")`` mesh whose ``model`` axis shards the parameters FSDP-style. Batches are
+sharded along their first axis over ``data``; parameters and optimizer states are replicated (or
+sharded over ``model`` by :func:`fsdp_shardings`), and ``jax.jit``'s SPMD partitioner inserts the
+collectives. Imports only jax/numpy.
+
+Multi-host: call :func:`maybe_initialize` first thing (it runs ``jax.distributed.initialize()`` when
+``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID`` are set, or on a TPU pod / SLURM
+cluster when ``JAXUNLEARN_DISTRIBUTED=1``); every process then runs the same program, only
+:func:`is_main_process` writes reports, and Orbax checkpoints are written cooperatively by all processes.
+
+Example:
+    >>> distributed.maybe_initialize()
+    >>> mesh = distributed.make_mesh()                      # all devices on the "data" axis
+    >>> res = engine.train(apply_fn, params, state, data, epochs=5, mesh=mesh)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = [
+    "make_mesh",
+    "batch_sharding",
+    "replicated",
+    "shard_data",
+    "shard_batch",
+    "replicate",
+    "fsdp_shardings",
+    "maybe_initialize",
+    "is_main_process",
+    "process_local_indices",
+    "DATA",
+    "MODEL",
+]
+
+PyTree = Any
+DATA = "data"
+MODEL = "model"
+_INITIALIZED = False
+
+
+def make_mesh(num_devices: int | None = None, axis: str | tuple[str, ...] = DATA, *, model: int = 1) -> Mesh:
+    """A mesh over the first ``num_devices`` devices (all by default, across every process).
+
+    ``axis="data"`` (default) gives a 1-D data-parallel mesh; ``axis=("data", "model")`` with
+    ``model=M`` a 2-D ``(num_devices // M, M)`` mesh for FSDP-style parameter sharding.
+
+    Example:
+        >>> mesh = make_mesh()                                  # Mesh('data': 8)
+        >>> mesh2 = make_mesh(8, ("data", "model"), model=2)    # Mesh('data': 4, 'model': 2)
+    """
+    devices = jax.devices()
+    n = len(devices) if num_devices is None else int(num_devices)
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"num_devices must be in [1, {len(devices)}] (the devices JAX sees), got {num_devices}.")
+    axes = (axis,) if isinstance(axis, str) else tuple(axis)
+    if len(axes) == 1:
+        shape = (n,)
+    elif len(axes) == 2:
+        if model < 1 or n % model:
+            raise ValueError(f"the model axis size {model} must divide the number of devices {n}.")
+        shape = (n // model, model)
+    else:
+        raise ValueError(f"axis must name one or two mesh axes, got {axes}.")
+    # Auto axes: XLA's SPMD partitioner propagates shardings (jax.make_mesh defaults to Explicit ones)
+    types = (jax.sharding.AxisType.Auto,) * len(axes)
+    if n == len(devices):
+        return jax.make_mesh(shape, axes, axis_types=types, devices=devices)
+    return Mesh(np.asarray(devices[:n]).reshape(shape), axes, axis_types=types)
+
+
+def _data_axis(mesh: Mesh) -> str:
+    return DATA if DATA in mesh.axis_names else mesh.axis_names[0]
+
+
+def data_size(mesh: Mesh) -> int:
+    """Number of devices along the mesh's ``data`` axis (the data-parallel degree)."""
+    return int(mesh.shape[_data_axis(mesh)])
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a batch: first axis over ``data``, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(_data_axis(mesh)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Fully replicated sharding on ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _put(x, sharding: NamedSharding):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    local = not isinstance(x, jax.Array) or x.is_fully_addressable
+    if jax.process_count() > 1 and local and not sharding.is_fully_addressable:
+        # every process holds the same value: build the global array from this process's slices
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.device_put(x, sharding)
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Place every array leaf of ``tree`` on all devices of ``mesh`` (replicated)."""
+    s = replicated(mesh)
+    return jax.tree.map(lambda x: _put(x, s) if hasattr(x, "shape") else x, tree)
+
+
+def shard_batch(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Shard every leaf's first axis over ``data`` (it must divide evenly by the data-axis size)."""
+    s = batch_sharding(mesh)
+    return jax.tree.map(lambda x: _put(x, s), tree)
+
+
+def shard_data(data, mesh: Mesh, *, process_local: bool = False):
+    """A copy of ``data`` (an ``engine.DeviceData`` or any object with ``x``/``y``) sharded over ``data``.
+
+    The example axis is split over the mesh's ``data`` axis when it divides evenly; otherwise the
+    arrays are replicated (batches gathered from them are still sharded inside the step).
+    With ``process_local=True`` each process passes only its own examples (e.g. the rows
+    :func:`process_local_indices` picks) and the global array is assembled with
+    ``jax.make_array_from_process_local_data``.
+
+    Example:
+        >>> dev = shard_data(engine.DeviceData.from_numpy(x, y), make_mesh())
+    """
+    cls = type(data)
+    if process_local:
+        s = batch_sharding(mesh)
+        xs = [jax.make_array_from_process_local_data(s, np.asarray(a)) for a in (data.x, data.y)]
+        return cls(*xs)
+    n = int(np.shape(data.y)[0])
+    s = batch_sharding(mesh) if n % data_size(mesh) == 0 else replicated(mesh)
+    return cls(_put(data.x, s), _put(data.y, s))
+
+
+def fsdp_shardings(params: PyTree, mesh: Mesh, *, min_size: int = 2**14, axis: str = MODEL) -> PyTree:
+    """FSDP-style shardings: each leaf with ``>= min_size`` entries is split along its largest axis
+    that ``mesh.shape[axis]`` divides; smaller or indivisible leaves are replicated.
+
+    Use as ``jax.device_put(params, fsdp_shardings(params, mesh))``; without a ``model`` axis on the
+    mesh everything is replicated.
+
+    Example:
+        >>> mesh = make_mesh(8, ("data", "model"), model=2)
+        >>> params = jax.device_put(params, fsdp_shardings(params, mesh))
+    """
+    k = int(mesh.shape[axis]) if axis in mesh.axis_names else 1
+
+    def one(x):
+        shape = np.shape(x)
+        if k == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+            return replicated(mesh)
+        for d in sorted(range(len(shape)), key=lambda i: -shape[i]):
+            if shape[d] % k == 0:
+                spec = [None] * len(shape)
+                spec[d] = axis
+                return NamedSharding(mesh, PartitionSpec(*spec))
+        return replicated(mesh)
+
+    return jax.tree.map(one, params)
+
+
+def _env_requests_distributed() -> bool:
+    if os.environ.get("JAXUNLEARN_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
+        return True
+    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1
+
+
+def maybe_initialize() -> bool:
+    """Call ``jax.distributed.initialize()`` once when the environment asks for a multi-process run.
+
+    Explicit: ``JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i`` (and optionally
+    ``JAX_LOCAL_DEVICE_IDS``). Auto-detected (TPU pods, SLURM, Open MPI, ...): ``JAXUNLEARN_DISTRIBUTED=1``.
+    Returns True when this call (or an earlier one) initialized the distributed runtime. Must run
+    before anything touches the devices.
+    """
+    global _INITIALIZED
+    if _INITIALIZED:
+        return True
+    if not _env_requests_distributed():
+        return False
+    kwargs = {}
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs["coordinator_address"] = os.environ["JAX_COORDINATOR_ADDRESS"]
+    if os.environ.get("JAX_NUM_PROCESSES"):
+        kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if os.environ.get("JAX_PROCESS_ID"):
+        kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
+    _INITIALIZED = True
+    return True
+
+
+def is_main_process() -> bool:
+    """True on process 0 (the one that writes reports, figures and logs)."""
+    return jax.process_index() == 0
+
+
+def process_local_indices(idx, *, process_index: int | None = None, process_count: int | None = None) -> np.ndarray:
+    """This process's contiguous share of ``idx`` (equal sizes: the remainder ``len % count`` is dropped).
+
+    Example:
+        >>> process_local_indices(np.arange(10), process_index=1, process_count=2)
+        array([5, 6, 7, 8, 9])
+    """
+    idx = np.asarray(idx)
+    i = jax.process_index() if process_index is None else int(process_index)
+    c = jax.process_count() if process_count is None else int(process_count)
+    per = idx.shape[0] // c
+    return idx[i * per : (i + 1) * per]

@@ -1,0 +1,173 @@
+"""Subprocess worker for the distributed tests (XLA's device count must be set before jax is imported).
+
+Usage::
+
+    python tests/_mp_worker.py dp OUT.json                      # 8 simulated CPU devices, one process
+    python tests/_mp_worker.py mp OUT.json PORT PROCESS_ID N    # one of N processes (2 devices each)
+    python tests/_mp_worker.py single OUT.json DEVICES          # the mp job in one process
+
+Writes a JSON dict of numbers (max abs differences, checksums) to OUT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+MODE = sys.argv[1]
+OUT = sys.argv[2]
+DEVICES = {"dp": 8, "mp": 2, "single": int(sys.argv[3]) if MODE == "single" else 0}[MODE]
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+if MODE == "mp":
+    port, pid, nproc = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=nproc, process_id=pid)
+
+from jaxunlearn import curvature, data, distributed, engine, methods, models  # noqa: E402
+
+
+def maxdiff(a, b) -> float:
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def host(tree):
+    """Host copy of (possibly multi-process replicated) arrays."""
+    return jax.tree.map(lambda a: np.array(a.addressable_data(0) if isinstance(a, jax.Array) else a), tree)
+
+
+def mlp(seed=0):
+    return models.split_model(models.build("mlp", num_classes=10, input_shape=(8, 8, 1), hidden=(16,), seed=seed))
+
+
+def digits(n):
+    ds = data.load("digits", seed=0)
+    return ds.x_train[:n], ds.y_train[:n]
+
+
+def dp() -> dict:
+    out: dict = {"devices": jax.device_count()}
+    mesh = distributed.make_mesh()
+    x, y = digits(256)
+    dev = engine.DeviceData.from_numpy(x, y)
+    apply_fn, params, state = mlp()
+
+    # 1. training: one device vs the 8-device data-parallel mesh (plain SGD and global SAM)
+    for sam in ("none", "sam"):
+        opt = engine.OptimConfig(lr=0.05, sam=sam, rho=0.1)
+        kw = dict(optimizer=opt, epochs=1, batch_size=64, progress=False)
+        r1 = engine.train(apply_fn, params, state, dev, **kw)
+        r8 = engine.train(apply_fn, params, state, dev, mesh=mesh, **kw)
+        out[f"train_{sam}_maxdiff"] = maxdiff(r1.params, r8.params)
+        out[f"train_{sam}_moved"] = maxdiff(r1.params, params)
+        out[f"train_{sam}_sharded_leaf"] = str(jax.tree.leaves(r8.params)[0].sharding.spec)
+
+    # 2. unlearning (Sharp MinMax with SAM: two phases, masks, forget batches)
+    ctx_kw = dict(num_classes=10, optimizer=engine.UNLEARN_DEFAULT.with_sam("sam"), epochs=1, batch_size=32)
+    ctx = methods.Context(apply_fn, params, state, x, y, np.arange(32, 256), np.arange(32), **ctx_kw)
+    u1 = engine.unlearn("sharp_minmax", ctx, progress=False)
+    u8 = engine.unlearn("sharp_minmax", ctx, progress=False, mesh=mesh)
+    out["unlearn_maxdiff"] = maxdiff(u1.params, u8.params)
+    out["unlearn_moved"] = maxdiff(u1.params, params)
+
+    # 3. per-device SAM (m-sharpness) vs global SAM vs a hand computation, one SGD step
+    rho, lr, bs = 0.5, 0.1, 64
+    opt = engine.OptimConfig(name="sgd", lr=lr, momentum=0.0, weight_decay=0.0, schedule="constant", sam="sam", rho=rho)
+    pool = np.arange(bs)
+    kw = dict(optimizer=opt, epochs=1, batch_size=bs, train_idx=pool, progress=False, seed=3)
+    glob = engine.train(apply_fn, params, state, dev, mesh=mesh, **kw).params
+    perdev = engine.train(apply_fn, params, state, dev, mesh=mesh, sam_mode="per_device", **kw).params
+    idx = engine._epoch_indices(np.random.default_rng([3, 0]), pool, 1, bs)[0]
+
+    def loss(p, xb, yb):
+        logits, _ = apply_fn(p, state, xb, train=True)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), yb[:, None], axis=1))
+
+    def sam_grad(p, xb, yb):
+        g = jax.grad(loss)(p, xb, yb)
+        norm = jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree.leaves(g)))
+        return jax.grad(loss)(jax.tree.map(lambda w, gi: w + rho * gi / (norm + 1e-12), p, g), xb, yb)
+
+    xb, yb = jnp.asarray(x[idx]), jnp.asarray(y[idx])
+    shards = [sam_grad(params, xb[k * 8 : (k + 1) * 8], yb[k * 8 : (k + 1) * 8]) for k in range(8)]
+    d_per = jax.tree.map(lambda *gs: sum(gs) / 8, *shards)
+    hand_per = jax.tree.map(lambda w, d: w - lr * d, params, d_per)
+    hand_glob = jax.tree.map(lambda w, d: w - lr * d, params, sam_grad(params, xb, yb))
+    out["per_device_vs_hand"] = maxdiff(perdev, hand_per)
+    out["global_vs_hand"] = maxdiff(glob, hand_glob)
+    out["per_device_vs_global"] = maxdiff(perdev, glob)
+
+    # 4. curvature on a sharded batch
+    def closs(p, batch):
+        return loss(p, *batch)
+
+    batch = (jnp.asarray(x[:64]), jnp.asarray(y[:64]))
+    sbatch = distributed.shard_batch(batch, mesh)
+    v = jax.tree.map(jnp.ones_like, params)
+    out["hvp_maxdiff"] = maxdiff(curvature.hvp(closs, params, batch, v), curvature.hvp(closs, params, sbatch, v))
+    key = jax.random.key(0)
+    h1 = curvature.hutchinson_diagonal(closs, params, batch, key, num_probes=8)
+    h8 = curvature.hutchinson_diagonal(closs, distributed.replicate(params, mesh), sbatch, key, num_probes=8)
+    out["hutchinson_maxdiff"] = maxdiff(h1, h8)
+    out["hutchinson_scale"] = float(max(np.max(np.abs(np.asarray(a))) for a in jax.tree.leaves(h1)))
+
+    # 5. evaluation sharded over the mesh (100 rows: padded to a multiple of 8)
+    e1 = engine.evaluate(apply_fn, params, state, x[:100], y[:100])
+    e8 = engine.evaluate(apply_fn, params, state, x[:100], y[:100], mesh=mesh, batch_size=36)
+    out["eval_logits_maxdiff"] = maxdiff(e1["logits"], e8["logits"])
+    out["eval_acc"] = [e1["accuracy"], e8["accuracy"]]
+
+    # 6. FSDP-style shardings on a (4, 2) mesh: the big kernel is split over "model"; a jitted grad agrees
+    mesh2 = distributed.make_mesh(8, ("data", "model"), model=2)
+    shard = distributed.fsdp_shardings(params, mesh2, min_size=256)
+    out["fsdp_specs"] = {k: str(s.spec) for k, s in zip(["b0", "k0", "b1", "k1"], jax.tree.leaves(shard))}
+    p_fsdp = jax.device_put(params, shard)
+    g_fsdp = jax.jit(jax.grad(closs))(p_fsdp, distributed.shard_batch(batch, mesh2))
+    out["fsdp_grad_maxdiff"] = maxdiff(g_fsdp, jax.grad(closs)(params, batch))
+    return out
+
+
+def mp_job() -> dict:
+    """The multi-process job: Sharp MinMax unlearning with per-device SAM on every device of every process."""
+    mesh = distributed.make_mesh()
+    x, y = digits(256)
+    apply_fn, params, state = mlp()
+    opt = engine.UNLEARN_DEFAULT.with_sam("sam")
+    ctx = methods.Context(
+        apply_fn, params, state, x, y, np.arange(32, 256), np.arange(32), 10, optimizer=opt, epochs=2, batch_size=32
+    )
+    t0 = time.perf_counter()
+    res = engine.unlearn("sharp_minmax", ctx, progress=False, mesh=mesh, sam_mode="per_device")
+    acc = engine.evaluate(apply_fn, res.params, res.model_state, x, y, mesh=mesh)["accuracy"]
+    p = host(res.params)
+    flat = np.concatenate([a.ravel() for a in jax.tree.leaves(p)])
+    return {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "is_main": distributed.is_main_process(),
+        "local_indices": distributed.process_local_indices(np.arange(10)).tolist(),
+        "checksum": float(np.sum(flat.astype(np.float64))),
+        "abs_checksum": float(np.sum(np.abs(flat.astype(np.float64)))),
+        "params": flat.tolist(),
+        "accuracy": acc,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+if __name__ == "__main__":
+    result = dp() if MODE == "dp" else mp_job()
+    with open(OUT, "w") as f:
+        json.dump(result, f)
+    if MODE == "mp":
+        jax.distributed.shutdown()

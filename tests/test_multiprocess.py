@@ -1,0 +1,52 @@
+"""Two JAX processes on localhost (``jax.distributed.initialize`` + gloo CPU collectives, 2 simulated
+devices each, one 4-device mesh) unlearn together with Sharp MinMax and per-device SAM; they must
+agree bit for bit with each other and, to float tolerance, with the same job in one 4-device process.
+Budget: ~30-40 s on 2 CPU cores (the three processes run concurrently).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "_mp_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_agree(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env["JAX_PLATFORMS"] = "cpu"
+    outs = [tmp_path / f"p{i}.json" for i in range(2)] + [tmp_path / "single.json"]
+    cmds = [[sys.executable, WORKER, "mp", str(outs[i]), str(port), str(i), "2"] for i in range(2)]
+    cmds.append([sys.executable, WORKER, "single", str(outs[2]), "4"])
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=240)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    r0, r1, single = (json.loads(o.read_text()) for o in outs)
+    assert (r0["process_index"], r1["process_index"]) == (0, 1)
+    assert r0["process_count"] == r1["process_count"] == 2
+    assert r0["devices"] == r1["devices"] == 4 and r0["local_devices"] == 2
+    assert r0["is_main"] and not r1["is_main"]
+    assert r0["local_indices"] == [0, 1, 2, 3, 4] and r1["local_indices"] == [5, 6, 7, 8, 9]
+    assert r0["checksum"] == r1["checksum"]
+    np.testing.assert_array_equal(r0["params"], r1["params"])
+    assert r0["accuracy"] == r1["accuracy"]
+    assert np.max(np.abs(np.asarray(r0["params"]) - single["params"])) < 1e-5
