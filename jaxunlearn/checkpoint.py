@@ -38,8 +38,15 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self._mgr = ocp.CheckpointManager(self.directory, options=options)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} exists but is a file; remove it or choose another --out."
+            )
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+        try:
+            self._mgr = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as exc:
+            raise CheckpointError(f"cannot open the checkpoint directory {self.directory}: {exc}.") from exc
 
     def latest_step(self) -> int | None:
         """The newest saved step, or ``None``."""
@@ -60,27 +67,84 @@ class Checkpointer:
         step = self.latest_step()
         if step is None:
             return None, template
+        where = os.path.join(self.directory, str(step))
+        self._check_dtypes(step, template, where)
         abstract = jax.tree.map(_abstract, template)
         try:
             state = self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as exc:  # orbax raises many types for corrupt/mismatched trees
             raise CheckpointError(
-                f"cannot restore the checkpoint at {self.directory}/{step}: {type(exc).__name__}: {exc}. "
+                f"cannot restore the checkpoint at {where} ({type(exc).__name__}: {_first_line(exc)}). "
                 "It was written by a different model/method/optimizer or is damaged; delete that directory "
-                "or run without --resume to start over."
+                "to redo that training from scratch, or start a new run with another --out."
             ) from exc
+        if len(jax.tree.leaves(state)) != len(jax.tree.leaves(template)):
+            raise CheckpointError(
+                f"checkpoint at {where} holds {len(jax.tree.leaves(state))} arrays where "
+                f"{len(jax.tree.leaves(template))} were expected; it belongs to another model or method. "
+                "Delete it, or start a new run with another --out."
+            )
         for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(template), strict=True):
             if np.shape(got) != np.shape(want):
                 raise CheckpointError(
                     f"checkpoint at {self.directory}/{step} has an array of shape {np.shape(got)} where "
-                    f"{np.shape(want)} was expected; it belongs to another model. Delete it or run without --resume."
+                    f"{np.shape(want)} was expected; it belongs to another model. "
+                    "Delete it, or start a new run with another --out."
                 )
-        return step, state
+        placed = [_placed_like(w, g) for w, g in zip(jax.tree.leaves(template), jax.tree.leaves(state))]
+        return step, jax.tree.unflatten(jax.tree.structure(state), placed)
+
+    def _check_dtypes(self, step: int, template: Any, where: str) -> None:
+        """Orbax casts to the requested dtype silently; refuse a checkpoint whose arrays have other dtypes."""
+        item = os.path.join(where, "default")  # the CheckpointManager's single-item directory
+        if not os.path.isdir(item):
+            return
+        try:
+            from etils import epath
+
+            meta = ocp.StandardCheckpointHandler().metadata(epath.Path(item))
+            stored = jax.tree.leaves(getattr(meta, "tree", meta))
+        except Exception:  # unreadable metadata: restore() reports the problem
+            return
+        wanted = jax.tree.leaves(template)
+        if len(stored) != len(wanted):
+            return  # a structure mismatch: restore() reports it
+        for got, want in zip(stored, wanted, strict=True):
+            if not isinstance(want, jax.Array | np.ndarray) or np.ndim(want) == 0:
+                continue
+            got_dtype = getattr(got, "dtype", None)
+            if got_dtype is not None and np.dtype(got_dtype) != np.dtype(want.dtype):
+                raise CheckpointError(
+                    f"checkpoint at {where} stores an array of dtype {np.dtype(got_dtype)} where {want.dtype} "
+                    "was expected; it was written with another precision or model. "
+                    "Delete it, or start a new run with another --out."
+                )
 
     def close(self) -> None:
         """Finish pending writes and release resources."""
         self._mgr.wait_until_finished()
         self._mgr.close()
+
+
+def _placed_like(want, got):
+    """Orbax returns arrays committed to the template's devices; an uncommitted template leaf (a plain
+    ``jnp`` array) gets an uncommitted array back, so jitted steps see the same signature as on a fresh
+    run and do not compile again after a resume."""
+    if (
+        isinstance(want, jax.Array)
+        and isinstance(got, jax.Array)
+        and not want.committed
+        and got.committed
+        and not jax.numpy.issubdtype(got.dtype, jax.dtypes.extended)  # typed PRNG keys have no numpy form
+    ):
+        return jax.numpy.asarray(np.asarray(got))
+    return got
+
+
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _abstract(x):
