@@ -104,13 +104,28 @@ class DeviceData:
 
 
 class _CompileCounter:
-    """Counts traces of the engine's step functions (a trace precedes every compilation)."""
+    """Counts the engine's step-function traces (``count``) and every XLA compilation (``compiles``).
+
+    ``count`` grows when an engine step is (re)traced; ``compiles`` counts backend compilations of any
+    function in the process, from JAX's own monitoring events, so it also catches recompilations that
+    need no retrace (e.g. the same trace with differently placed inputs).
+
+    Example:
+        >>> COMPILE_COUNTER.reset(); run(...); COMPILE_COUNTER.count, COMPILE_COUNTER.compiles
+    """
 
     def __init__(self):
         self.count = 0
+        self.compiles = 0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.compiles += 1
 
     def reset(self):
         self.count = 0
+        self.compiles = 0
 
 
 COMPILE_COUNTER = _CompileCounter()
