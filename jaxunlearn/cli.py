@@ -42,18 +42,38 @@ def _method_options(items: list[str]) -> dict:
 
 
 def _load_config(path: str) -> dict:
-    if not os.path.exists(path):
+    """Settings from a JSON or TOML file (by extension: ``.toml`` is TOML, anything else JSON).
+
+    Keys are ``jaxunlearn run`` option names (``-`` or ``_``), plus ``method_options``
+    (``{method: {key: value}}``) or ``option`` (a list of ``METHOD.KEY=VALUE`` strings).
+    """
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"--config {path}: no such file.")
     with open(path, "rb") as f:
-        if path.endswith(".toml"):
-            import tomllib
+        try:
+            if path.endswith(".toml"):
+                import tomllib
 
-            cfg = tomllib.load(f)
-        else:
-            cfg = json.load(f)
+                cfg = tomllib.load(f)
+            else:
+                cfg = json.loads(f.read().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            kind = "TOML" if path.endswith(".toml") else "JSON (use a .toml extension for TOML)"
+            raise ValueError(f"--config {path} is not valid {kind}: {exc}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"--config {path} must hold a table/object of settings.")
-    return {k.replace("-", "_"): v for k, v in cfg.items()}
+    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
+    if "option" in cfg:
+        items = cfg.pop("option")
+        items = [items] if isinstance(items, str) else items
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"--config {path}: 'option' must be a list of 'METHOD.KEY=VALUE' strings.")
+        opts = cfg.setdefault("method_options", {})
+        if not isinstance(opts, dict):
+            raise ValueError(f"--config {path}: 'method_options' must be a table of {{method: {{key: value}}}}.")
+        for name, kv in _method_options(items).items():
+            opts.setdefault(name, {}).update(kv)
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,14 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-train", type=int, default=None, help="use at most this many training examples")
     g.add_argument("--max-test", type=int, default=None, help="use at most this many test examples")
     g.add_argument("--forget", default=None, help="forget set: random | class | high | low | mid | mix (memorization)")
-    g.add_argument("--forget-size", type=float, default=None, help="count, or fraction in (0, 1) (default 0.1)")
+    g.add_argument(
+        "--forget-size", type=float, default=None, help="whole count >= 1, or fraction in (0, 1) (default 0.1)"
+    )
     g.add_argument("--forget-class", type=int, default=None, help="the class to forget with --forget class")
     g.add_argument("--mem-models", type=int, default=None, help="models for memorization scores (default 8)")
     g = r.add_argument_group("model and training")
     g.add_argument(
         "--model", default=None, help="cnn | mlp | resnet18 | theory_cnn (default: cnn; theory_cnn for synthetic)"
     )
-    g.add_argument("--width", type=int, default=None, help="width multiplier/hidden size passed to the model")
+    g.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="base width: cnn first conv channels (32), mlp first hidden layer (256), resnet18 stem channels (64), "
+        "theory_cnn filters (10)",
+    )
     g.add_argument("--pretrain", type=_csv, default=None, help="comma list of sgd | sam | asam (default sgd,sam)")
     g.add_argument("--pretrain-lr", type=float, default=None, help="SGD learning rate for pretraining (default 0.05)")
     g.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining (and Retrain) epochs (default 15)")
@@ -178,6 +206,9 @@ def _job_config(args) -> JobConfig:  # noqa: F821
     }
     values.update({k: v for k, v in mapping.items() if v is not None})
     opts = values.pop("method_options", {}) or {}
+    if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
+        raise ValueError("--config: method_options must be a table of {method: {key: value}}.")
+    opts = {name: dict(kv) for name, kv in opts.items()}
     for name, kv in _method_options(args.option).items():
         opts.setdefault(name, {}).update(kv)
     known = set(JobConfig.__dataclass_fields__)
@@ -188,9 +219,9 @@ def _job_config(args) -> JobConfig:  # noqa: F821
         if isinstance(values.get(k), list):
             values[k] = tuple(values[k])
     cfg = JobConfig(**values, method_options=opts)
-    cfg.resume = args.resume or cfg.resume
-    cfg.figures = not args.no_figures and cfg.figures
-    cfg.progress = not args.quiet
+    cfg.resume = args.resume or cfg.resume is True
+    cfg.figures = not args.no_figures and cfg.figures is not False
+    cfg.progress = not args.quiet and cfg.progress is not False
     return cfg
 
 
@@ -210,11 +241,9 @@ def _cmd_show(args) -> int:
 
     path = args.dir
     results_file = path if path.endswith(".json") else os.path.join(path, "results.json")
-    if not os.path.exists(results_file):
+    if not os.path.isfile(results_file):
         raise FileNotFoundError(f"{results_file} does not exist; pass a directory written by `jaxunlearn run`.")
-    with open(results_file) as f:
-        results = json.load(f)
-    report.validate_results(results)
+    results = report.read_results(results_file)
     print(format_tables(results))
     return 0
 
@@ -248,23 +277,55 @@ def _cmd_theory(args) -> int:
     return 0
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+#: Exceptions that report a user mistake (bad option, missing or damaged file, a checkpoint of another
+#: run): one line on stderr, exit status 2. ``CheckpointError`` is a ``ValueError``; ``OSError`` covers
+#: missing files, permissions and paths that are files where directories are expected.
+USER_ERRORS = (ValueError, OSError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (multi-line messages are joined; OSErrors name the path)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        text = f"{exc.strerror}: {exc.filename}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _runtime_error_message(exc: BaseException) -> str | None:
+    """A user-facing message for a JAX/XLA runtime error a user can fix (out of memory), else None."""
+    text = str(exc)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
+        return (
+            "the accelerator ran out of memory; lower --batch-size, --max-train or --width, or choose a smaller "
+            "--model (" + _one_line(exc)[:200] + ")"
+        )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxunlearn`` console script; returns the exit status."""
+    """Entry point of the ``jaxunlearn`` console script; returns the exit status.
+
+    Exit status: 0 on success, 2 for a user error (one line on stderr, no traceback; argparse's own
+    errors too), 130 when interrupted (the run can be continued with ``--resume``).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"run": _cmd_run, "show": _cmd_show, "theory": _cmd_theory, "methods": _cmd_methods}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"jaxunlearn: error: {msg}", file=sys.stderr)
+        print(f"jaxunlearn: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jaxunlearn: interrupted; rerun the same command with --resume to continue.", file=sys.stderr)
         return 130
+    except Exception as exc:  # JAX/XLA runtime errors: translate the ones a user can fix
+        msg = _runtime_error_message(exc) if type(exc).__name__ in ("XlaRuntimeError", "JaxRuntimeError") else None
+        if msg is None:
+            raise
+        print(f"jaxunlearn: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ under ``variants``.
 
 Never lose work: each finished (variant, seed, method) entry is appended to ``progress.json``
 (atomically) and models are checkpointed with Orbax, so ``--resume`` skips what is done and resumes
-unfinished training from its last epoch.
+unfinished training from its last epoch. ``progress.json`` is written before any checkpoint and holds
+the settings, so a ``--resume`` with other settings is refused instead of mixing two runs.
+
+Divergence: a method whose loss or parameters stop being finite is stopped by the engine (last finite
+parameters kept) and its entry's ``diverged`` is ``{"epoch", "reason"}`` (``null`` otherwise; a list per
+seed with several seeds); non-finite outputs of the returned parameters are clipped for the metrics and
+reported there too, so ``results.json`` always holds finite numbers and the other methods still run.
 
 Example:
     >>> cfg = JobConfig(methods=("ft", "sharp_minmax"), seeds=1, out="runs/demo")
@@ -20,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import difflib
 import functools
 import json
+import numbers
 import os
 import time
 from typing import Any
@@ -88,11 +96,30 @@ class JobConfig:
     progress: bool = True
 
     def validate(self) -> JobConfig:
-        """Check every field; raise ``ValueError`` naming the bad one and how to fix it."""
-        for name in ("pretrain", "unlearn_optimizer", "methods"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                setattr(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
+        """Check (and normalise) every field; raise ``ValueError`` naming the bad one and how to fix it.
+
+        Types are checked first (a config file may hold ``"rho": "big"``), then values: names against
+        their registries (with the closest name suggested), positivity, the forget-set size and the
+        data directory. Everything that can be checked without loading data fails here, before any
+        training starts.
+        """
+        self._check_types()
+        if self.dataset.strip().lower().startswith("tfds:"):
+            if not self.dataset.strip()[5:].strip():
+                raise ValueError("--dataset tfds:NAME needs a dataset name, e.g. --dataset tfds:mnist.")
+        else:
+            key = self.dataset.strip().lower().replace("-", "_")
+            local = tuple(d for d in data.DATASETS if not d.startswith("tfds:"))
+            if key not in local:
+                close = difflib.get_close_matches(key, local, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"--dataset must be one of {', '.join(data.DATASETS)}, got {self.dataset!r}.{hint}")
+        if self.data_dir is not None and not os.path.isdir(os.path.expanduser(self.data_dir)):
+            raise FileNotFoundError(
+                f"--data-dir {self.data_dir}: no such directory; pass the directory that holds the data files."
+            )
+        if self.model is not None:
+            _validate.choice("--model", self.model, models.MODELS)
         for p in self.pretrain:
             _validate.choice("--pretrain", p, PRETRAIN_CHOICES)
         for u in self.unlearn_optimizer:
@@ -101,24 +128,115 @@ class JobConfig:
             raise ValueError("--methods is empty; name at least one method, e.g. --methods ft,sharp_minmax.")
         for m in self.methods:
             methods.get(m)
+        dup = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if dup:
+            raise ValueError(f"--methods names {dup} more than once; list each method once.")
         for name, opts in self.method_options.items():
-            methods.resolve_options(methods.get(name), opts)
+            method = methods.get(name)
+            methods.resolve_options(method, opts)
+            for key, value in opts.items():
+                _check_option_type(name, key, value, method.defaults[key])
         _validate.choice("--forget", self.forget, data.FORGET_KINDS)
         for name in ("pretrain_epochs", "unlearn_epochs", "batch_size", "seeds", "mem_models"):
             _validate.positive_int(f"--{name.replace('_', '-')}", getattr(self, name))
+        for name in ("max_train", "max_test", "width"):
+            if getattr(self, name) is not None:
+                _validate.positive_int(f"--{name.replace('_', '-')}", getattr(self, name))
+        if self.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {self.seed}.")
         for name in ("pretrain_lr", "unlearn_lr", "rho", "pretrain_rho"):
             _validate.positive(f"--{name.replace('_', '-')}", getattr(self, name))
         _validate.positive("--lamb", self.lamb, allow_zero=True)
-        if self.forget != "class":
-            _validate.positive("--forget-size", self.forget_size)
+        if self.forget == "class":
+            if self.forget_class is None:
+                raise ValueError("--forget class needs --forget-class K (the class to forget).")
+            if self.forget_class < 0:
+                raise ValueError(f"--forget-class must be a class id >= 0, got {self.forget_class}.")
+        else:
+            fs = self.forget_size
+            if not (np.isfinite(fs) and (0 < fs < 1 or (fs >= 1 and float(fs).is_integer()))):
+                raise ValueError(
+                    f"--forget-size must be a fraction in (0, 1) of the training set or a whole count >= 1, got {fs!r}."
+                )
         if self.landscape_grid < 3:
             raise ValueError(f"--landscape-grid must be >= 3, got {self.landscape_grid}.")
+        if self.resume and self.out is None:
+            raise ValueError("--resume needs --out DIR: the directory of the run to continue.")
+        if self.out is not None and os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ValueError(f"--out {self.out} is an existing file; choose a directory.")
         return self
+
+    def _check_types(self) -> None:
+        """Check the type of every field (command-line values are typed by argparse, config values not)."""
+        for name in ("pretrain", "unlearn_optimizer", "methods"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be a comma-separated list of names (or a list of strings), "
+                    f"got {value!r}."
+                )
+            setattr(self, name, tuple(value))
+        for name in ("dataset", "forget"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"--{name.replace('_', '-')} must be a string, got {getattr(self, name)!r}.")
+        for name in ("data_dir", "model", "out"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str | os.PathLike):
+                raise ValueError(f"--{name.replace('_', '-')} must be a string, got {value!r}.")
+        for name in ("max_train", "max_test", "width", "forget_class", "mem_models", "pretrain_epochs",
+                     "unlearn_epochs", "batch_size", "seeds", "seed", "landscape_grid"):  # fmt: skip
+            value = getattr(self, name)
+            if value is None and name in ("max_train", "max_test", "width", "forget_class"):
+                continue
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer, got {value!r}.")
+            setattr(self, name, int(value))
+        for name in ("forget_size", "pretrain_lr", "pretrain_rho", "unlearn_lr", "rho", "lamb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}.")
+            setattr(self, name, float(value))
+        for name in ("resume", "figures", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        opts = self.method_options
+        if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
+            raise ValueError(
+                "method_options must map method names to {option: value} tables, "
+                f"e.g. {{'sharp_minmax': {{'fraction': 0.1}}}}; got {opts!r}."
+            )
 
     def settings(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("progress")
         return d
+
+
+def _check_option_type(method: str, key: str, value, default) -> None:
+    """A method option must have the type of its default (numbers for numbers, ...); None defaults take anything."""
+    where = f"--option {method}.{key}"
+    if default is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        what = "true or false"
+    elif isinstance(default, numbers.Real):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+        if isinstance(default, numbers.Integral) and ok:
+            ok = float(value).is_integer()
+        what = "an integer" if isinstance(default, numbers.Integral) else "a finite number"
+    elif isinstance(default, str):
+        ok, what = isinstance(value, str), "a string"
+    elif isinstance(default, list | tuple):
+        ok, what = isinstance(value, list | tuple), "a list"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{where} must be {what} (default {default!r}), got {value!r}.")
 
 
 def variant_label(pretrain: str, unlearn: str) -> str:
@@ -145,19 +263,42 @@ class _Job:
         os.makedirs(self.out, exist_ok=True)
         self.progress_path = os.path.join(self.out, "progress.json")
         self.done: dict[str, Any] = {}
-        if cfg.resume and os.path.exists(self.progress_path):
-            with open(self.progress_path) as f:
-                saved = json.load(f)
+        ckpt_dir = os.path.join(self.out, "checkpoints")
+        has_ckpt = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+        has_progress = os.path.exists(self.progress_path)
+        if cfg.resume and has_progress:
+            try:
+                with open(self.progress_path) as f:
+                    saved = json.load(f)
+                if not isinstance(saved, dict) or not isinstance(saved.get("entries", {}), dict):
+                    raise ValueError("not a progress object")
+            except ValueError as exc:
+                raise ValueError(
+                    f"--resume: {self.progress_path} is damaged ({exc}); delete {self.out} or choose another --out."
+                ) from None
             if saved.get("settings_key") != self._settings_key():
                 raise ValueError(
                     f"--resume: {self.out} holds a run with different settings; use another --out or the same "
-                    "settings (compare with its results/progress files)."
+                    f"settings ({self._settings_diff(saved.get('settings_key'))})."
                 )
             self.done = saved.get("entries", {})
-        elif os.path.exists(self.progress_path) and not cfg.resume:
+        elif cfg.resume and has_ckpt:
             raise ValueError(
-                f"{self.out} already holds a run (progress.json); pass --resume to continue it or choose a new --out."
+                f"--resume: {self.out} has checkpoints but no progress.json, so its settings are unknown; "
+                "delete it or choose another --out."
             )
+        elif not cfg.resume and (has_progress or has_ckpt):
+            raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out.")
+        # Written before any checkpoint, so a later --resume can always check the settings.
+        self._save()
+
+    def _settings_diff(self, saved_key) -> str:
+        try:
+            old, new = json.loads(saved_key), json.loads(self._settings_key())
+        except (TypeError, ValueError):
+            return "the saved settings are unreadable"
+        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        return "different: " + ", ".join(f"{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in diff[:5])
 
     def _settings_key(self) -> str:
         s = self.cfg.settings()
@@ -167,6 +308,9 @@ class _Job:
 
     def record(self, key: str, entry: dict) -> None:
         self.done[key] = report.to_jsonable(entry)
+        self._save()
+
+    def _save(self) -> None:
         _atomic_json(self.progress_path, {"settings_key": self._settings_key(), "entries": self.done})
 
     def ckpt(self, *parts: str) -> str:
@@ -174,12 +318,22 @@ class _Job:
 
 
 def _atomic_json(path: str, obj) -> None:
+    _atomic_text(path, json.dumps(obj, indent=1, allow_nan=False))
+
+
+def _atomic_text(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync, then ``os.replace`` (atomic on POSIX)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _load_dataset(cfg: JobConfig, seed: int) -> data.Dataset:
@@ -189,9 +343,24 @@ def _load_dataset(cfg: JobConfig, seed: int) -> data.Dataset:
     return data.load(cfg.dataset, data_dir=cfg.data_dir, seed=seed, max_train=cfg.max_train, **kw)
 
 
+def _width_kwargs(name: str, width: int | None) -> dict:
+    """``--width W``: the base width of the model (its first layer), the others scaled alike."""
+    if not width:
+        return {}
+    if name == "cnn":  # default 32: conv32-conv64-dense128
+        return {"channels": (width, 2 * width), "dense": 4 * width}
+    if name == "mlp":  # default 256: hidden (256, 128)
+        return {"hidden": (width, max(1, width // 2))}
+    if name == "resnet18":  # default 64 stem channels
+        return {"width": width / 64}
+    if name == "theory_cnn":  # default 10 filters per class
+        return {"filters": width}
+    return {"width": width}  # a user-registered model
+
+
 def _build(cfg: JobConfig, ds: data.Dataset, seed: int):
     name = cfg.model or _default_model(cfg.dataset)
-    kw = {"width": cfg.width} if cfg.width else {}
+    kw = _width_kwargs(name, cfg.width)
     return models.build(name, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed, **kw)
 
 
@@ -234,15 +403,51 @@ def _memorization(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
 
 
 def _forget_set(cfg, ds, seed, score_fn) -> np.ndarray:
-    scores = score_fn() if cfg.forget in ("high", "low", "mid", "mix") else None
+    n = len(ds.y_train)
     size = None if cfg.forget == "class" else cfg.forget_size
     if cfg.forget == "class" and cfg.forget_class is None:
         raise ValueError("--forget class needs --forget-class K (the class to forget).")
+    if size is not None and size >= 1 and size > n:
+        raise ValueError(
+            f"--forget-size {int(size)} is larger than the training set ({n} examples after --max-train and the "
+            "validation split); choose a smaller count or a fraction in (0, 1)."
+        )
+    if cfg.forget == "class" and not 0 <= cfg.forget_class < ds.num_classes:
+        raise ValueError(
+            f"--forget-class {cfg.forget_class} is not a class of {ds.name} (classes 0..{ds.num_classes - 1})."
+        )
+    scores = score_fn() if cfg.forget in ("high", "low", "mid", "mix") else None
+    if size is not None and float(size).is_integer():
+        size = int(size)
     return data.select_forget(ds.y_train, cfg.forget, size, seed=seed, scores=scores, class_id=cfg.forget_class)
 
 
+def _eval_split(apply_fn, params, state, x, y) -> dict:
+    """Logits and accuracy on one split; non-finite logits (a model blown up by a huge learning rate)
+    are clipped to finite values so the metrics stay defined, and reported as ``nonfinite``."""
+    out = engine.evaluate(apply_fn, params, state, x, y)
+    logits = np.asarray(out["logits"], np.float32)
+    finite = bool(np.isfinite(logits).all())
+    if not finite:
+        big = np.float32(1e30)
+        logits = np.nan_to_num(logits, nan=0.0, posinf=big, neginf=-big)
+    return {"logits": logits, "accuracy": float((logits.argmax(-1) == np.asarray(y)).mean()), "finite": finite}
+
+
+def _divergence(res, nonfinite_outputs: bool) -> dict | None:
+    """The engine's divergence report, extended when the returned parameters give non-finite outputs."""
+    div = dict(res.diverged) if res.diverged else None
+    if nonfinite_outputs:
+        note = "the parameters it returns give non-finite outputs (they were clipped for the metrics)"
+        if div is None:
+            div = {"epoch": len(res.history), "reason": note}
+        else:
+            div["reason"] = f"{div.get('reason', 'diverged')}; {note}"
+    return div
+
+
 def _evaluate(apply_fn, params, state, ds, forget_idx, retain_idx, seed) -> dict:
-    ev = engine.evaluate
+    ev = _eval_split
     f = ev(apply_fn, params, state, ds.x_train[forget_idx], ds.y_train[forget_idx])
     r = ev(apply_fn, params, state, ds.x_train[retain_idx], ds.y_train[retain_idx])
     t = ev(apply_fn, params, state, ds.x_test, ds.y_test)
@@ -257,7 +462,13 @@ def _evaluate(apply_fn, params, state, ds, forget_idx, retain_idx, seed) -> dict
         max_shadow=2000,
         attacks=("confidence",),
     )
-    return {"forget_acc": f["accuracy"], "retain_acc": r["accuracy"], "test_acc": t["accuracy"], "mia": mia["mia"]}
+    return {
+        "forget_acc": f["accuracy"],
+        "retain_acc": r["accuracy"],
+        "test_acc": t["accuracy"],
+        "mia": mia["mia"],
+        "nonfinite_outputs": not (f["finite"] and r["finite"] and t["finite"]),
+    }
 
 
 def _finish_entry(entry: dict, ref: dict) -> dict:
@@ -299,7 +510,20 @@ def run_job(cfg: JobConfig) -> dict:
                 _, p, st = models.split_model(_build(_cfg, _ds, k))
                 return p, st
 
-            forget_idx = None
+            # The forget set depends only on the data and the initial model (memorization scores), so it
+            # is chosen before any training: a bad --forget-size fails at once.
+            forget_idx = _forget_set(
+                cfg,
+                ds,
+                seed,
+                functools.partial(_memorization, cfg, ds, apply_fn, init_params, init_state, dd, seed),
+            )
+            retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
+            if retain_idx.size == 0:
+                raise ValueError(
+                    f"the forget set holds all {len(ds.y_train)} training examples, so nothing is left to retain; "
+                    "choose a smaller --forget-size."
+                )
             for pre in cfg.pretrain:
                 pre_cfg = _optim(pre, pre_base, cfg.pretrain_rho)
                 bar.set_postfix_str(f"seed {seed} pretrain {pre}")
@@ -318,14 +542,6 @@ def run_job(cfg: JobConfig) -> dict:
                     desc=f"pretrain ({pre})",
                 )
                 bar.update(1)
-                if forget_idx is None:
-                    forget_idx = _forget_set(
-                        cfg,
-                        ds,
-                        seed,
-                        functools.partial(_memorization, cfg, ds, apply_fn, init_params, init_state, dd, seed),
-                    )
-                    retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
                 ctx_common = dict(
                     apply_fn=apply_fn,
                     params=orig.params,
@@ -347,6 +563,7 @@ def run_job(cfg: JobConfig) -> dict:
                 if key_o not in job.done:
                     entry = _evaluate(apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, seed)
                     entry["seconds"] = orig.seconds
+                    entry["diverged"] = _divergence(orig, entry.pop("nonfinite_outputs"))
                     job.record(key_o, entry)
                 key_r = f"{seed}/{pre}/retrain"
                 retrain_res = None
@@ -363,6 +580,7 @@ def run_job(cfg: JobConfig) -> dict:
                         apply_fn, retrain_res.params, retrain_res.model_state, ds, forget_idx, retain_idx, seed
                     )
                     entry["seconds"] = retrain_res.seconds
+                    entry["diverged"] = _divergence(retrain_res, entry.pop("nonfinite_outputs"))
                     job.record(key_r, entry)
                 bar.update(1)
                 ref = job.done[key_r]
@@ -372,7 +590,16 @@ def run_job(cfg: JobConfig) -> dict:
                     for name in method_list:
                         key = f"{seed}/{pre}/{un}/{name}"
                         bar.set_postfix_str(f"seed {seed} {label} {name}")
-                        if key not in job.done:
+                        wants_figure = (
+                            cfg.figures
+                            and s == 0
+                            and pre == cfg.pretrain[0]
+                            and un == cfg.unlearn_optimizer[0]
+                            and name == _figure_method(method_list)
+                        )
+                        if key not in job.done or wants_figure:
+                            # Resumes from the method's last checkpoint; a method finished before an
+                            # interruption is restored from its final checkpoint (for the figures).
                             ctx = methods.Context(
                                 optimizer=un_cfg, options=dict(cfg.method_options.get(name, {})), **ctx_common
                             )
@@ -383,14 +610,16 @@ def run_job(cfg: JobConfig) -> dict:
                                 resume=True,
                                 progress=cfg.progress,
                             )
-                            entry = _evaluate(apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, seed)
-                            entry["seconds"] = res.seconds
-                            entry["diverged"] = res.diverged
-                            entry.update({f"info_{k}": v for k, v in res.info.items()})
-                            job.record(key, entry)
-                            if cfg.figures and s == 0 and pre == cfg.pretrain[0] and un == cfg.unlearn_optimizer[0]:
-                                if name == _figure_method(method_list):
-                                    extras[label] = {"params": res.params, "state": res.model_state, "name": name}
+                            if key not in job.done:
+                                entry = _evaluate(
+                                    apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, seed
+                                )
+                                entry["seconds"] = res.seconds
+                                entry["diverged"] = _divergence(res, entry.pop("nonfinite_outputs"))
+                                entry.update({f"info_{k}": v for k, v in res.info.items()})
+                                job.record(key, entry)
+                            if wants_figure:
+                                extras[label] = {"params": res.params, "state": res.model_state, "name": name}
                         bar.update(1)
                     per_variant.setdefault(label, []).append(
                         _variant_methods(job.done, seed, pre, un, method_list, ref)
@@ -429,13 +658,16 @@ def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: floa
     variants = {}
     for label, per_seed in per_variant.items():
         merged = per_seed[0] if len(per_seed) == 1 else metrics.aggregate_seeds(per_seed)
+        if len(per_seed) > 1:  # one divergence report per seed (null where the seed ran normally)
+            for name in merged:
+                reports = [ps[name].get("diverged") for ps in per_seed]
+                merged[name]["diverged"] = reports if any(r is not None for r in reports) else None
         settings = {**cfg.settings(), "variant": label, "seeds_run": len(per_seed)}
         vdir = os.path.join(cfg.out, label)
         report.write_results(vdir, settings, merged)
         if cfg.figures:
             report.plot_bars({"methods": merged}, os.path.join(vdir, "bars.png"), title=label)
-        with open(os.path.join(vdir, "table.md"), "w") as f:
-            f.write(report.markdown_table({"methods": merged}, columns=_TABLE_COLUMNS))
+        _atomic_text(os.path.join(vdir, "table.md"), report.markdown_table({"methods": merged}, columns=_TABLE_COLUMNS))
         variants[label] = {"settings": settings, "methods": merged}
     first = next(iter(variants.values()))
     top = {
@@ -445,8 +677,7 @@ def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: floa
     }
     report.validate_results(top)
     _atomic_json(os.path.join(cfg.out, "results.json"), report.to_jsonable(top))
-    with open(os.path.join(cfg.out, "table.md"), "w") as f:
-        f.write(format_tables(top))
+    _atomic_text(os.path.join(cfg.out, "table.md"), format_tables(top))
     return top
 
 

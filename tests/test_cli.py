@@ -1,0 +1,160 @@
+"""The ``jaxunlearn`` command end to end on a tiny setting (run in-process through ``cli.main``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxunlearn import cli, methods, report
+
+#: Tiny but complete: digits, a small MLP, one pretraining and one unlearning optimizer.
+TINY = ["--max-train", "200", "--max-test", "100", "--model", "mlp", "--width", "16"]
+TINY += ["--pretrain-epochs", "2", "--unlearn-epochs", "1", "--pretrain", "sgd", "--unlearn-optimizer", "sgd"]
+TINY += ["--no-figures", "--quiet"]
+REQUIRED = ("forget_acc", "retain_acc", "test_acc", "mia", "tow", "seconds")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cli") / "run")
+    status = cli.main(["run", *TINY, "--methods", "ft,neggrad", "--out", out])
+    assert status == 0
+    return out
+
+
+def _check_contract(results, names, *, seeds=1):
+    report.validate_results(results)
+    assert isinstance(results["settings"], dict)
+    assert set(results["methods"]) == {"original", "retrain", *names}
+    for name, entry in results["methods"].items():
+        for key in REQUIRED:
+            value = entry[key]
+            if seeds > 1:
+                assert isinstance(value, dict) and set(value) == {"mean", "std"}, (name, key, value)
+                assert value["std"] >= 0
+                value = value["mean"]
+            assert isinstance(value, float) and math.isfinite(value), (name, key, value)
+            if key in ("forget_acc", "retain_acc", "test_acc", "mia"):
+                assert 0.0 <= value <= 1.0, (name, key, value)
+            else:
+                assert value >= 0.0
+        assert "diverged" in entry
+
+
+def test_run_writes_results_matching_the_contract(run_dir):
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    _check_contract(results, ("ft", "neggrad"))
+    s = results["settings"]
+    assert s["methods"] == ["ft", "neggrad"] and s["max_train"] == 200 and s["model"] == "mlp"
+    assert s["variants"] == ["pretrain-sgd_unlearn-sgd"]
+    assert results["methods"]["retrain"]["tow"] == pytest.approx(1.0)
+    assert results["methods"]["ft"]["diverged"] is None
+    # the variant's own results file and the tables
+    variant = report.read_results(os.path.join(run_dir, "pretrain-sgd_unlearn-sgd"))
+    assert variant["methods"] == results["methods"]
+    for path in ("table.md", "progress.json", "pretrain-sgd_unlearn-sgd/table.md"):
+        assert os.path.exists(os.path.join(run_dir, path)), path
+    assert not [f for f in os.listdir(run_dir) if ".tmp" in f]  # atomic writes leave no temporaries
+
+
+def test_show_prints_one_row_per_method(run_dir, capsys):
+    assert cli.main(["show", run_dir]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
+    assert [r.split("|")[1].strip() for r in rows] == ["original", "retrain", "ft", "neggrad"]
+    assert "FA (%)" in out and "ToW (%)" in out
+    assert cli.main(["show", os.path.join(run_dir, "results.json")]) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_toml_config_with_two_seeds_and_flag_override(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        'methods = ["ft"]\nseeds = 2\nmax-train = 300\nmax_test = 100\nmodel = "mlp"\nwidth = 16\n'
+        'pretrain = ["sgd"]\nunlearn_optimizer = ["sgd"]\npretrain_epochs = 2\nunlearn_epochs = 1\n'
+        "figures = false\nprogress = false\n[method_options.ft]\nlr_scale = 0.5\n"
+    )
+    out = str(tmp_path / "run")
+    assert cli.main(["run", "--config", str(cfg), "--max-train", "150", "--out", out]) == 0
+    results = report.read_results(out)
+    _check_contract(results, ("ft",), seeds=2)
+    s = results["settings"]
+    assert s["max_train"] == 150  # the flag overrides the file
+    assert s["seeds"] == 2 and s["method_options"] == {"ft": {"lr_scale": 0.5}} and s["figures"] is False
+
+
+def _config(argv):
+    return cli._job_config(cli.build_parser().parse_args(["run", *argv]))
+
+
+@pytest.mark.parametrize("kind", ["json", "toml"])
+def test_config_file_is_read_and_flags_override_it(tmp_path, kind):
+    if kind == "json":
+        text = json.dumps({"methods": ["ft", "ga"], "rho": 0.3, "seeds": 3, "data-dir": None,
+                           "method_options": {"ga": {"lr_scale": 0.1}}, "option": ["ft.epochs=4"]})  # fmt: skip
+    else:
+        text = (
+            'methods = "ft,ga"\nrho = 0.3\nseeds = 3\noption = ["ft.epochs=4"]\n[method_options.ga]\nlr_scale = 0.1\n'
+        )
+    path = tmp_path / f"c.{kind}"
+    path.write_text(text)
+    cfg = _config(["--config", str(path)]).validate()
+    assert cfg.methods == ("ft", "ga") and cfg.rho == 0.3 and cfg.seeds == 3
+    assert cfg.method_options == {"ga": {"lr_scale": 0.1}, "ft": {"epochs": 4}}
+    cfg = _config(["--config", str(path), "--rho", "0.05", "--methods", "neggrad", "--option", "ga.lr_scale=0.2"])
+    cfg.validate()
+    assert cfg.rho == 0.05 and cfg.methods == ("neggrad",) and cfg.seeds == 3
+    assert cfg.method_options["ga"] == {"lr_scale": 0.2}
+
+
+def test_run_help_mentions_every_option_group_and_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for group in ("data:", "model and training:", "unlearning:", "run:"):
+        assert group in text, group
+    run_parser = cli.build_parser()._subparsers._group_actions[0].choices["run"]
+    for action in run_parser._actions:
+        for opt in action.option_strings:
+            assert opt in text, opt
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    top = capsys.readouterr().out
+    for cmd in ("run", "show", "methods", "theory"):
+        assert cmd in top
+
+
+def test_methods_lists_every_registered_method(capsys):
+    assert cli.main(["methods"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.split()[0] for line in out.splitlines() if line and not line[0].isspace()}
+    assert listed == set(methods.METHODS)
+
+
+def test_unknown_method_suggests_a_close_name(tmp_path, capsys):
+    status = cli.main(["run", *TINY, "--methods", "ft,sharp_minmx", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("jaxunlearn: error: unknown method 'sharp_minmx'. Did you mean 'sharp_minmax'")
+    assert err.count("\n") == 1
+
+
+def test_console_user_error_is_one_line_without_traceback(tmp_path):
+    """The real entry point in a fresh interpreter: exit status 2 and a single stderr line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxunlearn.cli", "run", "--methods", "neggrd", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == ["jaxunlearn: error: unknown method 'neggrd'. Did you mean 'neggrad'? Known methods: "
+                     + ", ".join(sorted(methods.METHODS)) + "."]  # fmt: skip
