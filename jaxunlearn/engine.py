@@ -135,6 +135,12 @@ def _gather(data_x, data_y, idx):
     return jnp.take(data_x, idx, axis=0), jnp.take(data_y, idx, axis=0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _outputs_finite(apply_fn, params, model_state, x, idx) -> jax.Array:
+    out, _ = apply_fn(params, model_state, jnp.take(x, idx, axis=0), train=False)
+    return jnp.all(jnp.isfinite(out))
+
+
 def _finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -353,7 +359,11 @@ def run(
     resumed_from = None
     if ckpt is not None and resume:
         template = {"params": params, "model_state": model_state, "opt_states": opt_states, "epoch": 0}
-        step_, restored = ckpt.restore_latest(template)
+        try:
+            step_, restored = ckpt.restore_latest(template)
+        except BaseException:
+            ckpt.close()
+            raise
         if step_ is not None:
             params, model_state, opt_states = restored["params"], restored["model_state"], restored["opt_states"]
             start_epoch = int(restored["epoch"])
@@ -393,6 +403,9 @@ def run(
                     )
                     losses[ph.name].append(loss)
                 bar.update(1)
+            # Finite weights can still give infinite outputs (e.g. after gradient ascent): check the
+            # outputs on one batch too, so the parameters kept as "last good" are usable.
+            ok = ok & _outputs_finite(apply_fn, params, model_state, data.x, idx_r[0])
             record = {"epoch": epoch + 1}
             for name, ls in losses.items():
                 record[f"loss/{name}"] = float(jnp.mean(jnp.stack(ls))) if ls else float("nan")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn.plan import PRETRAIN_DEFAULT, UNLEARN_DEFAULT, OptimConfig, Plan
@@ -65,6 +66,35 @@ class Context:
     pretrain_optimizer: OptimConfig = PRETRAIN_DEFAULT
     pretrain_epochs: int = 30
     corrected: tuple[Any, Any] | None = None
+
+    def __post_init__(self):
+        n = int(np.shape(self.x)[0]) if np.ndim(self.x) else 0
+        if n == 0 or np.shape(self.y) != (n,):
+            raise ValueError(
+                f"ctx.x must have a leading example axis and ctx.y shape [N]; got x {np.shape(self.x)}, "
+                f"y {np.shape(self.y)}."
+            )
+        if int(self.num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+        y = np.asarray(self.y)
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"ctx.y must hold integer class labels, got dtype {y.dtype}.")
+        if y.min() < 0 or y.max() >= self.num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}); found {int(y.min())}..{int(y.max())}. "
+                "Check num_classes or remap the labels."
+            )
+        if not bool(jnp.all(jnp.isfinite(jnp.asarray(self.x)))):
+            raise ValueError("ctx.x contains NaN or inf; clean or impute the inputs before unlearning.")
+        self.retain_idx = np.asarray(self.retain_idx)
+        self.forget_idx = np.asarray(self.forget_idx)
+        for name, idx in (("retain_idx", self.retain_idx), ("forget_idx", self.forget_idx)):
+            if idx.size and (idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer)):
+                raise ValueError(f"{name} must be a 1-D integer index array, got shape {idx.shape} {idx.dtype}.")
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise ValueError(f"{name} has indices outside [0, {n}).")
+        if np.intersect1d(self.retain_idx, self.forget_idx).size:
+            raise ValueError("retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.")
 
     @property
     def key(self) -> jax.Array:
