@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxunlearn import _validate, data, engine, methods, metrics, models, report
+from jaxunlearn import _validate, curvature, data, engine, methods, metrics, models, objectives, report
 from jaxunlearn.plan import OptimConfig
 
 __all__ = ["JobConfig", "run_job", "variant_label", "UNLEARN_CHOICES", "PRETRAIN_CHOICES"]
@@ -244,7 +244,7 @@ def variant_label(pretrain: str, unlearn: str) -> str:
     return f"pretrain-{pretrain}_unlearn-{unlearn}"
 
 
-def _optim(kind: str, base: OptimConfig, rho: float, lamb: float = 1.0) -> OptimConfig:
+def optimizer_for(kind: str, base: OptimConfig, rho: float, lamb: float = 1.0) -> OptimConfig:
     if kind == "sgd":
         return base
     return dataclasses.replace(base, sam=kind, rho=rho, lamb=lamb)
@@ -336,7 +336,7 @@ def _atomic_text(path: str, text: str) -> None:
         raise
 
 
-def _load_dataset(cfg: JobConfig, seed: int) -> data.Dataset:
+def load_dataset(cfg: JobConfig, seed: int) -> data.Dataset:
     kw: dict[str, Any] = {}
     if cfg.max_test is not None:
         kw["max_test"] = cfg.max_test
@@ -358,14 +358,18 @@ def _width_kwargs(name: str, width: int | None) -> dict:
     return {"width": width}  # a user-registered model
 
 
-def _build(cfg: JobConfig, ds: data.Dataset, seed: int):
+def build_model(cfg: JobConfig, ds: data.Dataset, seed: int):
     name = cfg.model or _default_model(cfg.dataset)
     kw = _width_kwargs(name, cfg.width)
     return models.build(name, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed, **kw)
 
 
-def _memorization(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
-    """Feldman–Zhang scores from ``cfg.mem_models`` models trained together with vmap."""
+def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
+    """Feldman–Zhang scores from ``cfg.mem_models`` models trained together with vmap.
+
+    Each model has its own initialisation and a random subset (``metrics.subset_masks``); ``params``
+    only fixes the structure. Public so experiments can cache it.
+    """
     n = len(ds.y_train)
 
     def train_fn(masks):
@@ -378,9 +382,10 @@ def _memorization(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
             if idx.size < size:  # equal sizes for vmap: top up with repeats of the model's own examples
                 idx = np.concatenate([idx, rng.choice(idx, size - idx.size)])
             sets.append(idx)
-        k = masks.shape[0]
-        stacked_p = jax.tree.map(lambda a: jnp.stack([a] * k), params)
-        stacked_s = jax.tree.map(lambda a: jnp.stack([a] * k), state)
+        # every model starts from its own initialisation, as in Feldman & Zhang
+        inits = [models.split_model(build_model(cfg, ds, 10_000 * (seed + 1) + k))[1:] for k in range(len(masks))]
+        stacked_p = jax.tree.map(lambda *a: jnp.stack(a), *[i[0] for i in inits])
+        stacked_s = jax.tree.map(lambda *a: jnp.stack(a), *[i[1] for i in inits])
         p, _ = engine.train_many(
             apply_fn,
             stacked_p,
@@ -446,7 +451,7 @@ def _divergence(res, nonfinite_outputs: bool) -> dict | None:
     return div
 
 
-def _evaluate(apply_fn, params, state, ds, forget_idx, retain_idx, seed) -> dict:
+def evaluate_split_metrics(apply_fn, params, state, ds, forget_idx, retain_idx, seed) -> dict:
     ev = _eval_split
     f = ev(apply_fn, params, state, ds.x_train[forget_idx], ds.y_train[forget_idx])
     r = ev(apply_fn, params, state, ds.x_train[retain_idx], ds.y_train[retain_idx])
@@ -502,12 +507,12 @@ def run_job(cfg: JobConfig) -> dict:
     try:
         for s in range(cfg.seeds):
             seed = cfg.seed + s
-            ds = _load_dataset(cfg, seed)
+            ds = load_dataset(cfg, seed)
             dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
-            apply_fn, init_params, init_state = models.split_model(_build(cfg, ds, seed))
+            apply_fn, init_params, init_state = models.split_model(build_model(cfg, ds, seed))
 
             def init_fn(k, _cfg=cfg, _ds=ds):
-                _, p, st = models.split_model(_build(_cfg, _ds, k))
+                _, p, st = models.split_model(build_model(_cfg, _ds, k))
                 return p, st
 
             # The forget set depends only on the data and the initial model (memorization scores), so it
@@ -516,7 +521,7 @@ def run_job(cfg: JobConfig) -> dict:
                 cfg,
                 ds,
                 seed,
-                functools.partial(_memorization, cfg, ds, apply_fn, init_params, init_state, dd, seed),
+                functools.partial(memorization_scores, cfg, ds, apply_fn, init_params, init_state, dd, seed),
             )
             retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
             if retain_idx.size == 0:
@@ -525,7 +530,7 @@ def run_job(cfg: JobConfig) -> dict:
                     "choose a smaller --forget-size."
                 )
             for pre in cfg.pretrain:
-                pre_cfg = _optim(pre, pre_base, cfg.pretrain_rho)
+                pre_cfg = optimizer_for(pre, pre_base, cfg.pretrain_rho)
                 bar.set_postfix_str(f"seed {seed} pretrain {pre}")
                 orig = engine.train(
                     apply_fn,
@@ -561,7 +566,9 @@ def run_job(cfg: JobConfig) -> dict:
                 # Original and Retrain depend only on the pretraining recipe.
                 key_o = f"{seed}/{pre}/original"
                 if key_o not in job.done:
-                    entry = _evaluate(apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, seed)
+                    entry = evaluate_split_metrics(
+                        apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, seed
+                    )
                     entry["seconds"] = orig.seconds
                     entry["diverged"] = _divergence(orig, entry.pop("nonfinite_outputs"))
                     job.record(key_o, entry)
@@ -576,7 +583,7 @@ def run_job(cfg: JobConfig) -> dict:
                         resume=True,
                         progress=cfg.progress,
                     )
-                    entry = _evaluate(
+                    entry = evaluate_split_metrics(
                         apply_fn, retrain_res.params, retrain_res.model_state, ds, forget_idx, retain_idx, seed
                     )
                     entry["seconds"] = retrain_res.seconds
@@ -586,7 +593,7 @@ def run_job(cfg: JobConfig) -> dict:
                 ref = job.done[key_r]
                 for un in cfg.unlearn_optimizer:
                     label = variant_label(pre, un)
-                    un_cfg = _optim(un, un_base, cfg.rho, cfg.lamb)
+                    un_cfg = optimizer_for(un, un_base, cfg.rho, cfg.lamb)
                     for name in method_list:
                         key = f"{seed}/{pre}/{un}/{name}"
                         bar.set_postfix_str(f"seed {seed} {label} {name}")
@@ -611,7 +618,7 @@ def run_job(cfg: JobConfig) -> dict:
                                 progress=cfg.progress,
                             )
                             if key not in job.done:
-                                entry = _evaluate(
+                                entry = evaluate_split_metrics(
                                     apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, seed
                                 )
                                 entry["seconds"] = res.seconds
@@ -621,9 +628,7 @@ def run_job(cfg: JobConfig) -> dict:
                             if wants_figure:
                                 extras[label] = {"params": res.params, "state": res.model_state, "name": name}
                         bar.update(1)
-                    per_variant.setdefault(label, []).append(
-                        _variant_methods(job.done, seed, pre, un, method_list, ref)
-                    )
+                    per_variant.setdefault(label, []).append(variant_entries(job.done, seed, pre, un, method_list, ref))
                 if cfg.figures and s == 0 and pre == cfg.pretrain[0]:
                     label0 = variant_label(pre, cfg.unlearn_optimizer[0])
                     fig = extras.get(label0)
@@ -641,7 +646,7 @@ def _figure_method(method_list) -> str:
     return method_list[0] if method_list else ""
 
 
-def _variant_methods(done, seed, pre, un, method_list, ref) -> dict:
+def variant_entries(done, seed, pre, un, method_list, ref) -> dict:
     out = {
         "original": _finish_entry(dict(done[f"{seed}/{pre}/original"]), ref),
         "retrain": _finish_entry(dict(done[f"{seed}/{pre}/retrain"]), ref),
@@ -694,7 +699,8 @@ def format_tables(results: dict) -> str:
 
 
 def _figures(cfg, ds, apply_fn, orig, fig, forget_idx, retain_idx, out_dir):
-    """Feature plot (before/after) and loss landscapes (original vs the figure method) on F and test."""
+    """Feature plot (before/after), entanglement, and the forget-loss landscape with its top Hessian
+    eigenvalue and trace at the original and the unlearned parameters (``figures/analysis.json``)."""
     os.makedirs(out_dir, exist_ok=True)
     feats = models.features_fn(apply_fn, orig.model_state)
     feats_after = models.features_fn(apply_fn, fig["state"])
@@ -714,19 +720,24 @@ def _figures(cfg, ds, apply_fn, orig, fig, forget_idx, retain_idx, out_dir):
         "original": metrics.entanglement_from_features(before["retain"], before["forget"]),
         fig["name"]: metrics.entanglement_from_features(after["retain"], after["forget"]),
     }
-    surfaces = {}
+    surfaces, summary = {}, {}
     d1, d2 = metrics.random_directions(orig.params, jax.random.key(cfg.seed))
     xf, yf = jnp.asarray(ds.x_train[forget_idx[:256]]), jnp.asarray(ds.y_train[forget_idx[:256]])
     for tag, p, st in (("original", orig.params, orig.model_state), (fig["name"], fig["params"], fig["state"])):
 
         def loss(q, batch, st=st):
             logits, _ = apply_fn(q, st, batch[0], train=False)
-            from jaxunlearn import objectives
-
             return objectives.cross_entropy(logits, batch[1])
 
         a, b, z = metrics.loss_surface(loss, p, d1, d2, num=cfg.landscape_grid, batch=(xf, yf))
         surfaces[f"{tag}: forget loss"] = z
+        summary[tag] = {
+            "landscape": metrics.sharpness_summary(z, a, b),
+            "top_eigenvalue": float(curvature.top_eigenvalue(loss, p, (xf, yf), jax.random.key(cfg.seed), 20)),
+            "hessian_trace": float(curvature.hessian_trace(loss, p, (xf, yf), jax.random.key(cfg.seed + 1), 16)),
+        }
     metrics.plot_surface(a, b, surfaces, os.path.join(out_dir, "landscape_forget.png"))
-    with open(os.path.join(out_dir, "entanglement.json"), "w") as f:
-        json.dump(ent, f, indent=1)
+    _atomic_json(
+        os.path.join(out_dir, "analysis.json"),
+        report.to_jsonable({"entanglement": ent, "forget_loss_curvature": summary}),
+    )

@@ -1,0 +1,321 @@
+"""Shared pieces of the experiment scripts: command-line options, job configs, method aliases, tables.
+
+Every script accepts the same data/model/schedule options (``add_common_args``), a ``--smoke`` switch
+that shrinks everything to a seconds-long run on the embedded digits data (used by
+``tests/test_experiments_smoke.py``), and writes ``experiments/results/<name>/table.md`` and
+``table.json`` (or under ``--out``).
+
+Method aliases: ``runner.run_job`` takes one option set per registry name, so a sweep over a method's
+options (Sharp MinMax's mask fraction, Hessian selection's scores) registers each setting under its own
+name, e.g. ``sharp_minmax@f0.1-largest``, through the public ``methods.register`` decorator. All the
+variants then share one job: the same pretrained models, forget sets and Retrain references.
+
+Memorization scores: ``run_job`` recomputes the Feldman–Zhang scores (``mem_models`` vmapped models)
+for every job, although they depend only on the data, the seed and the training recipe.
+:func:`cache_memorization` memoizes them in-process and on disk so that one experiment running several
+forget levels (high / mid / low / mix) trains the memorization models once per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(HERE) not in sys.path:  # allow `python experiments/expN_*.py` from the repo root
+    sys.path.insert(0, os.path.dirname(HERE))
+
+from jaxunlearn import methods, report, runner  # noqa: E402
+from jaxunlearn.runner import JobConfig  # noqa: E402
+
+RESULTS_ROOT = os.path.join(HERE, "results")
+
+# Fashion-MNIST budget used for RESULTS.md: a 2-core CPU shared with other jobs (load ~20) forced the MLP
+# and small subsets; configs/*.json hold larger settings (CNN, CIFAR-10 ResNet-18) for an accelerator.
+DEFAULTS = dict(
+    dataset="fashion_mnist",
+    max_train=2000,
+    max_test=1000,
+    model="mlp",
+    pretrain_epochs=5,
+    unlearn_epochs=2,
+    seeds=3,
+    batch_size=64,
+    forget_size=0.1,
+    mem_models=8,
+    pretrain_lr=0.05,
+    unlearn_lr=0.01,
+)
+SMOKE = dict(
+    dataset="digits",
+    max_train=300,
+    max_test=150,
+    model="cnn",
+    pretrain_epochs=1,
+    unlearn_epochs=1,
+    seeds=1,
+    batch_size=64,
+    forget_size=0.1,
+    mem_models=2,
+)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--dataset", help="digits | fashion_mnist | tfds:NAME (e.g. tfds:cifar10)")
+    p.add_argument("--data-dir")
+    p.add_argument("--model", help="cnn | mlp | resnet18 | ...")
+    p.add_argument("--width", type=int)
+    p.add_argument("--max-train", type=int)
+    p.add_argument("--max-test", type=int)
+    p.add_argument("--pretrain-epochs", type=int)
+    p.add_argument("--unlearn-epochs", type=int)
+    p.add_argument("--pretrain-lr", type=float)
+    p.add_argument("--unlearn-lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--forget-size", type=float)
+    p.add_argument("--mem-models", type=int)
+    p.add_argument("--config", help="JSON file of option overrides (keys as the long options, with _)")
+    p.add_argument("--out", help="output folder (default experiments/results/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue the jobs of an interrupted run")
+    p.add_argument("--smoke", action="store_true", help="tiny run on digits (seconds), for the tests")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="do not run: write the table from the finished seeds of an interrupted run",
+    )
+    return p
+
+
+def settings(args) -> dict:
+    """Effective settings: smoke or Fashion-MNIST defaults < --config file < explicit options."""
+    s = dict(SMOKE if args.smoke else DEFAULTS)
+    if args.config:
+        with open(args.config) as f:
+            s.update(json.load(f))
+    for k in (
+        "dataset",
+        "data_dir",
+        "model",
+        "width",
+        "max_train",
+        "max_test",
+        "pretrain_epochs",
+        "unlearn_epochs",
+        "pretrain_lr",
+        "unlearn_lr",
+        "batch_size",
+        "seeds",
+        "forget_size",
+        "mem_models",
+    ):
+        v = getattr(args, k, None)
+        if v is not None:
+            s[k] = v
+    s["seed"] = args.seed
+    return s
+
+
+def out_dir(args, name: str) -> str:
+    d = args.out or os.path.join(RESULTS_ROOT, name + ("_smoke" if args.smoke else ""))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def job_config(args, s: dict, out: str, **kw) -> JobConfig:
+    """A :class:`JobConfig` from the settings plus job-specific fields (pretrain, methods, ...)."""
+    fields = {f.name for f in dataclasses.fields(JobConfig)}
+    base = {k: v for k, v in s.items() if k in fields}
+    base.update(kw)
+    base.update(out=out, resume=bool(args.resume or os.path.exists(os.path.join(out, "progress.json"))))
+    base.setdefault("figures", False)
+    base["progress"] = bool(args.progress)
+    return JobConfig(**base)
+
+
+def alias(base: str, tag: str, **options) -> str:
+    """Register ``base`` with fixed ``options`` as ``base@tag`` (idempotent); return the new name."""
+    name = f"{base}@{tag}"
+    if name in methods.METHODS:
+        return name
+    m = methods.get(base)
+    methods.resolve_options(m, options)  # unknown options fail here, with the method's option list
+    methods.register(name, f"{m.summary} [{tag}]", {**m.defaults, **options}, gradient_based=m.gradient_based)(
+        m.recipe_fn
+    )
+    return name
+
+
+_MEM_CACHE: dict[str, np.ndarray] = {}
+
+
+def cache_memorization(cache_dir: str) -> None:
+    """Memoize ``runner.memorization_scores`` by (dataset, sizes, recipe, seed) in memory and in ``cache_dir``."""
+    orig = getattr(runner.memorization_scores, "__wrapped_original__", runner.memorization_scores)
+    os.makedirs(cache_dir, exist_ok=True)
+
+    def cached(cfg, ds, apply_fn, params, state, dd, seed):
+        key_src = json.dumps(
+            [
+                cfg.dataset,
+                cfg.max_train,
+                cfg.max_test,
+                cfg.model,
+                cfg.width,
+                cfg.mem_models,
+                cfg.pretrain_lr,
+                cfg.pretrain_epochs,
+                cfg.batch_size,
+                int(seed),
+                len(ds.y_train),
+            ],
+            default=str,
+        )
+        key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
+        if key in _MEM_CACHE:
+            return _MEM_CACHE[key]
+        path = os.path.join(cache_dir, f"mem_{key}.npy")
+        if os.path.exists(path):
+            scores = np.load(path)
+        else:
+            scores = np.asarray(orig(cfg, ds, apply_fn, params, state, dd, seed))
+            np.save(path, scores)
+        _MEM_CACHE[key] = scores
+        return scores
+
+    cached.__wrapped_original__ = orig
+    runner.memorization_scores = cached
+
+
+def run_job(cfg: JobConfig) -> dict:
+    """``runner.run_job`` timed; returns the results object with ``settings.seconds``."""
+    return runner.run_job(cfg)
+
+
+def entry_value(v) -> tuple[float, float]:
+    if isinstance(v, dict):
+        return float(v["mean"]), float(v.get("std", 0.0))
+    return float(v), 0.0
+
+
+def fmt(v, percent: bool = True, digits: int = 1) -> str:
+    if v is None:
+        return "—"
+    m, s = entry_value(v)
+    if not np.isfinite(m):
+        return "—"
+    if percent:
+        return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}"
+    return f"{m:.3g} ± {s:.2g}"
+
+
+def write_table(out: str, title: str, header: list[str], rows: list[list[str]], data: Any, meta: dict) -> str:
+    """Write ``table.md`` (title, settings line, markdown table) and ``table.json`` (rows + raw data)."""
+    lines = [f"## {title}", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in meta.items()), ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "table.json"), "w") as f:
+        json.dump(
+            report.to_jsonable({"title": title, "header": header, "rows": rows, "meta": meta, "data": data}),
+            f,
+            indent=1,
+        )
+    print(text)
+    return text
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *a):
+        self.seconds = time.perf_counter() - self.t0
+
+
+# ---- pieces for the experiments that need their own loop (exp4 feature/label unlearning, exp5 analysis) ----
+# They reuse the runner's loaders and evaluation so the numbers are comparable with run_job's tables.
+
+
+def dataset(s: dict, seed: int):
+    """The job's dataset (same subset / split as ``run_job`` for this seed)."""
+    cfg = JobConfig(**{k: v for k, v in s.items() if k in {f.name for f in dataclasses.fields(JobConfig)}})
+    return runner.load_dataset(cfg, seed)
+
+
+def model(s: dict, ds, seed: int):
+    """``(apply_fn, params, model_state, init_fn)`` for the configured model (as ``run_job`` builds it)."""
+    from jaxunlearn import models
+
+    cfg = JobConfig(**{k: v for k, v in s.items() if k in {f.name for f in dataclasses.fields(JobConfig)}})
+    apply_fn, params, state = models.split_model(runner.build_model(cfg, ds, seed))
+
+    def init_fn(k):
+        _, p, st = models.split_model(runner.build_model(cfg, ds, k))
+        return p, st
+
+    return apply_fn, params, state, init_fn
+
+
+def pretrain_optimizer(s: dict, kind: str):
+    from jaxunlearn.plan import OptimConfig
+
+    return runner.optimizer_for(kind, OptimConfig(lr=s.get("pretrain_lr", 0.05)), s.get("pretrain_rho", 0.1))
+
+
+def unlearn_optimizer(s: dict, kind: str):
+    from jaxunlearn import engine
+
+    base = dataclasses.replace(engine.UNLEARN_DEFAULT, lr=s.get("unlearn_lr", 0.01))
+    return runner.optimizer_for(kind, base, s.get("rho", 0.1), s.get("lamb", 1.0))
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    from jaxunlearn import metrics
+
+    return per_seed[0] if len(per_seed) == 1 else metrics.aggregate_seeds(per_seed)
+
+
+def collect_progress(cfg: JobConfig) -> dict:
+    """Variants of an unfinished ``run_job`` from its ``progress.json``: per variant, the seeds whose
+    entries are all done, aggregated like ``run_job`` does (``{label: {"methods", "seeds_run"}}``)."""
+    with open(os.path.join(cfg.out, "progress.json")) as f:
+        done = json.load(f)["entries"]
+    method_list = [m for m in cfg.methods if m != "retrain"]
+    per_variant: dict[str, list] = {}
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        for pre in cfg.pretrain:
+            key_r = f"{seed}/{pre}/retrain"
+            if key_r not in done or f"{seed}/{pre}/original" not in done:
+                continue
+            for un in cfg.unlearn_optimizer:
+                if all(f"{seed}/{pre}/{un}/{m}" in done for m in method_list):
+                    per_variant.setdefault(runner.variant_label(pre, un), []).append(
+                        runner.variant_entries(done, seed, pre, un, method_list, done[key_r])
+                    )
+    return {lab: {"methods": aggregate(v), "seeds_run": len(v)} for lab, v in per_variant.items()}
+
+
+def run_or_collect(args, cfg: JobConfig) -> tuple[dict, float | str]:
+    """``run_job(cfg)`` → (variants, seconds), or with ``--collect`` the finished part of its progress."""
+    if getattr(args, "collect", False):
+        V = collect_progress(cfg)
+        return V, "partial: " + ", ".join(f"{k}: {v['seeds_run']} seeds" for k, v in V.items())
+    res = runner.run_job(cfg)
+    for v in res["variants"].values():
+        v["seeds_run"] = v["settings"]["seeds_run"]
+    return res["variants"], round(res["settings"]["seconds"], 1)
