@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--no-figures", action="store_true", help="skip the figures")
     g.add_argument("--landscape-grid", type=int, default=None, help="loss-landscape grid points per axis (default 11)")
+    g.add_argument(
+        "--devices", type=int, default=None,
+        help="data-parallel over this many devices (one mesh; all processes' devices in multi-host runs)",
+    )
     g.add_argument("--config", default=None, help="JSON or TOML file with the same settings (options override it)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -203,6 +207,7 @@ def _job_config(args) -> JobConfig:  # noqa: F821
         "seed": args.seed,
         "out": args.out,
         "landscape_grid": args.landscape_grid,
+        "devices": args.devices,
     }
     values.update({k: v for k, v in mapping.items() if v is not None})
     opts = values.pop("method_options", {}) or {}
@@ -311,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    from jaxunlearn import distributed
+
+    distributed.maybe_initialize()  # multi-host runs: jax.distributed.initialize() when the env says so
     handlers = {"run": _cmd_run, "show": _cmd_show, "theory": _cmd_theory, "methods": _cmd_methods}
     try:
         return handlers[args.command](args)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxunlearn import _validate, curvature, data, engine, methods, metrics, models, objectives, report
+from jaxunlearn import _validate, curvature, data, distributed, engine, methods, metrics, models, objectives, report
 from jaxunlearn.plan import OptimConfig
 
 __all__ = ["JobConfig", "run_job", "variant_label", "UNLEARN_CHOICES", "PRETRAIN_CHOICES"]
@@ -93,6 +93,7 @@ class JobConfig:
     resume: bool = False
     figures: bool = True
     landscape_grid: int = 11
+    devices: int | None = None
     progress: bool = True
 
     def validate(self) -> JobConfig:
@@ -160,6 +161,15 @@ class JobConfig:
                 )
         if self.landscape_grid < 3:
             raise ValueError(f"--landscape-grid must be >= 3, got {self.landscape_grid}.")
+        if self.devices is not None:
+            if self.devices > jax.device_count():
+                raise ValueError(
+                    f"--devices {self.devices} asks for more devices than the {jax.device_count()} available "
+                    f"({jax.devices()[0].platform}); on one CPU simulate more with "
+                    "XLA_FLAGS=--xla_force_host_platform_device_count=N."
+                )
+            if self.batch_size % self.devices:
+                raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices}.")
         if self.resume and self.out is None:
             raise ValueError("--resume needs --out DIR: the directory of the run to continue.")
         if self.out is not None and os.path.exists(self.out) and not os.path.isdir(self.out):
@@ -186,9 +196,9 @@ class JobConfig:
             if value is not None and not isinstance(value, str | os.PathLike):
                 raise ValueError(f"--{name.replace('_', '-')} must be a string, got {value!r}.")
         for name in ("max_train", "max_test", "width", "forget_class", "mem_models", "pretrain_epochs",
-                     "unlearn_epochs", "batch_size", "seeds", "seed", "landscape_grid"):  # fmt: skip
+                     "unlearn_epochs", "batch_size", "seeds", "seed", "landscape_grid", "devices"):  # fmt: skip
             value = getattr(self, name)
-            if value is None and name in ("max_train", "max_test", "width", "forget_class"):
+            if value is None and name in ("max_train", "max_test", "width", "forget_class", "devices"):
                 continue
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
@@ -322,6 +332,8 @@ def _atomic_json(path: str, obj) -> None:
 
 
 def _atomic_text(path: str, text: str) -> None:
+    if not distributed.is_main_process():  # one writer in multi-host runs
+        return
     """Write ``text`` to a temporary file beside ``path``, fsync, then ``os.replace`` (atomic on POSIX)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -427,10 +439,10 @@ def _forget_set(cfg, ds, seed, score_fn) -> np.ndarray:
     return data.select_forget(ds.y_train, cfg.forget, size, seed=seed, scores=scores, class_id=cfg.forget_class)
 
 
-def _eval_split(apply_fn, params, state, x, y) -> dict:
+def _eval_split(apply_fn, params, state, x, y, mesh=None) -> dict:
     """Logits and accuracy on one split; non-finite logits (a model blown up by a huge learning rate)
     are clipped to finite values so the metrics stay defined, and reported as ``nonfinite``."""
-    out = engine.evaluate(apply_fn, params, state, x, y)
+    out = engine.evaluate(apply_fn, params, state, x, y, mesh=mesh)
     logits = np.asarray(out["logits"], np.float32)
     finite = bool(np.isfinite(logits).all())
     if not finite:
@@ -451,8 +463,9 @@ def _divergence(res, nonfinite_outputs: bool) -> dict | None:
     return div
 
 
-def evaluate_split_metrics(apply_fn, params, state, ds, forget_idx, retain_idx, seed) -> dict:
-    ev = _eval_split
+def evaluate_split_metrics(apply_fn, params, state, ds, forget_idx, retain_idx, seed, mesh=None) -> dict:
+    """Forget/retain/test accuracy and MIA-efficacy (SalUn confidence attack, retain vs test shadows)."""
+    ev = functools.partial(_eval_split, mesh=mesh)
     f = ev(apply_fn, params, state, ds.x_train[forget_idx], ds.y_train[forget_idx])
     r = ev(apply_fn, params, state, ds.x_train[retain_idx], ds.y_train[retain_idx])
     t = ev(apply_fn, params, state, ds.x_test, ds.y_test)
@@ -495,6 +508,7 @@ def run_job(cfg: JobConfig) -> dict:
     if cfg.out is None:
         cfg.out = os.path.join("runs", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     job = _Job(cfg)
+    mesh = distributed.make_mesh(cfg.devices) if cfg.devices else None
     t_job = time.perf_counter()
     method_list = [m for m in cfg.methods if m != "retrain"]
     n_tasks = cfg.seeds * len(cfg.pretrain) * (2 + len(method_list) * len(cfg.unlearn_optimizer))
@@ -543,6 +557,7 @@ def run_job(cfg: JobConfig) -> dict:
                     seed=seed,
                     checkpoint_dir=job.ckpt(f"seed{seed}", f"pretrain-{pre}", "original"),
                     resume=True,
+                    mesh=mesh,
                     progress=cfg.progress,
                     desc=f"pretrain ({pre})",
                 )
@@ -567,7 +582,7 @@ def run_job(cfg: JobConfig) -> dict:
                 key_o = f"{seed}/{pre}/original"
                 if key_o not in job.done:
                     entry = evaluate_split_metrics(
-                        apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, seed
+                        apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, seed, mesh
                     )
                     entry["seconds"] = orig.seconds
                     entry["diverged"] = _divergence(orig, entry.pop("nonfinite_outputs"))
@@ -582,9 +597,10 @@ def run_job(cfg: JobConfig) -> dict:
                         checkpoint_dir=job.ckpt(f"seed{seed}", f"pretrain-{pre}", "retrain"),
                         resume=True,
                         progress=cfg.progress,
+                        mesh=mesh,
                     )
                     entry = evaluate_split_metrics(
-                        apply_fn, retrain_res.params, retrain_res.model_state, ds, forget_idx, retain_idx, seed
+                        apply_fn, retrain_res.params, retrain_res.model_state, ds, forget_idx, retain_idx, seed, mesh
                     )
                     entry["seconds"] = retrain_res.seconds
                     entry["diverged"] = _divergence(retrain_res, entry.pop("nonfinite_outputs"))
@@ -616,10 +632,11 @@ def run_job(cfg: JobConfig) -> dict:
                                 checkpoint_dir=job.ckpt(f"seed{seed}", label, name),
                                 resume=True,
                                 progress=cfg.progress,
+                                mesh=mesh,
                             )
                             if key not in job.done:
                                 entry = evaluate_split_metrics(
-                                    apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, seed
+                                    apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, seed, mesh
                                 )
                                 entry["seconds"] = res.seconds
                                 entry["diverged"] = _divergence(res, entry.pop("nonfinite_outputs"))
@@ -632,7 +649,7 @@ def run_job(cfg: JobConfig) -> dict:
                 if cfg.figures and s == 0 and pre == cfg.pretrain[0]:
                     label0 = variant_label(pre, cfg.unlearn_optimizer[0])
                     fig = extras.get(label0)
-                    if fig is not None:
+                    if fig is not None and distributed.is_main_process():
                         _figures(cfg, ds, apply_fn, orig, fig, forget_idx, retain_idx, os.path.join(cfg.out, "figures"))
     finally:
         bar.close()
@@ -669,8 +686,9 @@ def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: floa
                 merged[name]["diverged"] = reports if any(r is not None for r in reports) else None
         settings = {**cfg.settings(), "variant": label, "seeds_run": len(per_seed)}
         vdir = os.path.join(cfg.out, label)
-        report.write_results(vdir, settings, merged)
-        if cfg.figures:
+        if distributed.is_main_process():
+            report.write_results(vdir, settings, merged)
+        if cfg.figures and distributed.is_main_process():
             report.plot_bars({"methods": merged}, os.path.join(vdir, "bars.png"), title=label)
         _atomic_text(os.path.join(vdir, "table.md"), report.markdown_table({"methods": merged}, columns=_TABLE_COLUMNS))
         variants[label] = {"settings": settings, "methods": merged}
