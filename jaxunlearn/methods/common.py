@@ -59,6 +59,40 @@ def summed_gradient(apply_fn, params, model_state, x, y, idx, *, labels=None, ba
     return total
 
 
+class MeanCE:
+    """``loss(params, batch) = CE(f(batch["x"]), batch["y"])`` in eval mode, for the curvature estimators.
+
+    :mod:`jaxunlearn.curvature` compiles one program per loss function (a static argument). Two
+    ``MeanCE`` built from the same ``apply_fn`` and the same ``model_state`` arrays compare equal and
+    hash alike, so repeated Hessian / Fisher scores (every ``hessian_select`` or ``ssd`` call) reuse the
+    compiled program instead of recompiling a fresh closure each time.
+
+    Example:
+        >>> diag = curvature.fisher_diagonal(MeanCE(apply_fn, state), params, {"x": x, "y": y})
+    """
+
+    def __init__(self, apply_fn, model_state):
+        self.apply_fn = apply_fn
+        self.model_state = model_state
+        self._leaves, self._treedef = jax.tree.flatten(model_state)
+
+    def __call__(self, params, batch):
+        logits, _ = self.apply_fn(params, self.model_state, batch["x"], train=False)
+        return objectives.cross_entropy(logits, batch["y"])
+
+    def __hash__(self):
+        return hash((id(self.apply_fn), self._treedef, tuple(id(x) for x in self._leaves)))
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, MeanCE)
+            and other.apply_fn is self.apply_fn
+            and other._treedef == self._treedef
+            and len(other._leaves) == len(self._leaves)
+            and all(a is b for a, b in zip(other._leaves, self._leaves))
+        )
+
+
 def forget_ce(apply_fn, params, model_state, batch, hp):
     """``CE(f(x_f), y_f)`` on the forget batch (train mode)."""
     logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)

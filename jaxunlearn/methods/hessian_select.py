@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import _validate, curvature, objectives, selection
+from jaxunlearn import _validate, curvature, selection
 from jaxunlearn.methods import base as base_mod
 from jaxunlearn.methods.base import Recipe, register
-from jaxunlearn.methods.common import summed_gradient
+from jaxunlearn.methods.common import MeanCE, summed_gradient
 
 SCORES = ("hessian", "hutchinson", "exact", "fisher", "gradient", "random", "last_layer", "all")
 UPDATES = ("gradient", "first_order", "second_order")
@@ -44,11 +44,7 @@ def _subset(ctx, which: str, max_examples: int, seed: int) -> np.ndarray:
 
 
 def _mean_ce(ctx):
-    def loss(p, batch):
-        logits, _ = ctx.apply_fn(p, ctx.model_state, batch["x"], train=False)
-        return objectives.cross_entropy(logits, batch["y"])
-
-    return loss
+    return MeanCE(ctx.apply_fn, ctx.model_state)
 
 
 def parameter_scores(ctx, kind: str, data: str = "forget", *, num_probes=16, exact_limit=20000, max_examples=256):
