@@ -105,15 +105,15 @@ class Context:
 class Recipe:
     """A method's output: a plan to run (from ``start`` or the original parameters), or final parameters.
 
-    ``retain_idx``/``forget_idx``/``x``/``y`` override the context's data for the run (e.g. feature
-    unlearning trains on the corrected examples); ``info`` is copied into the results (mask sizes, ...).
+    ``retain_idx``/``forget_idx`` override the context's index sets for the run (feature unlearning's
+    corrected examples are added by the engine from ``ctx.corrected``); ``info`` is copied into the
+    results (mask sizes, ...).
     """
 
     plan: Plan | None = None
     start: tuple[PyTree, PyTree] | None = None
     params: PyTree | None = None
     model_state: PyTree | None = None
-    data: tuple[Any, Any] | None = None
     retain_idx: np.ndarray | None = None
     forget_idx: np.ndarray | None = None
     info: dict = dataclasses.field(default_factory=dict)

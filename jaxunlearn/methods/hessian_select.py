@@ -145,10 +145,15 @@ def _corrected_update(ctx, mask, opts, diag):
 )
 def hessian_select(ctx, opts):
     _validate.choice("update", opts["update"], UPDATES)
-    kw = {k: opts[k] for k in ("num_probes", "exact_limit", "max_examples")}
-    if opts["scores"] in ("random", "last_layer", "all"):
-        kw = {}
-    mask = selection_mask(ctx, opts["scores"], float(opts["fraction"]), opts["data"], **kw)
+    probe_kw = {k: opts[k] for k in ("num_probes", "exact_limit", "max_examples")}
+    diag = None
+    if opts["update"] == "second_order":  # the Newton step's diagonal; reused as the scores when they agree
+        diag = parameter_scores(ctx, "hessian", opts["data"], **probe_kw)
+    if opts["scores"] == "hessian" and diag is not None:
+        mask = selection.top_fraction(diag, float(opts["fraction"]))
+    else:
+        kw = {} if opts["scores"] in ("random", "last_layer", "all") else probe_kw
+        mask = selection_mask(ctx, opts["scores"], float(opts["fraction"]), opts["data"], **kw)
     info = {"mask_size": selection.mask_size(mask), "num_params": selection.count(mask), "scores": opts["scores"]}
     if opts["update"] == "gradient":
         if opts["base"] in ("hessian_select", "ssd", "retrain"):
@@ -161,10 +166,5 @@ def hessian_select(ctx, opts):
         recipe.plan = _restrict(recipe.plan, mask)
         recipe.info = {**recipe.info, **info, "base": opts["base"]}
         return recipe
-    diag = None
-    if opts["update"] == "second_order":
-        diag = parameter_scores(
-            ctx, "hessian", opts["data"], **{k: opts[k] for k in ("num_probes", "exact_limit", "max_examples")}
-        )
     params = _corrected_update(ctx, mask, opts, diag)
     return Recipe(params=params, model_state=ctx.model_state, info=info)
