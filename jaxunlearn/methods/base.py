@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxunlearn.plan import PRETRAIN_DEFAULT, UNLEARN_DEFAULT, OptimConfig, Plan
 
-__all__ = ["Context", "Recipe", "Method", "METHODS", "register", "get", "resolve_options"]
+__all__ = ["Context", "Recipe", "Method", "METHODS", "register", "get", "resolve_options", "method_plan", "scaled"]
 
 PyTree = Any
 
@@ -179,6 +179,19 @@ def resolve_options(method: Method, options: dict) -> dict:
             f"{', '.join(f'{k}={v!r}' for k, v in method.defaults.items()) or 'none'}."
         )
     return {**method.defaults, **options}
+
+
+def method_plan(ctx: Context, opts: dict, name: str, *phases, **kw) -> Plan:
+    """A :class:`Plan` with a method's usual schedule: the context's unlearning optimizer with its rate times
+    ``opts["lr_scale"]``, ``opts["epochs"]`` (or the context's) epochs, the context's batch size.
+
+    Example:
+        >>> plan = method_plan(ctx, {"lr_scale": 0.1}, "ft", Phase("retain", supervised_loss))
+    """
+    kw.setdefault("optimizer", scaled(ctx.optimizer, opts.get("lr_scale", 1.0)))
+    return Plan(
+        phases=tuple(phases), epochs=opts.get("epochs") or ctx.epochs, batch_size=ctx.batch_size, name=name, **kw
+    )
 
 
 def scaled(cfg: OptimConfig, lr_scale: float) -> OptimConfig:

@@ -5,8 +5,8 @@ engine's divergence guard stops it when the loss or the weights stop being finit
 """
 
 from jaxunlearn import objectives
-from jaxunlearn.methods.base import Recipe, register, scaled
-from jaxunlearn.plan import Phase, Plan
+from jaxunlearn.methods.base import Recipe, method_plan, register
+from jaxunlearn.plan import Phase
 
 
 def ga_loss(apply_fn, params, model_state, batch, hp):
@@ -17,12 +17,5 @@ def ga_loss(apply_fn, params, model_state, batch, hp):
 
 @register("ga", "gradient ascent on the forget set: min -CE(F)", {"lr_scale": 0.01, "epochs": 2})
 def ga(ctx, opts):
-    plan = Plan(
-        phases=(Phase("forget", ga_loss, uses=("forget",)),),
-        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
-        epochs=opts["epochs"] or ctx.epochs,
-        batch_size=ctx.batch_size,
-        epoch_over="forget",
-        name="ga",
-    )
+    plan = method_plan(ctx, opts, "ga", Phase("forget", ga_loss, uses=("forget",)), epoch_over="forget")
     return Recipe(plan=plan)

@@ -6,8 +6,8 @@ Loss at epoch e (0-based) of E: ``CE(D_r) + γ·(1 − e/E)·‖w‖₁``.
 import jax.numpy as jnp
 
 from jaxunlearn import objectives
-from jaxunlearn.methods.base import Recipe, register, scaled
-from jaxunlearn.plan import Phase, Plan
+from jaxunlearn.methods.base import Recipe, method_plan, register
+from jaxunlearn.plan import Phase
 
 
 def l1_loss(apply_fn, params, model_state, batch, hp):
@@ -19,12 +19,5 @@ def l1_loss(apply_fn, params, model_state, batch, hp):
 
 @register("l1_sparse", "fine-tune + linearly decaying L1 penalty", {"gamma": 5e-5, "lr_scale": 1.0, "epochs": None})
 def l1_sparse(ctx, opts):
-    plan = Plan(
-        phases=(Phase("retain", l1_loss),),
-        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
-        epochs=opts["epochs"] or ctx.epochs,
-        batch_size=ctx.batch_size,
-        hp={"gamma": jnp.float32(opts["gamma"])},
-        name="l1_sparse",
-    )
+    plan = method_plan(ctx, opts, "l1_sparse", Phase("retain", l1_loss), hp={"gamma": jnp.float32(opts["gamma"])})
     return Recipe(plan=plan)

@@ -3,8 +3,8 @@
 import jax.numpy as jnp
 
 from jaxunlearn import objectives
-from jaxunlearn.methods.base import Recipe, register, scaled
-from jaxunlearn.plan import Phase, Plan
+from jaxunlearn.methods.base import Recipe, method_plan, register
+from jaxunlearn.plan import Phase
 
 
 def neggrad_loss(apply_fn, params, model_state, batch, hp):
@@ -19,12 +19,11 @@ def neggrad_loss(apply_fn, params, model_state, batch, hp):
 
 @register("neggrad", "alpha*CE(R) - (1-alpha)*CE(F)", {"alpha": 0.99, "lr_scale": 1.0, "epochs": None})
 def neggrad(ctx, opts):
-    plan = Plan(
-        phases=(Phase("neggrad", neggrad_loss, uses=("retain", "forget")),),
-        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
-        epochs=opts["epochs"] or ctx.epochs,
-        batch_size=ctx.batch_size,
+    plan = method_plan(
+        ctx,
+        opts,
+        "neggrad",
+        Phase("neggrad", neggrad_loss, uses=("retain", "forget")),
         hp={"alpha": jnp.float32(opts["alpha"])},
-        name="neggrad",
     )
     return Recipe(plan=plan)

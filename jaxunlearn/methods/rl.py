@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxunlearn import objectives
-from jaxunlearn.methods.base import Recipe, register, scaled
-from jaxunlearn.plan import Phase, Plan
+from jaxunlearn.methods.base import Recipe, method_plan, register
+from jaxunlearn.plan import Phase
 
 
 def rl_loss(apply_fn, params, model_state, batch, hp):
@@ -40,12 +40,11 @@ def random_label_table(ctx, seed_offset: int = 17):
 
 @register("rl", "random wrong labels on F, train on F and R", {"lr_scale": 0.1, "epochs": None})
 def rl(ctx, opts):
-    plan = Plan(
-        phases=(Phase("rl", rl_loss, uses=("retain", "forget")),),
-        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
-        epochs=opts["epochs"] or ctx.epochs,
-        batch_size=ctx.batch_size,
+    plan = method_plan(
+        ctx,
+        opts,
+        "rl",
+        Phase("rl", rl_loss, uses=("retain", "forget")),
         hp={"random_labels": random_label_table(ctx), "forget_weight": union_weight(ctx)},
-        name="rl",
     )
     return Recipe(plan=plan)

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxunlearn import selection
-from jaxunlearn.methods.base import Recipe, register, scaled
+from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.methods.common import summed_gradient
 from jaxunlearn.methods.rl import random_label_table, rl_loss, union_weight
-from jaxunlearn.plan import Phase, Plan
+from jaxunlearn.plan import Phase
 
 
 @register(
@@ -20,12 +20,11 @@ from jaxunlearn.plan import Phase, Plan
 def salun(ctx, opts):
     g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
     mask = selection.top_fraction(jax.tree.map(jnp.abs, g), opts["fraction"])
-    plan = Plan(
-        phases=(Phase("rl", rl_loss, uses=("retain", "forget"), mask_key="mask"),),
-        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
-        epochs=opts["epochs"] or ctx.epochs,
-        batch_size=ctx.batch_size,
+    plan = method_plan(
+        ctx,
+        opts,
+        "salun",
+        Phase("rl", rl_loss, uses=("retain", "forget"), mask_key="mask"),
         hp={"random_labels": random_label_table(ctx), "forget_weight": union_weight(ctx), "mask": mask},
-        name="salun",
     )
     return Recipe(plan=plan, info={"mask_size": selection.mask_size(mask), "num_params": selection.count(mask)})

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxunlearn import objectives
-from jaxunlearn.methods.base import Recipe, register, scaled
-from jaxunlearn.plan import Phase, Plan
+from jaxunlearn.methods.base import Recipe, method_plan, register
+from jaxunlearn.plan import Phase
 
 
 def scrub_max_loss(apply_fn, params, model_state, batch, hp):
@@ -41,15 +41,12 @@ def scrub(ctx, opts):
         "gamma": jnp.float32(opts["gamma"]),
         "beta": jnp.float32(opts["beta"]),
     }
-    plan = Plan(
-        phases=(
-            Phase("max", scrub_max_loss, uses=("forget",), active=lambda e: e < msteps),
-            Phase("min", scrub_min_loss, uses=("retain",)),
-        ),
-        optimizer=scaled(ctx.optimizer, opts["lr_scale"]),
-        epochs=opts["epochs"] or ctx.epochs,
-        batch_size=ctx.batch_size,
+    plan = method_plan(
+        ctx,
+        opts,
+        "scrub",
+        Phase("max", scrub_max_loss, uses=("forget",), active=lambda e: e < msteps),
+        Phase("min", scrub_min_loss, uses=("retain",)),
         hp=hp,
-        name="scrub",
     )
     return Recipe(plan=plan)
