@@ -49,7 +49,10 @@ def _structure(tree):
 
 
 def test_registry_lists_the_methods():
-    assert set(methods.METHODS) == EXPECTED
+    # the built-in methods; other names in the same process are aliases registered by experiments
+    # ("sharp_minmax@f0.3-largest"), never a different spelling of a built-in
+    assert EXPECTED <= set(methods.METHODS)
+    assert all("@" in name for name in set(methods.METHODS) - EXPECTED)
     for name, m in methods.METHODS.items():
         assert m.name == name and m.summary and isinstance(m.defaults, dict)
         assert methods.get(name) is m
