@@ -2,9 +2,10 @@
 
 All functions take ``loss_fn(params, batch) -> scalar`` and any parameter pytree; they import only jax.
 Probes are batched with ``jax.vmap`` in chunks (``chunk_size``) so memory is bounded by the chunk,
-not by the number of parameters or probes. On XLA:CPU vmapped probes are several times faster than
-looping with ``lax.scan``/``lax.map``, so chunks are vmapped and the (few) chunks are looped in Python
-around one compiled function.
+not by the number of parameters or probes. The chunks are looped in Python around ONE compiled chunk
+function: on XLA:CPU a ``lax.map``/``lax.scan`` (a while loop) whose body holds convolution HVPs ran
+~100x slower than the same body called from Python (benchmarks/RESULTS.md). Called inside an outer
+``jax.jit`` the loop unrolls into that program.
 
 Example:
     >>> loss = lambda w, b: jnp.sum(jnp.sin(w) * b)
@@ -68,25 +69,34 @@ def _num_chunks(total: int, chunk: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
-def _hessian_diagonal(loss_fn, params, batch, chunk):
-    flat, unravel, f = _flat_hvp(loss_fn, params, batch)
+def _hessian_diagonal_chunk(loss_fn, params, batch, start, chunk):
+    """Diagonal entries ``start .. start + chunk - 1`` (flat order; rows past the end are 0)."""
+    flat, _, f = _flat_hvp(loss_fn, params, batch)
     n = flat.size
+    idx = start + jnp.arange(chunk)
+    basis = jax.nn.one_hot(idx, n, dtype=flat.dtype)  # rows past the end are all-zero
+    hv = jax.vmap(f)(basis)
+    return jnp.take_along_axis(hv, jnp.minimum(idx, n - 1)[:, None], axis=1)[:, 0]
 
-    def diag_chunk(start):
-        idx = start + jnp.arange(chunk)
-        basis = jax.nn.one_hot(idx, n, dtype=flat.dtype)  # rows past the end are all-zero
-        hv = jax.vmap(f)(basis)
-        return jnp.take_along_axis(hv, jnp.minimum(idx, n - 1)[:, None], axis=1)[:, 0]
 
-    starts = jnp.arange(_num_chunks(n, chunk)) * chunk
-    return unravel(jax.lax.map(diag_chunk, starts).reshape(-1)[:n])
+def _hessian_diagonal(loss_fn, params, batch, chunk):
+    # Chunks are looped in Python around ONE compiled chunk function: on XLA:CPU a ``lax.map`` (a while
+    # loop) around convolution HVPs runs tens of times slower than the same body called from Python.
+    # Under an outer ``jax.jit`` the loop unrolls into that program (still no while loop).
+    _, unravel = ravel_pytree(params)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    parts = [
+        _hessian_diagonal_chunk(loss_fn, params, batch, jnp.int32(i * chunk), chunk)
+        for i in range(_num_chunks(n, chunk))
+    ]
+    return unravel(jnp.concatenate(parts)[:n])
 
 
 def hessian_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size: int = 256) -> PyTree:
     """Exact Hessian diagonal ``diag(H)_i = e_iᵀ H e_i`` via one HVP per coordinate.
 
     Coordinates are processed ``chunk_size`` at a time with ``vmap`` (memory ∝ chunk_size × N); the
-    chunks run sequentially inside one compiled program. Cost: N HVPs; suitable up to ~1e5 parameters.
+    chunks run sequentially, one call of a compiled chunk function each. Cost: N HVPs; suitable up to ~1e5 parameters.
     For larger models use :func:`hutchinson_diagonal`. ``loss_fn`` is a static argument: pass the same
     function object again to reuse the compiled program.
 
@@ -101,30 +111,44 @@ def hessian_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size:
     return _hessian_diagonal(loss_fn, params, batch, min(chunk_size, n))
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "num_probes", "chunk"))
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "valid"))
+def _hutchinson_chunk(loss_fn, params, batch, key, chunk, valid):
+    """``Σ_k z_k ⊙ H z_k`` over the first ``valid`` of ``chunk`` vmapped Rademacher probes (flat)."""
+    flat, _, f = _flat_hvp(loss_fn, params, batch)
+    z = jax.random.rademacher(key, (chunk, flat.size), dtype=flat.dtype)
+    w = (jnp.arange(chunk) < valid).astype(flat.dtype)[:, None]
+    return jnp.sum(w * z * jax.vmap(f)(z), axis=0)
+
+
 def _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk):
-    flat, unravel, f = _flat_hvp(loss_fn, params, batch)
+    # Python loop over one compiled chunk function (see _hessian_diagonal for why not lax.map).
+    _, unravel = ravel_pytree(params)
     n_chunks = _num_chunks(num_probes, chunk)
-
-    def chunk_sum(args):
-        k, i = args
-        z = jax.random.rademacher(k, (chunk, flat.size), dtype=flat.dtype)
-        valid = (i * chunk + jnp.arange(chunk) < num_probes).astype(flat.dtype)[:, None]
-        return jnp.sum(valid * z * jax.vmap(f)(z), axis=0)
-
     keys = jax.random.split(key, n_chunks)
-    parts = jax.lax.map(chunk_sum, (keys, jnp.arange(n_chunks)))
-    return unravel(jnp.sum(parts, axis=0) / num_probes)
+    total = None
+    for i in range(n_chunks):
+        part = _hutchinson_chunk(loss_fn, params, batch, keys[i], chunk, min(chunk, num_probes - i * chunk))
+        total = part if total is None else total + part
+    return unravel(total / num_probes)
+
+
+def _default_probe_chunk() -> int:
+    """Probes per vmapped chunk when ``chunk_size`` is None: 1 on CPU (measured fastest and smallest:
+    benchmarks/RESULTS.md — vmapping probes does not make XLA:CPU convolutions cheaper per probe), 16 on
+    accelerators, where batching the probes fills the device."""
+    return 1 if jax.default_backend() == "cpu" else 16
 
 
 def hutchinson_diagonal(
-    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_probes: int, *, chunk_size: int = 16
+    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_probes: int, *, chunk_size: int | None = None
 ) -> PyTree:
     """Hutchinson estimate of the Hessian diagonal ``diag(H) ≈ (1/K) Σ_k z_k ⊙ (H z_k)``.
 
     ``z_k`` are Rademacher (±1) probes; the estimator is unbiased and its variance falls as 1/K.
     Probes are vmapped ``chunk_size`` at a time (memory ∝ chunk_size × N); exactly ``num_probes``
-    probes are used. Cost: ``num_probes`` HVPs (≈ 2 gradients each).
+    probes are used. ``chunk_size=None`` picks 1 on CPU and 16 on GPU/TPU. The estimate depends only on
+    ``key`` and on how probes are split into chunks (each chunk draws its own probes). Cost: ``num_probes``
+    HVPs (≈ 2 gradients each).
 
     Example:
         >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)      # diagonal Hessian: exact for any K
@@ -132,32 +156,34 @@ def hutchinson_diagonal(
         Array([2., 5.], dtype=float32)
     """
     num_probes = _validate.positive_int("num_probes", num_probes)
-    chunk_size = _validate.positive_int("chunk_size", chunk_size)
+    chunk_size = _default_probe_chunk() if chunk_size is None else _validate.positive_int("chunk_size", chunk_size)
     return _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, min(chunk_size, num_probes))
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
-def _fisher_diagonal(loss_fn, params, batch, chunk):
-    n = jax.tree.leaves(batch)[0].shape[0]
-    n_chunks = _num_chunks(n, chunk)
-    pad = n_chunks * chunk - n
-
-    def padded(a):
-        a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0) if pad else a
-        return a.reshape((n_chunks, chunk) + a.shape[1:])
-
+@functools.partial(jax.jit, static_argnames=("loss_fn",))
+def _fisher_chunk(loss_fn, params, sub, valid):
     def one(example):
         g = jax.grad(loss_fn)(params, jax.tree.map(lambda a: a[None], example))
         return jax.tree.map(jnp.square, g)
 
-    def chunk_sum(args):
-        sub, i = args
-        valid = (i * chunk + jnp.arange(chunk) < n).astype(jnp.float32)
-        sq = jax.vmap(one)(sub)
-        return jax.tree.map(lambda s: jnp.tensordot(valid.astype(s.dtype), s, axes=1), sq)
+    sq = jax.vmap(one)(sub)
+    return jax.tree.map(lambda s: jnp.tensordot(valid.astype(s.dtype), s, axes=1), sq)
 
-    parts = jax.lax.map(chunk_sum, (jax.tree.map(padded, batch), jnp.arange(n_chunks)))
-    return jax.tree.map(lambda p: jnp.sum(p, axis=0) / n, parts)
+
+def _fisher_diagonal(loss_fn, params, batch, chunk):
+    # Python loop over one compiled chunk function (see _hessian_diagonal for why not lax.map).
+    n = jax.tree.leaves(batch)[0].shape[0]
+    n_chunks = _num_chunks(n, chunk)
+    pad = n_chunks * chunk - n
+    if pad:
+        batch = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0), batch)
+    total = None
+    for i in range(n_chunks):
+        sub = jax.tree.map(lambda a, i=i: jax.lax.slice_in_dim(a, i * chunk, (i + 1) * chunk), batch)
+        valid = (i * chunk + jnp.arange(chunk) < n).astype(jnp.float32)
+        part = _fisher_chunk(loss_fn, params, sub, valid)
+        total = part if total is None else jax.tree.map(jnp.add, total, part)
+    return jax.tree.map(lambda p: p / n, total)
 
 
 def fisher_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size: int = 256) -> PyTree:
@@ -211,9 +237,7 @@ def _top_eigenvalue(loss_fn, params, batch, key, num_iters):
     return jnp.max(jnp.linalg.eigvalsh(T))
 
 
-def top_eigenvalue(
-    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_iters: int = 30
-) -> jax.Array:
+def top_eigenvalue(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_iters: int = 30) -> jax.Array:
     """Largest (algebraic) Hessian eigenvalue ``λ_max(H)`` by Lanczos with full reorthogonalization.
 
     ``num_iters`` = k HVPs build a k×k tridiagonal ``T = Qᵀ H Q``; the result is ``λ_max(T)``, which
@@ -230,7 +254,7 @@ def top_eigenvalue(
 
 
 def hessian_trace(
-    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_probes: int, *, chunk_size: int = 16
+    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_probes: int, *, chunk_size: int | None = None
 ) -> jax.Array:
     """Hutchinson estimate of the Hessian trace ``tr(H) ≈ (1/K) Σ_k z_kᵀ H z_k`` (Rademacher ``z_k``).
 

@@ -1,0 +1,901 @@
+"""jaxunlearn performance benchmarks: one command, one process run, writes ``benchmarks/RESULTS.md``.
+
+    .venv/bin/python benchmarks/run.py            # full run (tens of minutes on a loaded 2-core CPU)
+    .venv/bin/python benchmarks/run.py --quick    # tiny sizes, seconds per section (used by the smoke test)
+
+Sections (``--sections`` picks a subset): ``steps`` (SGD / SAM / Sharp MinMax / NegGrad+SAM steps, and the
+same through ``engine.train``), ``torch`` (two-pass SAM step vs PyTorch on the small CNN and ResNet-18),
+``hutchinson`` (16-probe Hessian diagonal in gradient equivalents, chunking strategies, vs PyTorch),
+``train_many`` (K models with vmap vs K sequential runs), ``memory`` (peak RSS of the curvature functions
+in subprocesses, two model sizes), ``job`` (the default ``jaxunlearn run`` job end to end in a subprocess:
+wall time, peak RSS, per-method seconds vs Retrain, compile counts, steady-state re-runs).
+
+Method: contenders are interleaved (A, B, A, B, ...) and each timing is the median over ``--repeats``
+rounds; the first call of every jitted function is timed separately as "compile" (trace + XLA compile +
+first run). Ratios are computed within this run only. PyTorch runs with ``torch.set_num_threads(T)`` where
+T = the number of CPUs of this process; XLA:CPU uses its own intra-op pool (Eigen) sized to the machine's
+cores, so both get the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from jaxunlearn import curvature, engine, models, objectives  # noqa: E402
+from jaxunlearn.methods import neggrad as neggrad_mod  # noqa: E402
+from jaxunlearn.methods import sharp_minmax as smm  # noqa: E402
+from jaxunlearn.plan import OptimConfig, build_optimizer, supervised_loss  # noqa: E402
+
+SECTIONS = ("steps", "torch", "hutchinson", "train_many", "memory", "job")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _block(x):
+    return jax.block_until_ready(x)
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, inner: int = 1) -> dict:
+    """Time each contender: first call separately ("compile"), then ``repeats`` interleaved rounds of
+    ``inner`` calls each; returns ``{name: {"first_s", "median_s", "all_s"}}`` (per call)."""
+    out = {}
+    for name, fn in contenders.items():
+        t = time.perf_counter()
+        fn()
+        out[name] = {"first_s": time.perf_counter() - t, "all_s": []}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            out[name]["all_s"].append((time.perf_counter() - t) / inner)
+    for v in out.values():
+        v["median_s"] = statistics.median(v["all_s"])
+    return out
+
+
+def _random_data(n, shape, seed=0, classes=10):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, *shape)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32)
+
+
+def _ce(apply_fn, state, train=False):
+    def loss(p, b):
+        logits, _ = apply_fn(p, state, b["x"], train=train)
+        return objectives.cross_entropy(logits, b["y"])
+
+    return loss
+
+
+def equivalent_step(apply_fn, phase_loss, cfg: OptimConfig, sign="min", mask=None):
+    """The engine's step (``engine._phase_update``) rebuilt from public pieces: value_and_grad, the
+    phase's Optax chain (``build_optimizer``, with SAM's ``grad_fn``), apply_updates; jitted with donation."""
+    tx = build_optimizer(cfg, 10_000, sign=sign, mask=mask)
+
+    @jax.jit
+    def step(params, model_state, opt_state, x, y, idx_r, idx_f, hp):
+        batch = {"x_r": x[idx_r], "y_r": y[idx_r], "i_r": idx_r, "x_f": x[idx_f], "y_f": y[idx_f], "i_f": idx_f}
+
+        def lf(p):
+            return phase_loss(apply_fn, p, model_state, batch, hp)
+
+        (loss, new_state), g = jax.value_and_grad(lf, has_aux=True)(params)
+        updates, opt_state = tx.update(g, opt_state, params, grad_fn=lambda p: jax.grad(lf, has_aux=True)(p)[0])
+        return optax.apply_updates(params, updates), new_state, opt_state, loss
+
+    return tx, step
+
+
+class _Stepper:
+    """Holds params/states of one contender so repeated calls keep stepping (realistic, no donation
+    aliasing between contenders)."""
+
+    def __init__(self, phases, params, state, data, idx_r, idx_f, hp):
+        self.phases = phases  # [(tx, step)]
+        self.params, self.state = params, state
+        self.opt = [tx.init(params) for tx, _ in phases]
+        self.args = (data[0], data[1], idx_r, idx_f, hp)
+
+    def __call__(self):
+        for i, (_, step) in enumerate(self.phases):
+            self.params, self.state, self.opt[i], loss = step(self.params, self.state, self.opt[i], *self.args)
+        return _block(loss)
+
+
+def _torch_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+def bench_steps(cfg) -> dict:
+    shape, b = ((8, 8, 1), 16) if cfg.quick else ((28, 28, 1), 128)
+    model = models.build("cnn", num_classes=10, input_shape=shape, seed=0)
+    apply_fn, params, state = models.split_model(model)
+    x, y = _random_data(4 * b, shape)
+    data = (jnp.asarray(x), jnp.asarray(y))
+    idx_r, idx_f = jnp.arange(b, dtype=jnp.int32), jnp.arange(b, 2 * b, dtype=jnp.int32)
+    sgd, sam = OptimConfig(), OptimConfig(sam="sam")
+    ucfg = dataclasses.replace(engine.UNLEARN_DEFAULT, sam="sam")
+    mask = jax.tree.map(lambda a: jnp.arange(a.size).reshape(a.shape) % 3 == 0, params)
+    inv = jax.tree.map(jnp.logical_not, mask)
+    hp = {"alpha": jnp.float32(0.99)}
+    mk = lambda phases: _Stepper(phases, params, state, data, idx_r, idx_f, hp)  # noqa: E731
+    contenders = {
+        "sgd_step": mk([equivalent_step(apply_fn, supervised_loss, sgd)]),
+        "sam_step": mk([equivalent_step(apply_fn, supervised_loss, sam)]),
+        "sharp_minmax_iter": mk(
+            [
+                equivalent_step(apply_fn, smm.retain_loss, ucfg, "min", inv),
+                equivalent_step(apply_fn, smm.forget_loss, ucfg, "max", mask),
+            ]
+        ),
+        "neggrad_sam_iter": mk([equivalent_step(apply_fn, neggrad_mod.neggrad_loss, ucfg)]),
+    }
+    t = interleaved(contenders, cfg.repeats, inner=cfg.inner)
+    base = t["sgd_step"]["median_s"]
+    res = {"batch": b, "shape": shape, "timings": t, "ratios": {k: v["median_s"] / base for k, v in t.items()}}
+
+    # the same through the real engine (engine.train: Python loop, gathers, divergence guard); the
+    # second call of an identical run hits the compile cache, so its seconds are steady state.
+    dd = engine.DeviceData.from_numpy(x, y)
+    eng = {}
+    for name in ("sgd", "sam"):
+        eng[name] = {"runs_s": [], "compiles": []}
+    for _ in range(2):
+        for name, opt in (("sgd", sgd), ("sam", sam)):
+            c0 = engine.COMPILE_COUNTER.count
+            r = engine.train(apply_fn, params, state, dd, optimizer=opt, epochs=2, batch_size=b, progress=False)
+            eng[name]["runs_s"].append(r.seconds)
+            eng[name]["compiles"].append(engine.COMPILE_COUNTER.count - c0)
+    steps = 2 * int(np.ceil(len(y) / b))
+    for v in eng.values():
+        v["steady_step_s"] = v["runs_s"][-1] / steps
+    eng["ratio_sam_sgd"] = eng["sam"]["steady_step_s"] / eng["sgd"]["steady_step_s"]
+    res["engine"] = eng
+    return res
+
+
+def bench_torch(cfg) -> dict:
+    import torch
+
+    import benchmarks.torch_reference as tr
+
+    torch.set_num_threads(_torch_threads())
+    out = {"threads": torch.get_num_threads()}
+    cases = (
+        [("cnn", (8, 8, 1), 16, {}), ("resnet18", (8, 8, 3), 4, {"width": 0.125})]
+        if cfg.quick
+        else [("cnn", (28, 28, 1), 128, {}), ("resnet18", (32, 32, 3), 32, {})]
+    )
+    for name, shape, b, kw in cases:
+        model = models.build(name, num_classes=10, input_shape=shape, seed=0, **kw)
+        apply_fn, params, state = models.split_model(model)
+        x, y = _random_data(2 * b, shape)
+        data = (jnp.asarray(x), jnp.asarray(y))
+        idx = jnp.arange(b, dtype=jnp.int32)
+        jsam = _Stepper(
+            [equivalent_step(apply_fn, supervised_loss, OptimConfig(sam="sam"))], params, state, data, idx, idx, {}
+        )
+        jsgd = _Stepper([equivalent_step(apply_fn, supervised_loss, OptimConfig())], params, state, data, idx, idx, {})
+        torch.manual_seed(0)
+        if name == "cnn":
+            tm = tr.TorchCNN(shape, 10)
+        else:
+            tm = tr.TorchResNet18(shape[-1], 10, width=kw.get("width", 1.0))
+        tm.train()
+        topt = tr.make_optimizer(tm)
+        tx = torch.from_numpy(np.ascontiguousarray(x[:b].transpose(0, 3, 1, 2)))
+        ty = torch.from_numpy(y[:b].astype(np.int64))
+        inner = cfg.inner if name == "cnn" else 1
+        reps = cfg.repeats if name == "cnn" else max(2, cfg.repeats // 2)
+        t = interleaved(
+            {
+                "jax_sam": jsam,
+                "torch_sam": lambda tm=tm, topt=topt, tx=tx, ty=ty: tr.sam_step(tm, topt, tx, ty),
+                "jax_sgd": jsgd,
+                "torch_sgd": lambda tm=tm, topt=topt, tx=tx, ty=ty: tr.sgd_step(tm, topt, tx, ty),
+            },
+            reps,
+            inner=inner,
+        )
+        out[name] = {
+            "batch": b,
+            "shape": shape,
+            "timings": t,
+            "ratio_torch_over_jax_sam": t["torch_sam"]["median_s"] / t["jax_sam"]["median_s"],
+            "ratio_torch_over_jax_sgd": t["torch_sgd"]["median_s"] / t["jax_sgd"]["median_s"],
+        }
+    return out
+
+
+def _lax_map_hutchinson(loss_fn, num_probes, chunk):
+    """The previous library implementation (before this benchmark): ``lax.map`` over vmapped chunks."""
+
+    @jax.jit
+    def f(params, batch, key):
+        flat, unravel, hv = curvature._flat_hvp(loss_fn, params, batch)
+        n_chunks = -(-num_probes // chunk)
+
+        def chunk_sum(args):
+            k, i = args
+            z = jax.random.rademacher(k, (chunk, flat.size), dtype=flat.dtype)
+            valid = (i * chunk + jnp.arange(chunk) < num_probes).astype(flat.dtype)[:, None]
+            return jnp.sum(valid * z * jax.vmap(hv)(z), axis=0)
+
+        parts = jax.lax.map(chunk_sum, (jax.random.split(key, n_chunks), jnp.arange(n_chunks)))
+        return unravel(jnp.sum(parts, axis=0) / num_probes)
+
+    return f
+
+
+def bench_hutchinson(cfg) -> dict:
+    import torch
+
+    import benchmarks.torch_reference as tr
+
+    torch.set_num_threads(_torch_threads())
+    shape, b, probes = ((8, 8, 1), 16, 4) if cfg.quick else ((28, 28, 1), 128, 16)
+    apply_fn, params, state = models.split_model(models.build("cnn", num_classes=10, input_shape=shape, seed=0))
+    x, y = _random_data(b, shape)
+    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
+    loss = _ce(apply_fn, state)
+    key = jax.random.key(0)
+    grad = jax.jit(jax.grad(loss))
+    one_chunk = {}
+
+    def py_loop(chunk):
+        # a Python loop over one jitted chunk of ``chunk`` vmapped probes
+        if chunk not in one_chunk:
+            one_chunk[chunk] = jax.jit(
+                lambda p, bt, k: curvature.hutchinson_diagonal(loss, p, bt, k, chunk, chunk_size=chunk)
+            )
+        fn = one_chunk[chunk]
+        keys = jax.random.split(key, probes // chunk)
+        parts = [fn(params, batch, k) for k in keys]
+        return _block(jax.tree.map(lambda *a: sum(a) / len(a), *parts))
+
+    chunks = [c for c in ((1, 2, 4) if cfg.quick else (1, 4, 8, 16)) if probes % c == 0]
+    contenders = {"grad": lambda: _block(grad(params, batch))}
+    for c in chunks:
+        label = "one_vmap" if c == probes else f"library_chunk{c}"
+        contenders[label] = lambda c=c: _block(
+            curvature.hutchinson_diagonal(loss, params, batch, key, probes, chunk_size=c)
+        )
+    for c in chunks[1:2]:
+        if c < probes:
+            contenders[f"py_loop_outside_chunk{c}"] = lambda c=c: py_loop(c)
+    torch.manual_seed(0)
+    tm = tr.TorchCNN(shape, 10)
+    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    ty = torch.from_numpy(y.astype(np.int64))
+    contenders["torch_grad"] = lambda: tr.gradient(tm, tx, ty)
+    contenders["torch_hutchinson"] = lambda: tr.hutchinson_diagonal(tm, tx, ty, probes)
+    reps = max(2, cfg.repeats // 2)
+    t = interleaved(contenders, reps)
+    # before/after for the lax.map -> Python-loop change: ONE chunk of 4 probes (a 1-iteration lax.map),
+    # one timed call each (the old variant is very slow)
+    old = _lax_map_hutchinson(loss, 4, 4)
+    before = interleaved(
+        {
+            "old_lax_map_4probes": lambda: _block(old(params, batch, key)),
+            "new_library_4probes": lambda: _block(
+                curvature.hutchinson_diagonal(loss, params, batch, key, 4, chunk_size=4)
+            ),
+        },
+        1,
+    )
+    g = t["grad"]["median_s"]
+    jax_keys = [k for k in t if k not in ("grad", "torch_grad", "torch_hutchinson")]
+    best = min(jax_keys, key=lambda k: t[k]["median_s"])
+    default_label = "library_chunk1" if "library_chunk1" in t else best  # default chunk_size on CPU
+    return {
+        "batch": b,
+        "shape": shape,
+        "probes": probes,
+        "timings": t,
+        "before_after": before,
+        "grad_equiv": {k: t[k]["median_s"] / g for k in jax_keys},
+        "torch_grad_equiv": t["torch_hutchinson"]["median_s"] / t["torch_grad"]["median_s"],
+        "best": best,
+        "default": default_label,
+        "speedup_vs_torch_default": t["torch_hutchinson"]["median_s"] / t[default_label]["median_s"],
+        "speedup_vs_torch_best": t["torch_hutchinson"]["median_s"] / t[best]["median_s"],
+    }
+
+
+def bench_train_many(cfg) -> dict:
+    from jaxunlearn import data as data_lib
+
+    ds = data_lib.load("digits", seed=0, max_train=256 if cfg.quick else None)
+    k = 2 if cfg.quick else 8
+    epochs = 1 if cfg.quick else 3
+    bs = 64
+    apply_fn, params, state = models.split_model(
+        models.build("cnn", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=0)
+    )
+    dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+    n = len(ds.y_train)
+    m = int(0.7 * n)
+    rng = np.random.default_rng(0)
+    sets = np.stack([np.sort(rng.choice(n, m, replace=False)) for _ in range(k)])
+    stacked = [jax.tree.map(lambda a: jnp.stack([a] * k), t) for t in (params, state)]
+    opt = OptimConfig(lr=0.05)
+
+    def vm():
+        p, _ = engine.train_many(
+            apply_fn, *stacked, dd, sets, optimizer=opt, epochs=epochs, batch_size=bs, progress=False
+        )
+        _block(p)
+
+    def seq():
+        for i in range(k):
+            engine.train(
+                apply_fn,
+                params,
+                state,
+                dd,
+                optimizer=opt,
+                epochs=epochs,
+                batch_size=bs,
+                train_idx=sets[i],
+                seed=i,
+                progress=False,
+            )
+
+    # engine.train_many defines its jitted step inside the function, so EVERY call retraces and recompiles;
+    # the equivalent vmapped step below is compiled once, giving the steady-state throughput of the same
+    # program (same update, same vmap over K, same batches per step).
+    steps = int(np.ceil(m / bs))
+    tx, step1 = equivalent_step(apply_fn, supervised_loss, opt)
+    vstep = jax.jit(jax.vmap(step1, in_axes=(0, 0, 0, None, None, 0, 0, None)))
+    idx_all = jnp.asarray(
+        np.stack([np.stack([sets[i][(np.arange(bs) + s_ * bs) % m] for i in range(k)]) for s_ in range(steps)])
+    )
+
+    def vm_steady():
+        p, st, o = stacked[0], stacked[1], jax.vmap(tx.init)(stacked[0])
+        for _ in range(epochs):
+            for s_ in range(steps):
+                p, st, o, _ = vstep(p, st, o, dd.x, dd.y, idx_all[s_], idx_all[s_], {})
+        _block(p)
+
+    c0 = engine.COMPILE_COUNTER.count
+    reps = max(2, cfg.repeats // 3)
+    t = interleaved({"train_many_K": vm, "sequential_K": seq, "vmap_K_compiled_once": vm_steady}, reps)
+    return {
+        "K": k,
+        "epochs": epochs,
+        "examples_per_model": m,
+        "timings": t,
+        "compiles": engine.COMPILE_COUNTER.count - c0,
+        "train_many_calls": reps + 1,
+        "throughput_ratio": t["sequential_K"]["median_s"] / t["vmap_K_compiled_once"]["median_s"],
+        "throughput_ratio_train_many": t["sequential_K"]["median_s"] / t["train_many_K"]["median_s"],
+        "throughput_ratio_with_compile": t["sequential_K"]["first_s"] / t["train_many_K"]["first_s"],
+    }
+
+
+_MEM_CHILD = r"""
+import json, resource, sys, time
+import jax, jax.numpy as jnp, numpy as np, psutil
+from jaxunlearn import curvature, models, objectives
+fn, model, chunk, quick = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+if model.startswith("mlp"):
+    sizes = {"mlp_small": (4,), "mlp_large": (8,)} if quick else {"mlp_small": (16,), "mlp_large": (64,)}
+    hidden = sizes[model]
+    m = models.build("mlp", num_classes=10, input_shape=(64,), hidden=hidden)
+    shape = (64,)
+else:
+    ch = {"cnn_small": ((16, 32), 64), "cnn_large": ((32, 64), 128)}[model]
+    shape = (8, 8, 1) if quick else (28, 28, 1)
+    m = models.build("cnn", num_classes=10, input_shape=shape, channels=ch[0], dense=ch[1])
+apply_fn, params, state = models.split_model(m)
+rng = np.random.default_rng(0)
+b = 16 if quick else 64
+batch = {"x": jnp.asarray(rng.normal(size=(b, *shape)).astype(np.float32)),
+         "y": jnp.asarray(rng.integers(0, 10, b).astype(np.int32))}
+loss = lambda p, bt: objectives.cross_entropy(apply_fn(p, state, bt["x"])[0], bt["y"])
+n = models.num_params(params)
+if fn == "hessian_diagonal":
+    jitted, args = curvature._hessian_diagonal_chunk, (loss, params, batch, jnp.int32(0), min(chunk, n))
+    call = lambda: curvature.hessian_diagonal(loss, params, batch, chunk_size=chunk)
+else:
+    probes = 4 if quick else 16
+    c = min(chunk, probes)
+    jitted, args = curvature._hutchinson_chunk, (loss, params, batch, jax.random.key(0), c, c)
+    call = lambda: curvature.hutchinson_diagonal(loss, params, batch, jax.random.key(0), probes, chunk_size=chunk)
+temp = None
+try:
+    ma = jitted.lower(*args).compile().memory_analysis()
+    temp = int(ma.temp_size_in_bytes) if ma is not None else None
+except Exception:
+    pass
+jax.block_until_ready(call())  # compile and warm up; then sample RSS every 2 ms during a second call
+import threading
+proc = psutil.Process()
+base = proc.memory_info().rss
+peak_box, stop = [base], threading.Event()
+def sample():
+    while not stop.is_set():
+        peak_box[0] = max(peak_box[0], proc.memory_info().rss)
+        time.sleep(0.002)
+th = threading.Thread(target=sample); th.start()
+t = time.perf_counter(); jax.block_until_ready(call()); sec = time.perf_counter() - t
+stop.set(); th.join()
+peak = max(peak_box[0], proc.memory_info().rss)
+print(json.dumps({"params": n, "rss_before": base, "peak_rss": peak, "xla_temp_bytes": temp, "seconds": sec}))
+"""
+
+
+def bench_memory(cfg) -> dict:
+    runs = []
+    plan = [
+        ("hessian_diagonal", "mlp_small", (16, 256) if not cfg.quick else (4, 16)),
+        ("hessian_diagonal", "mlp_large", (16, 256) if not cfg.quick else (4, 16)),
+        ("hutchinson_diagonal", "cnn_small", (1, 4, 16) if not cfg.quick else (1, 4)),
+        ("hutchinson_diagonal", "cnn_large", (1, 4, 16) if not cfg.quick else (1, 4)),
+    ]
+    for fn, model, chunks in plan:
+        for c in chunks:
+            p = subprocess.run(
+                [sys.executable, "-c", _MEM_CHILD, fn, model, str(c), "1" if cfg.quick else "0"],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(HERE),
+                timeout=1800,
+            )
+            if p.returncode != 0:
+                runs.append({"fn": fn, "model": model, "chunk": c, "error": p.stderr[-500:]})
+                continue
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            r.update(fn=fn, model=model, chunk=c)
+            runs.append(r)
+    return {"runs": runs}
+
+
+_JOB_CHILD = r"""
+import dataclasses, json, resource, sys, time
+import numpy as np
+from jaxunlearn import engine, methods, models, data, runner
+from jaxunlearn.plan import OptimConfig
+out, quick = sys.argv[1], sys.argv[2] == "1"
+kw = dict(max_train=200, max_test=100, pretrain_epochs=1, unlearn_epochs=1, methods=("retrain", "ft", "neggrad"),
+          pretrain=("sgd",), unlearn_optimizer=("sgd",), figures=False, mem_models=2) if quick else {}
+counts = {}
+orig_unlearn = engine.unlearn
+def counted(method, ctx, **k):
+    c0 = engine.COMPILE_COUNTER.count
+    r = orig_unlearn(method, ctx, **k)
+    counts.setdefault(method, []).append(engine.COMPILE_COUNTER.count - c0)
+    return r
+runner.engine.unlearn = counted
+t = time.perf_counter()
+engine.COMPILE_COUNTER.reset()
+res = runner.run_job(runner.JobConfig(out=out, progress=False, **kw))
+wall = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+total_compiles = engine.COMPILE_COUNTER.count
+print(json.dumps({"wall_s": wall, "peak_rss": peak, "job_compiles": total_compiles, "per_method_compiles": counts}))
+sys.stdout.flush()
+pick = lambda *names: next(getattr(runner, n) for n in names if hasattr(runner, n))
+load_dataset, build_model = pick("load_dataset", "_load_dataset"), pick("build_model", "_build")
+optimizer_for = pick("optimizer_for", "_optim")
+# steady state: rebuild the job's first (pretrain sgd, unlearn sgd / sam) context with ONE apply_fn and run
+# every method twice; the second run reuses all compiled steps.
+cfg = runner.JobConfig(out=out + "_steady", progress=False, **kw).validate()
+ds = load_dataset(cfg, cfg.seed)
+dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+apply_fn, p0, s0 = models.split_model(build_model(cfg, ds, cfg.seed))
+init_fn = lambda k: models.split_model(build_model(cfg, ds, k))[1:]
+pre = OptimConfig(lr=cfg.pretrain_lr)
+orig = engine.train(apply_fn, p0, s0, dd, optimizer=pre, epochs=cfg.pretrain_epochs, batch_size=cfg.batch_size,
+                    progress=False)
+forget_idx = data.select_forget(ds.y_train, cfg.forget, cfg.forget_size, seed=cfg.seed)
+retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
+steady = {}
+for un in cfg.unlearn_optimizer:
+    ucfg = optimizer_for(un, dataclasses.replace(engine.UNLEARN_DEFAULT, lr=cfg.unlearn_lr), cfg.rho, cfg.lamb)
+    for name in cfg.methods:
+        if name == "retrain" and un != cfg.unlearn_optimizer[0]:
+            continue
+        ctx = methods.Context(apply_fn=apply_fn, params=orig.params, model_state=orig.model_state, x=dd.x, y=dd.y,
+                              retain_idx=retain_idx, forget_idx=forget_idx, num_classes=ds.num_classes,
+                              epochs=cfg.unlearn_epochs, batch_size=cfg.batch_size, seed=cfg.seed, init_fn=init_fn,
+                              pretrain_optimizer=pre, pretrain_epochs=cfg.pretrain_epochs, optimizer=ucfg)
+        secs, comp = [], []
+        for _ in range(2):
+            c0 = engine.COMPILE_COUNTER.count
+            secs.append(orig_unlearn(name, ctx, progress=False).seconds)
+            comp.append(engine.COMPILE_COUNTER.count - c0)
+        steady[f"{un}/{name}"] = {"first_s": secs[0], "steady_s": secs[1], "compiles": comp}
+peak2 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"steady": steady, "peak_rss_after_steady": peak2}))
+"""
+
+
+def bench_job(cfg) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "run")
+        t = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, "-c", _JOB_CHILD, out, "1" if cfg.quick else "0"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(HERE),
+            timeout=7200,
+        )
+        total = time.perf_counter() - t
+        r = {}
+        for line in p.stdout.strip().splitlines():
+            if line.startswith("{"):
+                r.update(json.loads(line))
+        if "wall_s" not in r:
+            return {"error": p.stderr[-3000:]}
+        if "steady" not in r:
+            r["steady"] = {}
+            r["steady_error"] = p.stderr[-2000:]
+        with open(os.path.join(out, "results.json")) as f:
+            results = json.load(f)
+    r["subprocess_s"] = total
+    r["child_maxrss_getrusage"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    r["variants"] = {
+        label: {name: e["seconds"] for name, e in v["methods"].items()} for label, v in results["variants"].items()
+    }
+    return r
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _fmt_s(s):
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _mark(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def write_report(results: dict, path: str, cfg) -> str:
+    env = results["env"]
+    L = ["# jaxunlearn benchmark results", ""]
+    L.append(
+        f"Generated by `benchmarks/run.py{' --quick' if cfg.quick else ''}` in one process run "
+        f"({results['total_s']:.0f} s), {env['date']}."
+    )
+    L.append("")
+    L.append("## Machine and versions")
+    L.append("")
+    for k in (
+        "machine",
+        "cpus",
+        "load_start",
+        "load_end",
+        "python",
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "torch",
+        "torch_threads",
+        "xla_flags",
+    ):
+        L.append(f"- {k}: {env.get(k)}")
+    L.append("")
+    L.append(
+        "Timings are medians of interleaved repeats (A, B, A, B, ...); ratios are within this run. The machine "
+        "is shared with other jobs (see the load averages), so absolute times are noisy; ratios are the result. "
+        "PyTorch uses `torch.set_num_threads(torch_threads)`; XLA:CPU uses its own Eigen pool over the same "
+        "cores."
+    )
+    L.append("")
+    rows = []  # (target, measured, status, note)
+    s = results.get("steps")
+    if s:
+        L += [f"## Steps (small CNN, batch {s['batch']}, {'×'.join(map(str, s['shape']))})", ""]
+        L += ["| step | compile (first call) | median | / SGD step |", "|---|---|---|---|"]
+        for k, v in s["timings"].items():
+            L.append(f"| {k} | {_fmt_s(v['first_s'])} | {_fmt_s(v['median_s'])} | {s['ratios'][k]:.2f} |")
+        e = s["engine"]
+        L.append("")
+        L.append(
+            f"Through `engine.train` (2 epochs, same batch): steady-state step SGD "
+            f"{_fmt_s(e['sgd']['steady_step_s'])}, SAM {_fmt_s(e['sam']['steady_step_s'])}, ratio "
+            f"{e['ratio_sam_sgd']:.2f}; compiles per run SGD {e['sgd']['compiles']}, SAM {e['sam']['compiles']} "
+            "(second identical run: 0 = no recompilation)."
+        )
+        L.append("")
+        r = s["ratios"]["sam_step"]
+        rows.append(("SAM step / SGD step <= 2.0", f"{r:.2f} (engine.train: {e['ratio_sam_sgd']:.2f})", r <= 2.0, ""))
+    t = results.get("torch")
+    if t:
+        L += [f"## Two-pass SAM vs PyTorch (threads {t['threads']})", ""]
+        L += [
+            "| model | batch | JAX SAM | torch SAM | torch/JAX SAM | JAX SGD | torch SGD | torch/JAX SGD | "
+            "JAX compile (SAM) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name in ("cnn", "resnet18"):
+            if name not in t:
+                continue
+            v = t[name]
+            tm = v["timings"]
+            L.append(
+                f"| {name} | {v['batch']} | {_fmt_s(tm['jax_sam']['median_s'])} | "
+                f"{_fmt_s(tm['torch_sam']['median_s'])} | {v['ratio_torch_over_jax_sam']:.2f} | "
+                f"{_fmt_s(tm['jax_sgd']['median_s'])} | {_fmt_s(tm['torch_sgd']['median_s'])} | "
+                f"{v['ratio_torch_over_jax_sgd']:.2f} | {_fmt_s(tm['jax_sam']['first_s'])} |"
+            )
+            rows.append(
+                (
+                    f"torch SAM / JAX SAM >= 1.0 ({name}, batch {v['batch']})",
+                    f"{v['ratio_torch_over_jax_sam']:.2f}",
+                    v["ratio_torch_over_jax_sam"] >= 1.0,
+                    "",
+                )
+            )
+        L.append("")
+    h = results.get("hutchinson")
+    if h:
+        L += [f"## Hutchinson diagonal ({h['probes']} probes, small CNN, batch {h['batch']})", ""]
+        L += ["| variant | compile (first call) | median | gradient equivalents |", "|---|---|---|---|"]
+        g = h["timings"]["grad"]["median_s"]
+        for k, v in h["timings"].items():
+            L.append(f"| {k} | {_fmt_s(v['first_s'])} | {_fmt_s(v['median_s'])} | {v['median_s'] / g:.1f} |")
+        L.append("")
+        ba = h["before_after"]
+        old = ba["old_lax_map_4probes"]
+        L.append(
+            f"Before/after the curvature.py fix (4 probes in one chunk, one call): old `lax.map` "
+            f"{_fmt_s(old['median_s'])} (first call {_fmt_s(old['first_s'])}),"
+            f" new Python loop over a jitted chunk {_fmt_s(ba['new_library_4probes']['median_s'])} "
+            f"(first call {_fmt_s(ba['new_library_4probes']['first_s'])})."
+        )
+        L.append("")
+        L.append(
+            f"Fastest JAX variant: `{h['best']}`; library default on CPU (chunk_size=None -> 1): "
+            f"`{h['default']}`. PyTorch Hutchinson costs "
+            f"{h['torch_grad_equiv']:.1f} of its own gradients."
+        )
+        L.append("")
+        ge = h["grad_equiv"][h["default"]]
+        rows.append(
+            (
+                f"Hutchinson ({h['probes']} probes) <= {h['probes']} gradient equivalents",
+                f"{ge:.1f}",
+                ge <= h["probes"],
+                "",
+            )
+        )
+        rows.append(
+            (
+                "Hutchinson >= 2x faster than PyTorch",
+                f"{h['speedup_vs_torch_default']:.2f}x (best variant {h['speedup_vs_torch_best']:.2f}x)",
+                h["speedup_vs_torch_default"] >= 2.0,
+                "",
+            )
+        )
+    tm = results.get("train_many")
+    if tm:
+        L += [
+            f"## K = {tm['K']} models with vmap vs sequential (digits CNN, {tm['epochs']} epochs, "
+            f"{tm['examples_per_model']} examples each)",
+            "",
+        ]
+        L += ["| contender | first run (with compile) | median |", "|---|---|---|"]
+        for k, v in tm["timings"].items():
+            L.append(f"| {k} | {_fmt_s(v['first_s'])} | {_fmt_s(v['median_s'])} |")
+        L.append("")
+        L.append(
+            f"Throughput ratio (sequential / vmapped): steady state {tm['throughput_ratio']:.2f}x (vmapped step "
+            f"compiled once); `engine.train_many` as it is {tm['throughput_ratio_train_many']:.2f}x; first calls "
+            f"(both compiling) {tm['throughput_ratio_with_compile']:.2f}x. Engine compiles during the section: "
+            f"{tm['compiles']} for {tm['train_many_calls']} `train_many` calls and {tm['train_many_calls']} x "
+            f"{tm['K']} `train` calls: `train_many` recompiles on every call (its jitted step is defined inside "
+            "the function), `train` compiles once."
+        )
+        L.append("")
+        rows.append(
+            (
+                f"K={tm['K']} models with vmap: throughput >= 2x sequential",
+                f"{tm['throughput_ratio']:.2f}x steady (engine.train_many as is, recompiling per call: "
+                f"{tm['throughput_ratio_train_many']:.2f}x)",
+                tm["throughput_ratio"] >= 2.0,
+                "",
+            )
+        )
+    m = results.get("memory")
+    if m:
+        L += ["## Memory of the curvature functions (fresh subprocess each)", ""]
+        L += [
+            "| function | model | params | chunk | RSS before | peak RSS (sampled) | peak − before | XLA temp buffers "
+            "(one chunk) | time |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in m["runs"]:
+            if "error" in r:
+                L.append(f"| {r['fn']} | {r['model']} | | {r['chunk']} | error | | | | |")
+                continue
+            mb = lambda b: f"{b / 2**20:.0f} MiB" if b is not None else "n/a"  # noqa: E731
+            L.append(
+                f"| {r['fn']} | {r['model']} | {r['params']} | {r['chunk']} | {mb(r['rss_before'])} | "
+                f"{mb(r['peak_rss'])} | {mb(r['peak_rss'] - r['rss_before'])} | {mb(r['xla_temp_bytes'])} | "
+                f"{_fmt_s(r['seconds'])} |"
+            )
+        L.append("")
+    j = results.get("job")
+    if j:
+        L += ["## Default job (`jaxunlearn run` defaults, in a subprocess)", ""]
+        if "error" in j:
+            L.append("```\n" + j["error"] + "\n```")
+        else:
+            L.append(
+                f"Wall time {j['wall_s']:.0f} s, peak RSS {j['peak_rss'] / 2**30:.2f} GiB, engine compilations "
+                f"{j['job_compiles']}."
+            )
+            L.append("")
+            for label, v in j["variants"].items():
+                ret = v.get("retrain", float("nan"))
+                L.append(
+                    f"**{label}** (Retrain {ret:.1f} s): "
+                    + ", ".join(
+                        f"{k} {sec:.1f} s ({ret / sec:.1f}x)"
+                        for k, sec in v.items()
+                        if k not in ("retrain", "original")
+                    )
+                )
+                L.append("")
+            L.append(
+                "Compilations per `engine.unlearn` call in the job (one list entry per call): "
+                + ", ".join(f"{k}: {v}" for k, v in j["per_method_compiles"].items())
+            )
+            L.append("")
+            L.append(
+                "Steady state (first pretraining variant, each method run twice on one apply_fn; the second run "
+                "reuses the compiled steps):"
+            )
+            L.append("")
+            L.append("| method | first run | steady-state run | Retrain steady / method steady | compiles (1st, 2nd) |")
+            L.append("|---|---|---|---|---|")
+            if j.get("steady_error"):
+                L.append("Steady-state part failed:\n\n```\n" + j["steady_error"] + "\n```\n")
+            first_un = next(iter(j["steady"]), "x/").split("/")[0]
+            rs = j["steady"].get(f"{first_un}/retrain", {}).get("steady_s")
+            worst = None
+            for k, v in j["steady"].items():
+                sp = rs / v["steady_s"] if rs else float("nan")
+                if not k.endswith("/retrain"):
+                    worst = sp if worst is None else min(worst, sp)
+                L.append(f"| {k} | {v['first_s']:.2f} s | {v['steady_s']:.2f} s | {sp:.1f}x | {v['compiles']} |")
+            L.append("")
+            rows.append(("default job wall time < 3 min", f"{j['wall_s']:.0f} s", j["wall_s"] < 180, ""))
+            first = next(iter(j["variants"].values()))
+            ret = first.get("retrain")
+            worst_job = min(ret / s_ for k, s_ in first.items() if k not in ("retrain", "original"))
+            rows.append(
+                (
+                    "each method >= 10x faster than Retrain",
+                    f"worst {worst_job:.1f}x (results.json, with compile); worst steady "
+                    + (f"{worst:.1f}x" if worst is not None else "n/a"),
+                    worst_job >= 10,
+                    "",
+                )
+            )
+            rows.append(
+                ("default job peak RSS < 4 GiB", f"{j['peak_rss'] / 2**30:.2f} GiB", j["peak_rss"] < 4 * 2**30, "")
+            )
+            zero = bool(j["steady"]) and all(v["compiles"][1] == 0 for v in j["steady"].values())
+            rows.append(
+                (
+                    "no recompilation when shapes are shared (second run of each method)",
+                    "0 compiles in every re-run" if zero else "recompiles found",
+                    zero,
+                    "",
+                )
+            )
+    L2 = ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    for target, meas, ok, _ in rows:
+        L2.append(f"| {target} | {meas} | {_mark(ok)} |")
+    L2.append("")
+    notes = results.get("notes_md")
+    text = "\n".join(L[: L.index("## Machine and versions")] + L2 + L[L.index("## Machine and versions") :])
+    if notes:
+        text += "\n" + notes
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def environment() -> dict:
+    import flax
+
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {platform.platform()}".strip(),
+        "cpus": _torch_threads(),
+        "load_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(__import__("jaxlib"), "__version__", "?"),
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", "(unset)"),
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["torch_threads"] = _torch_threads()
+    except ImportError:
+        env["torch"] = "not installed"
+    return env
+
+
+NOTES_FILE = os.path.join(HERE, "NOTES.md")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds per timing (default 7; quick 2)")
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="markdown report path")
+    ap.add_argument("--json", default=None, help="also write the raw results as JSON here")
+    cfg = ap.parse_args(argv)
+    cfg.repeats = cfg.repeats or (2 if cfg.quick else 7)
+    cfg.inner = 1 if cfg.quick else 3
+    sections = [s.strip() for s in cfg.sections.split(",") if s.strip()]
+    for s in sections:
+        if s not in SECTIONS:
+            ap.error(f"unknown section {s!r}; choose from {', '.join(SECTIONS)}")
+    t0 = time.perf_counter()
+    results: dict = {"env": environment()}
+    fns = {
+        "steps": bench_steps,
+        "torch": bench_torch,
+        "hutchinson": bench_hutchinson,
+        "train_many": bench_train_many,
+        "memory": bench_memory,
+        "job": bench_job,
+    }
+    for s in sections:
+        ts = time.perf_counter()
+        print(f"[bench] {s} ...", flush=True)
+        results[s] = fns[s](cfg)
+        print(f"[bench] {s} done in {time.perf_counter() - ts:.0f} s", flush=True)
+    results["env"]["load_end"] = os.getloadavg()
+    results["total_s"] = time.perf_counter() - t0
+    if os.path.exists(NOTES_FILE) and not cfg.quick:
+        with open(NOTES_FILE) as f:
+            results["notes_md"] = f.read()
+    write_report(results, cfg.out, cfg)
+    if cfg.json:
+        with open(cfg.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    print(f"[bench] wrote {cfg.out}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Smoke test of the benchmark harness (``benchmarks/run.py --quick``): tiny sizes, the report is written.
+
+No timing assertions: only that every section runs and the markdown report and JSON are produced.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_PSUTIL = importlib.util.find_spec("psutil") is not None
+
+
+def _run(tmp_path, sections):
+    from benchmarks import run as bench
+
+    out, js = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    results = bench.main(["--quick", "--sections", ",".join(sections), "--out", str(out), "--json", str(js)])
+    text = out.read_text()
+    assert text.startswith("# jaxunlearn benchmark results")
+    assert "## Targets" in text and "## Machine and versions" in text
+    assert json.loads(js.read_text())["env"]["jax"]
+    return results, text
+
+
+def test_quick_steps_and_vmap_sections(tmp_path):
+    sections = ["steps", "train_many"] + (["torch", "hutchinson"] if HAS_TORCH else [])
+    results, text = _run(tmp_path, sections)
+    assert "SAM step / SGD step" in text
+    assert results["steps"]["ratios"]["sgd_step"] == pytest.approx(1.0)
+    assert results["steps"]["engine"]["sam"]["compiles"][1] == 0  # identical second run: no recompilation
+    assert "train_many" in text
+    if HAS_TORCH:
+        assert "torch SAM / JAX SAM" in text
+        assert "Hutchinson" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_PSUTIL, reason="the memory section samples RSS with psutil")
+def test_quick_memory_and_job_sections(tmp_path):
+    results, text = _run(tmp_path, ["memory", "job"])
+    assert "error" not in results["job"], results["job"].get("error")
+    assert all("error" not in r for r in results["memory"]["runs"])
+    assert "Default job" in text and "Memory of the curvature functions" in text
