@@ -141,6 +141,11 @@ def _outputs_finite(apply_fn, params, model_state, x, idx) -> jax.Array:
     return jnp.all(jnp.isfinite(out))
 
 
+@jax.jit
+def _finite_jit(tree) -> jax.Array:
+    return _finite(tree)
+
+
 def _finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -222,7 +227,7 @@ def _jitted_step(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has
     def step(params, model_state, opt_state, ok, x, y, idx_r, idx_f, hp, mask):
         COMPILE_COUNTER.count += 1  # runs only while tracing
         params, new_state, opt_state, loss = update(params, model_state, opt_state, x, y, idx_r, idx_f, hp, mask)
-        ok = ok & jnp.isfinite(loss) & _finite(params)
+        ok = ok & jnp.isfinite(loss)  # the parameters are checked once per epoch
         return params, new_state, opt_state, ok, loss
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
@@ -405,7 +410,7 @@ def run(
                 bar.update(1)
             # Finite weights can still give infinite outputs (e.g. after gradient ascent): check the
             # outputs on one batch too, so the parameters kept as "last good" are usable.
-            ok = ok & _outputs_finite(apply_fn, params, model_state, data.x, idx_r[0])
+            ok = ok & _finite_jit(params) & _outputs_finite(apply_fn, params, model_state, data.x, idx_r[0])
             record = {"epoch": epoch + 1}
             for name, ls in losses.items():
                 record[f"loss/{name}"] = float(jnp.mean(jnp.stack(ls))) if ls else float("nan")
@@ -547,20 +552,9 @@ def train_many(
     if "rho" in hyper and optimizer.sam == "none":
         raise ValueError("a rho sweep needs a SAM optimizer: pass optimizer=OptimConfig(sam='sam' or 'asam').")
 
-    def cfg_for(h):  # the optimizer of one model, with its (traced) lr / rho
-        return dataclasses.replace(optimizer, **h) if h else optimizer
-
-    def one(p, s, o, x, y, ir, h):
-        update = _phase_update(apply_fn, supervised_loss, cfg_for(h), total, "min", "strict", False)
-        return update(p, s, o, x, y, ir, ir, {}, None)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(p, s, o, x, y, ir, h):
-        COMPILE_COUNTER.count += 1
-        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0, 0))(p, s, o, x, y, ir, h)
-
+    step = _many_step(apply_fn, optimizer, total, tuple(sorted(hyper)))
     params, model_state = _copy(params), _copy(model_state)
-    opt_state = jax.vmap(lambda p, h: build_optimizer(cfg_for(h), total).init(p))(params, hyper)
+    opt_state = jax.vmap(lambda p, h: build_optimizer(_with_hyper(optimizer, h), total).init(p))(params, hyper)
     bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in range(epochs):
         per_model = [
@@ -579,6 +573,27 @@ def train_many(
             bar.update(1)
     bar.close()
     return params, model_state
+
+
+def _with_hyper(optimizer: OptimConfig, h: dict) -> OptimConfig:
+    """The optimizer of one model of a sweep, with its (traced) ``lr`` / ``rho``."""
+    return dataclasses.replace(optimizer, **h) if h else optimizer
+
+
+@functools.lru_cache(maxsize=64)
+def _many_step(apply_fn, optimizer: OptimConfig, total: int, hyper_keys: tuple[str, ...]):
+    """The vmapped step of :func:`train_many`, compiled once per (model, optimizer, schedule, swept keys)."""
+    del hyper_keys  # part of the cache key: the swept hyperparameters change the traced program
+
+    def one(p, s, o, x, y, ir, h):
+        update = _phase_update(apply_fn, supervised_loss, _with_hyper(optimizer, h), total, "min", "strict", False)
+        return update(p, s, o, x, y, ir, ir, {}, None)
+
+    def step(p, s, o, x, y, ir, h):
+        COMPILE_COUNTER.count += 1
+        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0, 0))(p, s, o, x, y, ir, h)
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
 def evaluate(

@@ -59,6 +59,18 @@ class ApplyFn:
         self._eval = jax.jit(self._eval_impl, static_argnames=("features",))
         self._train = jax.jit(self._train_impl, static_argnames=("features",))
 
+    def _key(self):
+        return (self.graphdef, self.input_shape, self.num_classes)
+
+    def __eq__(self, other):
+        """Equal when the models have the same structure (graphdef): they compute the same function of
+        ``(params, model_state, x)``, so compiled programs keyed on an ``ApplyFn`` are shared between
+        models built separately (every seed of a sweep, Retrain's fresh model, ...)."""
+        return isinstance(other, ApplyFn) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
     def _eval_impl(self, params, model_state, x, *, features):
         model = nnx.merge(self.graphdef, params, model_state)
         return model(x, train=False, features=features)
