@@ -267,6 +267,7 @@ def run(
     on_epoch_end: Callable[[int, PyTree, PyTree], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     sam_mode: str = "global",
+    param_sharding: str = "replicated",
 ) -> RunResult:
     """Execute ``plan`` starting from ``params`` / ``model_state``; the inputs are not modified.
 
@@ -291,6 +292,12 @@ def run(
     float rounding. SAM perturbs with the global batch gradient (``sam_mode="global"``) or, with
     ``sam_mode="per_device"``, each device with its own shard's gradient (m-sharpness, m = B / devices;
     batch sizes must then divide by the number of devices).
+
+    Parameter sharding (``param_sharding="fsdp"``, for models that do not fit one device): on a mesh
+    with a ``model`` axis (``distributed.make_mesh(n, ("data", "model"), model=k)``) every large
+    parameter and optimizer-state leaf is split along its largest divisible axis over ``model``
+    (:func:`jaxunlearn.distributed.fsdp_shardings`); XLA inserts the gathers. The result equals the
+    replicated run up to float rounding.
 
     Example:
         >>> plan = Plan((Phase("train", supervised_loss),), optimizer=PRETRAIN_DEFAULT, epochs=3)
@@ -328,9 +335,26 @@ def run(
     params = _copy(params)
     model_state = _copy(model_state)
     hp = plan.hp
+    if param_sharding not in ("replicated", "fsdp"):
+        raise ValueError(f"param_sharding must be 'replicated' or 'fsdp', got {param_sharding!r}.")
+    fsdp = param_sharding == "fsdp"
+    if fsdp and (mesh is None or distributed.MODEL not in mesh.axis_names):
+        raise ValueError(
+            "param_sharding='fsdp' needs a mesh with a 'model' axis, e.g. "
+            "distributed.make_mesh(8, ('data', 'model'), model=2)."
+        )
+    if fsdp and sam_mode == "per_device":
+        raise ValueError("sam_mode='per_device' needs replicated parameters; use param_sharding='replicated'.")
+
+    def place_params(tree):
+        return (
+            jax.device_put(tree, distributed.fsdp_shardings(tree, mesh)) if fsdp else distributed.replicate(tree, mesh)
+        )
+
     if mesh is not None:
         data = distributed.shard_data(data, mesh)
-        params, model_state, hp = distributed.replicate((params, model_state, hp), mesh)
+        model_state, hp = distributed.replicate((model_state, hp), mesh)
+        params = place_params(params)
     opt_states = [
         build_optimizer(
             _phase_cfg(plan, ph),
@@ -356,7 +380,7 @@ def run(
         for ph in plan.phases
     ]
     if mesh is not None:
-        opt_states = distributed.replicate(opt_states, mesh)
+        opt_states = place_params(opt_states)
 
     start_epoch = 0
     history: list[dict] = []
@@ -667,13 +691,14 @@ def unlearn(
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     sam_mode: str = "global",
+    param_sharding: str = "replicated",
 ) -> RunResult:
     """Run the registered unlearning ``method`` on the context ``ctx`` (a ``methods.Context``).
 
     The method's recipe is built (masks, teachers, scores: counted in ``seconds``) and its plan run by
     :func:`run`; methods that edit the weights directly return at once. With ``ctx.corrected`` (feature
     or label unlearning) the corrected examples Z̃ join the retain set, so gradient methods learn them
-    while unlearning the affected examples Z. ``mesh`` / ``sam_mode``: data parallelism as in :func:`run`.
+    while unlearning the affected examples Z. ``mesh`` / ``sam_mode`` / ``param_sharding``: as in :func:`run`.
 
     Example:
         >>> ctx = methods.Context(apply_fn, params, state, data.x, data.y, retain_idx, forget_idx, 10)
@@ -714,6 +739,7 @@ def unlearn(
         desc=method,
         mesh=mesh,
         sam_mode=sam_mode,
+        param_sharding=param_sharding,
     )
     res.seconds = time.perf_counter() - t0
     res.info = dict(recipe.info)

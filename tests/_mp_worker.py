@@ -133,6 +133,21 @@ def dp() -> dict:
     p_fsdp = jax.device_put(params, shard)
     g_fsdp = jax.jit(jax.grad(closs))(p_fsdp, distributed.shard_batch(batch, mesh2))
     out["fsdp_grad_maxdiff"] = maxdiff(g_fsdp, jax.grad(closs)(params, batch))
+
+    # 7. the engine with FSDP parameter sharding on the (4, 2) mesh: training and unlearning as on one device
+    big_apply, big_params, big_state = models.split_model(
+        models.build("mlp", num_classes=10, input_shape=(8, 8, 1), hidden=(256,), seed=0)
+    )  # its 64x256 kernel has 2**14 entries: large enough to be split
+    opt = engine.OptimConfig(lr=0.05, sam="sam", rho=0.1)
+    kw = dict(optimizer=opt, epochs=1, batch_size=64, progress=False)
+    f1 = engine.train(big_apply, big_params, big_state, dev, **kw)
+    f8 = engine.train(big_apply, big_params, big_state, dev, mesh=mesh2, param_sharding="fsdp", **kw)
+    out["fsdp_train_maxdiff"] = maxdiff(f1.params, f8.params)
+    out["fsdp_train_spec"] = str(max(jax.tree.leaves(f8.params), key=lambda a: a.size).sharding.spec)
+    bctx = methods.Context(big_apply, big_params, big_state, x, y, np.arange(32, 256), np.arange(32), **ctx_kw)
+    ub1 = engine.unlearn("sharp_minmax", bctx, progress=False)
+    ubf = engine.unlearn("sharp_minmax", bctx, progress=False, mesh=mesh2, param_sharding="fsdp")
+    out["fsdp_unlearn_maxdiff"] = maxdiff(ub1.params, ubf.params)
     return out
 
 

@@ -87,6 +87,14 @@ def test_fsdp_shardings_on_a_2d_mesh(dp_report):
     assert dp_report["fsdp_grad_maxdiff"] < 1e-6
 
 
+def test_engine_with_fsdp_parameter_sharding(dp_report):
+    """param_sharding="fsdp" on the (4, 2) mesh: the biggest kernel stays split over "model" through
+    training, and training (SAM) and unlearning (Sharp MinMax) equal the one-device runs."""
+    assert "model" in dp_report["fsdp_train_spec"]
+    assert dp_report["fsdp_train_maxdiff"] < 1e-5
+    assert dp_report["fsdp_unlearn_maxdiff"] < 1e-5
+
+
 def test_helpers_on_one_device():
     mesh = distributed.make_mesh()
     assert mesh.axis_names == ("data",) and distributed.data_size(mesh) == jax.device_count()
