@@ -376,13 +376,20 @@ def build_model(cfg: JobConfig, ds: data.Dataset, seed: int):
     return models.build(name, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed, **kw)
 
 
-def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
-    """Feldman–Zhang scores from ``cfg.mem_models`` models trained together with vmap.
+def vmapped_train_fn(
+    cfg: JobConfig, ds: data.Dataset, apply_fn, dd: engine.DeviceData, seed: int, *, desc: str = "K models"
+):
+    """``train_fn(masks: bool[K, N]) -> stacked params``: K models trained together with ``engine.train_many``.
 
-    Each model has its own initialisation and a random subset (``metrics.subset_masks``); ``params``
-    only fixes the structure. Public so experiments can cache it.
+    Model k starts from its own initialisation and trains on the examples ``masks[k]`` with the job's
+    pretraining recipe (SGD, ``cfg.pretrain_lr``, ``cfg.pretrain_epochs``, ``cfg.batch_size``); one
+    compiled program for all K. This is the trainer the memorization scores
+    (``metrics.memorization_scores``) and LiRA's shadow models (``metrics.lira_attack``) take.
+
+    Example:
+        >>> train_fn = vmapped_train_fn(cfg, ds, apply_fn, dd, seed=0)
+        >>> out = metrics.lira_attack(train_fn, models.logits_fn(apply_fn, state), x, y, num_shadows=8)
     """
-    n = len(ds.y_train)
 
     def train_fn(masks):
         masks = np.asarray(masks, bool)
@@ -394,7 +401,6 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
             if idx.size < size:  # equal sizes for vmap: top up with repeats of the model's own examples
                 idx = np.concatenate([idx, rng.choice(idx, size - idx.size)])
             sets.append(idx)
-        # every model starts from its own initialisation, as in Feldman & Zhang
         inits = [models.split_model(build_model(cfg, ds, 10_000 * (seed + 1) + k))[1:] for k in range(len(masks))]
         stacked_p = jax.tree.map(lambda *a: jnp.stack(a), *[i[0] for i in inits])
         stacked_s = jax.tree.map(lambda *a: jnp.stack(a), *[i[1] for i in inits])
@@ -409,14 +415,23 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
             batch_size=cfg.batch_size,
             seed=seed,
             progress=cfg.progress,
-            desc="memorization models",
+            desc=desc,
         )
         return p
 
+    return train_fn
+
+
+def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
+    """Feldman–Zhang scores from ``cfg.mem_models`` models trained together with vmap
+    (:func:`vmapped_train_fn`: each model its own initialisation and random subset). ``params`` only
+    fixes the structure. Public so experiments can cache it.
+    """
+    train_fn = vmapped_train_fn(cfg, ds, apply_fn, dd, seed, desc="memorization models")
     logits_fn = models.logits_fn(apply_fn, state)
     return metrics.memorization_scores(
         train_fn, logits_fn, ds.x_train, ds.y_train, num_models=cfg.mem_models, seed=seed
-    )[:n]
+    )[: len(ds.y_train)]
 
 
 def _forget_set(cfg, ds, seed, score_fn) -> np.ndarray:
