@@ -366,7 +366,7 @@ def plot_surface(
         fig.colorbar(cf, ax=ax, label="loss")
         ax.plot([0.0], [0.0], marker="*", color="white", markeredgecolor="black", markersize=12)
         s = sharpness_summary(z, a, b)
-        ax.set_title(f"{name}: L0={s['center']:.3g}, sharpness={s['sharpness']:.3g}")
+        ax.set_title(f"{name}\nL0={s['center']:.3g}, sharpness={s['sharpness']:.3g}", fontsize=10)
         ax.set_xlabel("α (direction 1)")
         ax.set_ylabel("β (direction 2)")
         ax.set_aspect("equal", adjustable="box")
