@@ -18,16 +18,16 @@ object API; nothing here calls ``plt.show()`` or changes the global backend.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from jaxunlearn import _atomic
 
 __all__ = [
     "ACCURACY_KEYS",
@@ -57,15 +57,6 @@ _HEADERS = {
     "seconds": "Time (s)",
 }
 _PERCENT_KEYS = frozenset({"forget_acc", "retain_acc", "test_acc", "mia", "tow", "tow_mia", "val_acc"})
-
-
-@functools.lru_cache(maxsize=1)
-def _default_mode() -> int:
-    """0o666 minus the process umask: the mode ``open()`` would give a new file (mkstemp uses 0o600).
-    Read once (``os.umask`` is process-wide), so later calls never touch the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def results_path(path) -> str:
@@ -196,20 +187,7 @@ def write_results(path, settings: Mapping, methods: Mapping) -> str:
     validate_results(obj)
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     target = results_path(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".results-", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _atomic.write_text(target, text)
     return target
 
 
@@ -333,19 +311,7 @@ def save_figure(fig, path, *, dpi: int = 150, close: bool = True) -> str:
         from matplotlib.figure import Figure
         fig = Figure(); fig.add_subplot().plot([0, 1]); save_figure(fig, "out/figs/line.png")
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-fig-", suffix="." + ext)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=ext, bbox_inches="tight")
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    path = _atomic.save_figure(fig, path, dpi=dpi)
     if close and getattr(fig.canvas, "manager", None) is not None:
         import matplotlib.pyplot as plt  # only reached for figures pyplot already manages
 

@@ -39,7 +39,19 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxunlearn import _validate, curvature, data, distributed, engine, methods, metrics, models, objectives, report
+from jaxunlearn import (
+    _atomic,
+    _validate,
+    curvature,
+    data,
+    distributed,
+    engine,
+    methods,
+    metrics,
+    models,
+    objectives,
+    report,
+)
 from jaxunlearn.plan import OptimConfig
 
 __all__ = ["JobConfig", "run_job", "variant_label", "UNLEARN_CHOICES", "PRETRAIN_CHOICES"]
@@ -332,20 +344,9 @@ def _atomic_json(path: str, obj) -> None:
 
 
 def _atomic_text(path: str, text: str) -> None:
-    if not distributed.is_main_process():  # one writer in multi-host runs
-        return
-    """Write ``text`` to a temporary file beside ``path``, fsync, then ``os.replace`` (atomic on POSIX)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``text`` atomically (``_atomic.write_text``); only process 0 writes in multi-host runs."""
+    if distributed.is_main_process():
+        _atomic.write_text(path, text)
 
 
 def load_dataset(cfg: JobConfig, seed: int) -> data.Dataset:

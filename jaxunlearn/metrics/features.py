@@ -11,15 +11,15 @@ so nothing here touches global backend state or opens a window.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxunlearn import _atomic
 
 __all__ = ["batched_apply", "plot_features", "project_2d"]
 
@@ -192,32 +192,6 @@ def _style(name: str, extra_index: dict[str, int]) -> dict:
     return dict(_EXTRA_STYLES[extra_index[name] % len(_EXTRA_STYLES)])
 
 
-@lru_cache(maxsize=1)
-def _default_mode() -> int:
-    # 0o666 minus the umask, read once (os.umask is process-wide).
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _save_figure(fig, path, *, dpi: int = 150) -> str:
-    """Save ``fig`` to ``path`` atomically (temp file in the same dir + os.replace); create dirs."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-fig-", suffix="." + ext)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=ext, bbox_inches="tight")
-        os.chmod(tmp, _default_mode())  # mkstemp creates 0o600; give the file open()'s usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def plot_features(
     before: Mapping,
     after: Mapping | None,
@@ -334,5 +308,5 @@ def plot_features(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save_figure(fig, path, dpi=dpi)
+    _atomic.save_figure(fig, path, dpi=dpi)
     return {"before": zb, "after": za if za is not None else {}}

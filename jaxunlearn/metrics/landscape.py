@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.metrics.features import _save_figure
+from jaxunlearn import _atomic
 
 __all__ = ["loss_surface", "plot_surface", "random_directions", "sharpness_summary"]
 
@@ -373,4 +373,4 @@ def plot_surface(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save_figure(fig, path, dpi=dpi)
+    return _atomic.save_figure(fig, path, dpi=dpi)

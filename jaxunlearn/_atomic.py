@@ -1,0 +1,60 @@
+"""Atomic file writes shared by reports, metrics figures and the runner (internal leaf: os/tempfile only).
+
+Every write goes to a temporary file in the target's directory, is flushed to disk, gets the mode
+``open()`` would have given it, and is moved into place with ``os.replace``: a crash or a concurrent
+reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+
+@functools.lru_cache(maxsize=1)
+def default_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` would give a new file (mkstemp uses 0o600).
+    Read once (``os.umask`` is process-wide), so later calls never touch the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _replace_via_temp(path, write, *, prefix: str, suffix: str) -> str:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_text(path, text: str) -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically, fsynced; parent directories are created."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return _replace_via_temp(path, write, prefix=".tmp-", suffix=".tmp")
+
+
+def save_figure(fig, path, *, dpi: int = 150) -> str:
+    """Save a matplotlib figure atomically (format from the extension, PNG by default)."""
+    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    return _replace_via_temp(
+        path,
+        lambda tmp: fig.savefig(tmp, dpi=dpi, format=ext, bbox_inches="tight"),
+        prefix=".tmp-fig-",
+        suffix="." + ext,
+    )
