@@ -219,6 +219,14 @@ def fmt(v, percent: bool = True, digits: int = 1) -> str:
     return f"{m:.3g} ± {s:.2g}"
 
 
+BASE_META = ("dataset", "max_train", "max_test", "model", "pretrain_epochs", "unlearn_epochs")
+
+
+def meta(s: dict, *extra: str) -> dict:
+    """The settings recorded beside every table: the data/model/schedule keys plus ``extra`` ones."""
+    return {k: s[k] for k in (*BASE_META, *extra)}
+
+
 def write_table(out: str, title: str, header: list[str], rows: list[list[str]], data: Any, meta: dict) -> str:
     """Write ``table.md`` (title, settings line, markdown table) and ``table.json`` (rows + raw data)."""
     lines = [f"## {title}", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in meta.items()), ""]

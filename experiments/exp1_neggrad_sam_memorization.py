@@ -65,20 +65,7 @@ def _write(out, s, levels, data, variants, seconds):
             for lv in levels
         ]
         rows.append(row)
-    meta = {
-        k: s[k]
-        for k in (
-            "dataset",
-            "max_train",
-            "max_test",
-            "model",
-            "pretrain_epochs",
-            "unlearn_epochs",
-            "seeds",
-            "forget_size",
-            "mem_models",
-        )
-    }
+    meta = common.meta(s, "seeds", "forget_size", "mem_models")
     meta["job_seconds"] = seconds
     common.write_table(
         out,

@@ -55,9 +55,7 @@ def main(argv=None):
                 else "not run"
             )
     rows.append(avg)
-    meta = {
-        k: s[k] for k in ("dataset", "max_train", "max_test", "model", "pretrain_epochs", "unlearn_epochs", "seeds")
-    }
+    meta = common.meta(s, "seeds")
     meta["job_seconds"] = seconds
     meta["seeds_run"] = {lab: v["seeds_run"] for lab, v in V.items()}
     common.write_table(

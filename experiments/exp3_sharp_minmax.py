@@ -65,19 +65,7 @@ def main(argv=None):
         rows.append([name] + [common.fmt(e.get(c)) for c in cols] + [common.fmt(e.get("seconds"), percent=False)])
     best_b = max(baselines, key=lambda b: common.entry_value(M[b]["tow"])[0]) if baselines else None
     best_s = max(sm, key=lambda b: common.entry_value(M[b]["tow"])[0])
-    meta = {
-        k: s[k]
-        for k in (
-            "dataset",
-            "max_train",
-            "max_test",
-            "model",
-            "pretrain_epochs",
-            "unlearn_epochs",
-            "seeds",
-            "forget_size",
-        )
-    }
+    meta = common.meta(s, "seeds", "forget_size")
     meta.update(forget=args.forget, job_seconds=seconds, best_baseline=best_b, best_sharp_minmax=best_s)
     common.write_table(out, "Exp 3: Sharp MinMax sweep vs baselines (%, pretrain SGD)", header, rows, M, meta)
 

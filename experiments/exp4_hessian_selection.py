@@ -155,9 +155,7 @@ def _write(out, s, args, per, seconds):
                     common.fmt(a["seconds"], percent=False),
                 ]
             )
-    meta = {
-        k: s[k] for k in ("dataset", "max_train", "max_test", "model", "pretrain_epochs", "unlearn_epochs", "seeds")
-    }
+    meta = common.meta(s, "seeds")
     meta.update(
         poison=args.poison,
         target=args.target,

@@ -210,10 +210,7 @@ def _write(out, s, args, per, seconds):
     header = ["pretrain / model"] + [c[1] for c in cols]
     agg = {lab: common.aggregate(v) for lab, v in per.items()}
     rows = [[lab] + [common.fmt(a.get(c), percent=pc) for c, _, pc in cols] for lab, a in agg.items()]
-    meta = {
-        k: s[k]
-        for k in ("dataset", "max_train", "max_test", "model", "pretrain_epochs", "unlearn_epochs", "forget_size")
-    }
+    meta = common.meta(s, "forget_size")
     meta.update(
         forget=args.forget if args.forget != "class" else f"class {args.forget_class}",
         seeds_done=min(len(v) for v in per.values()),
