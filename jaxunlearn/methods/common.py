@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import objectives
+from jaxunlearn import objectives, selection
 
 PyTree = Any
 
@@ -97,3 +97,14 @@ def forget_ce(apply_fn, params, model_state, batch, hp):
     """``CE(f(x_f), y_f)`` on the forget batch (train mode)."""
     logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
     return objectives.cross_entropy(logits, batch["y_f"]), new_state
+
+
+def forget_saliency_mask(ctx, fraction: float, *, largest: bool = True) -> PyTree:
+    """``M``: the top (or, ``largest=False``, bottom) ``fraction`` of ``|Σ_{i∈F} ∇CE_i|`` over all parameters,
+    ranked globally (SalUn's and Sharp MinMax's mask; ``|Σ∇(−CE)| = |Σ∇CE|``).
+
+    Example:
+        >>> mask = forget_saliency_mask(ctx, 0.3)
+    """
+    g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
+    return selection.top_fraction(jax.tree.map(jnp.abs, g), fraction, largest=largest)

@@ -4,12 +4,10 @@ Saliency ``s = |Σ_{i∈F} ∇ CE(x_i, y_i)|``; the mask keeps the top ``fractio
 (global rank), and RL's updates are masked with it.
 """
 
-import jax
-import jax.numpy as jnp
 
 from jaxunlearn import selection
 from jaxunlearn.methods.base import Recipe, method_plan, register
-from jaxunlearn.methods.common import summed_gradient
+from jaxunlearn.methods.common import forget_saliency_mask
 from jaxunlearn.methods.rl import random_label_table, rl_loss, union_weight
 from jaxunlearn.plan import Phase
 
@@ -18,8 +16,7 @@ from jaxunlearn.plan import Phase
     "salun", "RL restricted to the top fraction of |grad CE(F)|", {"fraction": 0.5, "lr_scale": 0.1, "epochs": None}
 )
 def salun(ctx, opts):
-    g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
-    mask = selection.top_fraction(jax.tree.map(jnp.abs, g), opts["fraction"])
+    mask = forget_saliency_mask(ctx, opts["fraction"])
     plan = method_plan(
         ctx,
         opts,

@@ -17,12 +17,11 @@ times the retain one's (default 0.01); without it the forget step dominates and 
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from jaxunlearn import objectives, selection
 from jaxunlearn.methods.base import Recipe, register, scaled
-from jaxunlearn.methods.common import summed_gradient
+from jaxunlearn.methods.common import forget_saliency_mask
 from jaxunlearn.plan import Phase, Plan
 
 
@@ -36,12 +35,6 @@ def forget_loss(apply_fn, params, model_state, batch, hp):
     """``−(1−α)·CE(F)``."""
     logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
     return -(1.0 - hp["alpha"]) * objectives.cross_entropy(logits, batch["y_f"]), new_state
-
-
-def forget_mask(ctx, fraction: float, largest: bool = True):
-    """``M``: top (or bottom) ``fraction`` of ``|Σ_F ∇(−CE)|`` over all parameters."""
-    g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
-    return selection.top_fraction(jax.tree.map(jnp.abs, g), fraction, largest=largest)
 
 
 @register(
@@ -58,7 +51,7 @@ def forget_mask(ctx, fraction: float, largest: bool = True):
     },
 )
 def sharp_minmax(ctx, opts):
-    mask = forget_mask(ctx, opts["fraction"], bool(opts["largest"]))
+    mask = forget_saliency_mask(ctx, opts["fraction"], largest=bool(opts["largest"]))
     cfg = scaled(ctx.optimizer, opts["lr_scale"])
     if cfg.sam == "none":
         cfg = dataclasses.replace(cfg, sam="sam")
