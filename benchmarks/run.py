@@ -40,12 +40,13 @@ import optax
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from jaxunlearn import curvature, engine, models, objectives  # noqa: E402
+from jaxunlearn import curvature, distributed, engine, models, objectives  # noqa: E402
 from jaxunlearn.methods import neggrad as neggrad_mod  # noqa: E402
 from jaxunlearn.methods import sharp_minmax as smm  # noqa: E402
 from jaxunlearn.plan import OptimConfig, build_optimizer, supervised_loss  # noqa: E402
 
 SECTIONS = ("steps", "torch", "hutchinson", "train_many", "memory", "job")
+MESH = None  # the ("data",) mesh over the CPU cores (distributed.cpu_devices), set by main()
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -87,21 +88,16 @@ def _ce(apply_fn, state, train=False):
     return loss
 
 
-def equivalent_step(apply_fn, phase_loss, cfg: OptimConfig, sign="min", mask=None):
-    """The engine's step (``engine._phase_update``) rebuilt from public pieces: value_and_grad, the
-    phase's Optax chain (``build_optimizer``, with SAM's ``grad_fn``), apply_updates; jitted with donation."""
+def equivalent_step(apply_fn, phase_loss, cfg: OptimConfig, sign="min", mask=None, mesh=None):
+    """The engine's own single-phase update (``engine._phase_update``: value_and_grad, the phase's Optax
+    chain with SAM's ``grad_fn``, apply_updates), jitted. With ``mesh`` the gathered batch is sharded over
+    the mesh's ``data`` axis exactly as in ``engine.run(mesh=...)``."""
     tx = build_optimizer(cfg, 10_000, sign=sign, mask=mask)
+    update = engine._phase_update(apply_fn, phase_loss, cfg, 10_000, sign, "strict", mask is not None, mesh)
 
     @jax.jit
     def step(params, model_state, opt_state, x, y, idx_r, idx_f, hp):
-        batch = {"x_r": x[idx_r], "y_r": y[idx_r], "i_r": idx_r, "x_f": x[idx_f], "y_f": y[idx_f], "i_f": idx_f}
-
-        def lf(p):
-            return phase_loss(apply_fn, p, model_state, batch, hp)
-
-        (loss, new_state), g = jax.value_and_grad(lf, has_aux=True)(params)
-        updates, opt_state = tx.update(g, opt_state, params, grad_fn=lambda p: jax.grad(lf, has_aux=True)(p)[0])
-        return optax.apply_updates(params, updates), new_state, opt_state, loss
+        return update(params, model_state, opt_state, x, y, idx_r, idx_f, hp, mask)
 
     return tx, step
 
@@ -110,8 +106,12 @@ class _Stepper:
     """Holds params/states of one contender so repeated calls keep stepping (realistic, no donation
     aliasing between contenders)."""
 
-    def __init__(self, phases, params, state, data, idx_r, idx_f, hp):
+    def __init__(self, phases, params, state, data, idx_r, idx_f, hp, mesh=None):
         self.phases = phases  # [(tx, step)]
+        if mesh is not None:  # everything replicated; the step shards the gathered batch over "data"
+            params, state, data, idx_r, idx_f, hp = distributed.replicate(
+                (params, state, tuple(data), idx_r, idx_f, hp), mesh
+            )
         self.params, self.state = params, state
         self.opt = [tx.init(params) for tx, _ in phases]
         self.args = (data[0], data[1], idx_r, idx_f, hp)
@@ -141,21 +141,27 @@ def bench_steps(cfg) -> dict:
     mask = jax.tree.map(lambda a: jnp.arange(a.size).reshape(a.shape) % 3 == 0, params)
     inv = jax.tree.map(jnp.logical_not, mask)
     hp = {"alpha": jnp.float32(0.99)}
-    mk = lambda phases: _Stepper(phases, params, state, data, idx_r, idx_f, hp)  # noqa: E731
+    mesh = MESH
+    mk = lambda phases, m=mesh: _Stepper(phases, params, state, data, idx_r, idx_f, hp, m)  # noqa: E731
     contenders = {
-        "sgd_step": mk([equivalent_step(apply_fn, supervised_loss, sgd)]),
-        "sam_step": mk([equivalent_step(apply_fn, supervised_loss, sam)]),
+        "sgd_step": mk([equivalent_step(apply_fn, supervised_loss, sgd, mesh=mesh)]),
+        "sam_step": mk([equivalent_step(apply_fn, supervised_loss, sam, mesh=mesh)]),
         "sharp_minmax_iter": mk(
             [
-                equivalent_step(apply_fn, smm.retain_loss, ucfg, "min", inv),
-                equivalent_step(apply_fn, smm.forget_loss, ucfg, "max", mask),
+                equivalent_step(apply_fn, smm.retain_loss, ucfg, "min", inv, mesh=mesh),
+                equivalent_step(apply_fn, smm.forget_loss, ucfg, "max", mask, mesh=mesh),
             ]
         ),
-        "neggrad_sam_iter": mk([equivalent_step(apply_fn, neggrad_mod.neggrad_loss, ucfg)]),
+        "neggrad_sam_iter": mk([equivalent_step(apply_fn, neggrad_mod.neggrad_loss, ucfg, mesh=mesh)]),
     }
+    if mesh is not None:  # the same steps on one XLA device, for reference
+        contenders["sgd_step_1dev"] = mk([equivalent_step(apply_fn, supervised_loss, sgd)], None)
+        contenders["sam_step_1dev"] = mk([equivalent_step(apply_fn, supervised_loss, sam)], None)
     t = interleaved(contenders, cfg.repeats, inner=cfg.inner)
     base = t["sgd_step"]["median_s"]
     res = {"batch": b, "shape": shape, "timings": t, "ratios": {k: v["median_s"] / base for k, v in t.items()}}
+    if mesh is not None:
+        res["ratio_sam_sgd_1dev"] = t["sam_step_1dev"]["median_s"] / t["sgd_step_1dev"]["median_s"]
 
     # the same through the real engine (engine.train: Python loop, gathers, divergence guard); the
     # second call of an identical run hits the compile cache, so its seconds are steady state.
@@ -166,7 +172,9 @@ def bench_steps(cfg) -> dict:
     for _ in range(2):
         for name, opt in (("sgd", sgd), ("sam", sam)):
             c0 = engine.COMPILE_COUNTER.count
-            r = engine.train(apply_fn, params, state, dd, optimizer=opt, epochs=2, batch_size=b, progress=False)
+            r = engine.train(
+                apply_fn, params, state, dd, optimizer=opt, epochs=2, batch_size=b, progress=False, mesh=mesh
+            )
             eng[name]["runs_s"].append(r.seconds)
             eng[name]["compiles"].append(engine.COMPILE_COUNTER.count - c0)
     steps = 2 * int(np.ceil(len(y) / b))
@@ -195,10 +203,15 @@ def bench_torch(cfg) -> dict:
         x, y = _random_data(2 * b, shape)
         data = (jnp.asarray(x), jnp.asarray(y))
         idx = jnp.arange(b, dtype=jnp.int32)
-        jsam = _Stepper(
-            [equivalent_step(apply_fn, supervised_loss, OptimConfig(sam="sam"))], params, state, data, idx, idx, {}
-        )
-        jsgd = _Stepper([equivalent_step(apply_fn, supervised_loss, OptimConfig())], params, state, data, idx, idx, {})
+        def jstep(opt, mesh):
+            return _Stepper(
+                [equivalent_step(apply_fn, supervised_loss, opt, mesh=mesh)], params, state, data, idx, idx, {}, mesh
+            )
+
+        jax_contenders = {"jax_sam": jstep(OptimConfig(sam="sam"), MESH), "jax_sgd": jstep(OptimConfig(), MESH)}
+        if MESH is not None:
+            jax_contenders["jax_sam_1dev"] = jstep(OptimConfig(sam="sam"), None)
+            jax_contenders["jax_sgd_1dev"] = jstep(OptimConfig(), None)
         torch.manual_seed(0)
         if name == "cnn":
             tm = tr.TorchCNN(shape, 10)
@@ -212,9 +225,8 @@ def bench_torch(cfg) -> dict:
         reps = cfg.repeats if name == "cnn" else max(2, cfg.repeats // 2)
         t = interleaved(
             {
-                "jax_sam": jsam,
+                **jax_contenders,
                 "torch_sam": lambda tm=tm, topt=topt, tx=tx, ty=ty: tr.sam_step(tm, topt, tx, ty),
-                "jax_sgd": jsgd,
                 "torch_sgd": lambda tm=tm, topt=topt, tx=tx, ty=ty: tr.sgd_step(tm, topt, tx, ty),
             },
             reps,
@@ -227,6 +239,8 @@ def bench_torch(cfg) -> dict:
             "ratio_torch_over_jax_sam": t["torch_sam"]["median_s"] / t["jax_sam"]["median_s"],
             "ratio_torch_over_jax_sgd": t["torch_sgd"]["median_s"] / t["jax_sgd"]["median_s"],
         }
+        if MESH is not None:
+            out[name]["ratio_torch_over_jax_sam_1dev"] = t["torch_sam"]["median_s"] / t["jax_sam_1dev"]["median_s"]
     return out
 
 
@@ -600,6 +614,8 @@ def write_report(results: dict, path: str, cfg) -> str:
         "torch",
         "torch_threads",
         "xla_flags",
+        "jax_devices",
+        "jax_mesh",
     ):
         L.append(f"- {k}: {env.get(k)}")
     L.append("")
@@ -633,19 +649,21 @@ def write_report(results: dict, path: str, cfg) -> str:
         L += [f"## Two-pass SAM vs PyTorch (threads {t['threads']})", ""]
         L += [
             "| model | batch | JAX SAM | torch SAM | torch/JAX SAM | JAX SGD | torch SGD | torch/JAX SGD | "
-            "JAX compile (SAM) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "JAX compile (SAM) | JAX SAM, one device | torch/JAX SAM, one device |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name in ("cnn", "resnet18"):
             if name not in t:
                 continue
             v = t[name]
             tm = v["timings"]
+            one = tm.get("jax_sam_1dev")
+            tail = f"{_fmt_s(one['median_s'])} | {v['ratio_torch_over_jax_sam_1dev']:.2f} |" if one else "— | — |"
             L.append(
                 f"| {name} | {v['batch']} | {_fmt_s(tm['jax_sam']['median_s'])} | "
                 f"{_fmt_s(tm['torch_sam']['median_s'])} | {v['ratio_torch_over_jax_sam']:.2f} | "
                 f"{_fmt_s(tm['jax_sgd']['median_s'])} | {_fmt_s(tm['torch_sgd']['median_s'])} | "
-                f"{v['ratio_torch_over_jax_sgd']:.2f} | {_fmt_s(tm['jax_sam']['first_s'])} |"
+                f"{v['ratio_torch_over_jax_sgd']:.2f} | {_fmt_s(tm['jax_sam']['first_s'])} | " + tail
             )
             rows.append(
                 (
@@ -841,6 +859,8 @@ def environment() -> dict:
         "flax": flax.__version__,
         "optax": optax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", "(unset)"),
+        "jax_devices": f"{jax.device_count()} x {jax.default_backend()}",
+        "jax_mesh": "none (one device)" if MESH is None else f"data={distributed.data_size(MESH)}",
     }
     try:
         import torch
@@ -855,6 +875,17 @@ def environment() -> dict:
 NOTES_FILE = os.path.join(HERE, "NOTES.md")
 
 
+def _setup_devices(num: int | None) -> None:
+    """One XLA CPU device per core and a ``("data",)`` mesh over them (JAX contenders run data-parallel,
+    as ``engine.run(mesh=...)`` does); must run before the first JAX operation of the process."""
+    global MESH
+    try:
+        n = distributed.cpu_devices(num)
+    except RuntimeError:  # called in a process that already ran JAX (e.g. the smoke test): keep its devices
+        n = len(jax.devices("cpu"))
+    MESH = distributed.make_mesh(n) if n > 1 and jax.default_backend() == "cpu" else None
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
@@ -862,7 +893,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds per timing (default 7; quick 2)")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="markdown report path")
     ap.add_argument("--json", default=None, help="also write the raw results as JSON here")
+    ap.add_argument(
+        "--cpu-devices", type=int, default=None,
+        help="XLA CPU devices (one per core by default, see distributed.cpu_devices); 1 = one device",
+    )
     cfg = ap.parse_args(argv)
+    _setup_devices(cfg.cpu_devices)
     cfg.repeats = cfg.repeats or (2 if cfg.quick else 7)
     cfg.inner = 1 if cfg.quick else 3
     sections = [s.strip() for s in cfg.sections.split(",") if s.strip()]

@@ -230,10 +230,22 @@ def _job_config(args) -> JobConfig:  # noqa: F821
     return cfg
 
 
+def _cpu_devices_for(devices: int | None) -> None:
+    """``--devices N`` in a single-process run: expose N CPU devices (one per core is the useful
+    setting on a CPU host) before JAX starts, so the mesh can be built without ``XLA_FLAGS``. Harmless
+    on GPU/TPU hosts (only the CPU backend's device count changes; the mesh uses the accelerators)."""
+    from jaxunlearn import distributed
+
+    if not devices or devices < 2 or distributed._env_requests_distributed() or distributed._backends_initialized():
+        return
+    distributed.cpu_devices(devices)
+
+
 def _cmd_run(args) -> int:
     from jaxunlearn.runner import format_tables, run_job
 
     cfg = _job_config(args)
+    _cpu_devices_for(cfg.devices)
     results = run_job(cfg)
     print(format_tables(results))
     print(f"results: {os.path.join(cfg.out, 'results.json')}")

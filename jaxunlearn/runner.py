@@ -177,8 +177,9 @@ class JobConfig:
             if self.devices > jax.device_count():
                 raise ValueError(
                     f"--devices {self.devices} asks for more devices than the {jax.device_count()} available "
-                    f"({jax.devices()[0].platform}); on one CPU simulate more with "
-                    "XLA_FLAGS=--xla_force_host_platform_device_count=N."
+                    f"({jax.devices()[0].platform}); on a CPU host call "
+                    "jaxunlearn.distributed.cpu_devices(N) before any JAX computation (the jaxunlearn command "
+                    "does this for --devices), or set XLA_FLAGS=--xla_force_host_platform_device_count=N."
                 )
             if self.batch_size % self.devices:
                 raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices}.")

@@ -158,3 +158,22 @@ def test_console_user_error_is_one_line_without_traceback(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == ["jaxunlearn: error: unknown method 'neggrd'. Did you mean 'neggrad'? Known methods: "
                      + ", ".join(sorted(methods.METHODS)) + "."]  # fmt: skip
+
+
+def test_devices_flag_runs_data_parallel_on_cpu_cores_without_xla_flags(tmp_path, run_dir):
+    """``--devices 2`` in a fresh interpreter (no XLA_FLAGS): the command exposes two CPU devices itself,
+    runs data-parallel, and gets the one-device run's numbers up to float summation order."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = tmp_path / "dp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxunlearn.cli", "run", *TINY, "--methods", "ft,neggrad", "--devices", "2",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((out / "results.json").read_text())
+    one = json.loads(open(os.path.join(run_dir, "results.json")).read())
+    assert two["settings"]["devices"] == 2
+    for name in ("original", "retrain", "ft", "neggrad"):
+        for key in ("forget_acc", "retain_acc", "test_acc"):
+            assert two["methods"][name][key] == pytest.approx(one["methods"][name][key], abs=0.03), (name, key)

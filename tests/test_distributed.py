@@ -159,3 +159,58 @@ def test_vmapped_sweep_equals_separate_runs():
         engine.train_many(apply_fn, *stack, dev, subsets, epochs=1, rho=0.1, progress=False)
     with pytest.raises(ValueError, match="one positive value per model"):
         engine.train_many(apply_fn, *stack, dev, subsets, optimizer=opt, epochs=1, lr=[0.1, 0.2], progress=False)
+
+
+_CPU_DEVICES_CHILD = r"""
+import json, sys
+from jaxunlearn import distributed
+out = {"first": distributed.cpu_devices(int(sys.argv[1]) if sys.argv[1] != "auto" else None)}
+import jax
+out["devices"] = len(jax.devices())
+out["again"] = distributed.cpu_devices(out["devices"])  # same count after the backend exists: no-op
+try:
+    distributed.cpu_devices(out["devices"] + 1)
+    out["late"] = "no error"
+except RuntimeError as exc:
+    out["late"] = str(exc)
+try:
+    distributed.cpu_devices(0)
+except ValueError as exc:
+    out["zero"] = str(exc)
+mesh = distributed.make_mesh(out["devices"])
+import jax.numpy as jnp
+x = jax.device_put(jnp.arange(12.0), distributed.batch_sharding(mesh))
+out["shards"] = len(x.addressable_shards)
+print(json.dumps(out))
+"""
+
+
+def _cpu_devices_child(arg, xla_flags=None):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
+    proc = subprocess.run(
+        [sys.executable, "-c", _CPU_DEVICES_CHILD, arg], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_devices_exposes_cores_as_devices_in_a_fresh_process():
+    r = _cpu_devices_child("4")
+    assert r["first"] == r["devices"] == r["again"] == 4
+    assert r["shards"] == 4  # a batch really is split over the 4 CPU devices
+    assert "before any JAX computation" in r["late"] and "5" in r["late"]
+    assert "num >= 1" in r["zero"]
+    auto = _cpu_devices_child("auto")
+    assert auto["devices"] == distributed.usable_cores()
+    forced = _cpu_devices_child("auto", "--xla_force_host_platform_device_count=3")
+    assert forced["devices"] == 3  # a count requested through XLA_FLAGS is kept
+
+
+def test_cpu_devices_after_backend_start_only_accepts_the_existing_count():
+    n = len(jax.devices("cpu"))
+    assert distributed.cpu_devices(n) == n
+    with pytest.raises(RuntimeError, match="already created its CPU backend"):
+        distributed.cpu_devices(n + 1)
