@@ -203,10 +203,10 @@ def bench_torch(cfg) -> dict:
         x, y = _random_data(2 * b, shape)
         data = (jnp.asarray(x), jnp.asarray(y))
         idx = jnp.arange(b, dtype=jnp.int32)
-        def jstep(opt, mesh):
-            return _Stepper(
-                [equivalent_step(apply_fn, supervised_loss, opt, mesh=mesh)], params, state, data, idx, idx, {}, mesh
-            )
+
+        def jstep(opt, mesh, apply_fn=apply_fn, params=params, state=state, data=data, idx=idx):
+            step = equivalent_step(apply_fn, supervised_loss, opt, mesh=mesh)
+            return _Stepper([step], params, state, data, idx, idx, {}, mesh)
 
         jax_contenders = {"jax_sam": jstep(OptimConfig(sam="sam"), MESH), "jax_sgd": jstep(OptimConfig(), MESH)}
         if MESH is not None:
@@ -894,7 +894,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="markdown report path")
     ap.add_argument("--json", default=None, help="also write the raw results as JSON here")
     ap.add_argument(
-        "--cpu-devices", type=int, default=None,
+        "--cpu-devices",
+        type=int,
+        default=None,
         help="XLA CPU devices (one per core by default, see distributed.cpu_devices); 1 = one device",
     )
     cfg = ap.parse_args(argv)

@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-figures", action="store_true", help="skip the figures")
     g.add_argument("--landscape-grid", type=int, default=None, help="loss-landscape grid points per axis (default 11)")
     g.add_argument(
-        "--devices", type=int, default=None,
+        "--devices",
+        type=int,
+        default=None,
         help="data-parallel over this many devices (one mesh; all processes' devices in multi-host runs)",
     )
     g.add_argument("--config", default=None, help="JSON or TOML file with the same settings (options override it)")

@@ -209,8 +209,8 @@ def cpu_devices(num: int | None = None) -> int:
     Must run before JAX executes its first operation (it sets ``jax_num_cpu_devices``, which JAX reads
     when it creates the CPU backend). Calling it again, or after the backend exists with the same
     number of CPU devices, is a no-op. Without ``num``, a device count already requested through
-    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` is kept. Has no effect on which accelerator JAX uses: on a GPU/TPU host
-    the CPU devices are not the default ones. Returns the number of CPU devices.
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` is kept. Has no effect on which accelerator
+    JAX uses: on a GPU/TPU host the CPU devices are not the default ones. Returns the number of CPU devices.
 
     Example:
         >>> import jax
