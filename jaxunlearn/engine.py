@@ -527,6 +527,7 @@ def train_many(
     rho=None,
     progress: bool = True,
     desc: str = "train x K",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[PyTree, PyTree]:
     """Train K models at once with ``jax.vmap``: one compiled program, K parameter sets.
 
@@ -539,6 +540,9 @@ def train_many(
     ``lr`` / ``rho`` (K values, or one): per-model learning rate / SAM radius, traced inside the one
     compiled program (``rho`` needs ``optimizer.sam != "none"``), so row k equals
     ``train(..., optimizer=dataclasses.replace(optimizer, lr=lr[k], rho=rho[k]))``.
+    ``mesh``: the K models are split over the mesh's ``data`` axis (K must be a multiple of its size):
+    each device trains K / d whole models, with no communication between devices (e.g. the cores of a
+    CPU host after :func:`jaxunlearn.distributed.cpu_devices`). The results equal the one-device run.
     Returns the stacked ``(params, model_state)``.
 
     Example:
@@ -575,10 +579,18 @@ def train_many(
         hyper[name] = jnp.asarray(value)
     if "rho" in hyper and optimizer.sam == "none":
         raise ValueError("a rho sweep needs a SAM optimizer: pass optimizer=OptimConfig(sam='sam' or 'asam').")
+    if mesh is not None and k_models % distributed.data_size(mesh):
+        raise ValueError(
+            f"train_many with a mesh splits the K={k_models} models over its {distributed.data_size(mesh)} "
+            "'data' devices: pass a multiple of that many models (or a smaller mesh)."
+        )
 
     step = _many_step(apply_fn, optimizer, total, tuple(sorted(hyper)))
     params, model_state = _copy(params), _copy(model_state)
+    if mesh is not None:  # model k (and everything of it) on one device; the data on every device
+        params, model_state, hyper = jax.device_put((params, model_state, hyper), distributed.batch_sharding(mesh))
     opt_state = jax.vmap(lambda p, h: build_optimizer(_with_hyper(optimizer, h), total).init(p))(params, hyper)
+    data_x, data_y = (data.x, data.y) if mesh is None else distributed.replicate((data.x, data.y), mesh)
     bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in range(epochs):
         per_model = [
@@ -591,9 +603,13 @@ def train_many(
             for k in range(k_models)
         ]
         idx = np.stack(per_model, axis=1)  # [steps, K, B]
-        idx = jnp.asarray(idx)
+        if mesh is None:
+            idx = jnp.asarray(idx)
+        else:  # model k's batches live on the device that trains model k
+            spec = jax.sharding.PartitionSpec(None, distributed._data_axis(mesh))
+            idx = jax.device_put(idx, jax.sharding.NamedSharding(mesh, spec))
         for s in range(steps):
-            params, model_state, opt_state, _ = step(params, model_state, opt_state, data.x, data.y, idx[s], hyper)
+            params, model_state, opt_state, _ = step(params, model_state, opt_state, data_x, data_y, idx[s], hyper)
             bar.update(1)
     bar.close()
     return params, model_state

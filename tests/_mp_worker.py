@@ -148,6 +148,22 @@ def dp() -> dict:
     ub1 = engine.unlearn("sharp_minmax", bctx, progress=False)
     ubf = engine.unlearn("sharp_minmax", bctx, progress=False, mesh=mesh2, param_sharding="fsdp")
     out["fsdp_unlearn_maxdiff"] = maxdiff(ub1.params, ubf.params)
+
+    # 8. train_many with its K = 8 models split over the 8 devices (one model each) vs one device
+    k_models = 8
+    sets = np.stack([np.random.default_rng(i).permutation(256)[:128] for i in range(k_models)])
+    stack = jax.tree.map(lambda a: np.stack([np.asarray(a)] * k_models), (params, state))
+    kw = dict(optimizer=engine.OptimConfig(lr=0.05), epochs=1, batch_size=32, progress=False)
+    m1, _ = engine.train_many(apply_fn, *stack, dev, sets, **kw)
+    m8, _ = engine.train_many(apply_fn, *stack, dev, sets, mesh=mesh, **kw)
+    out["train_many_mesh_maxdiff"] = maxdiff(m1, m8)
+    out["train_many_moved"] = maxdiff(m1, stack[0])
+    out["train_many_spec"] = str(jax.tree.leaves(m8)[0].sharding.spec)
+    try:
+        engine.train_many(apply_fn, *jax.tree.map(lambda a: a[:3], stack), dev, sets[:3], mesh=mesh, **kw)
+        out["train_many_indivisible"] = "no error"
+    except ValueError as exc:
+        out["train_many_indivisible"] = str(exc)
     return out
 
 

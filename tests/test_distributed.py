@@ -95,6 +95,14 @@ def test_engine_with_fsdp_parameter_sharding(dp_report):
     assert dp_report["fsdp_unlearn_maxdiff"] < 1e-5
 
 
+def test_train_many_splits_models_over_the_mesh(dp_report):
+    """train_many(mesh=8 devices): one model per device, the same parameters as the one-device run."""
+    assert dp_report["train_many_moved"] > 1e-3
+    assert dp_report["train_many_mesh_maxdiff"] < 1e-5
+    assert "data" in dp_report["train_many_spec"]  # the K axis is sharded over the mesh
+    assert "multiple of that many models" in dp_report["train_many_indivisible"]
+
+
 def test_helpers_on_one_device():
     mesh = distributed.make_mesh()
     assert mesh.axis_names == ("data",) and distributed.data_size(mesh) == jax.device_count()

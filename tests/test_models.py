@@ -386,3 +386,59 @@ def test_normal_init_variance(scale, mode):
     # traceable: vmap over keys gives independent draws
     ws = jax.vmap(lambda k: normal_init(scale, mode)(k, (4, 5)))(jax.random.split(jax.random.key(1), 3))
     assert ws.shape == (3, 4, 5) and not np.allclose(ws[0], ws[1])
+
+
+@pytest.mark.parametrize(
+    "strides, padding", [((1, 1), "SAME"), ((2, 2), "SAME"), ((1, 1), "VALID"), ((2, 1), ((1, 2), (0, 1)))]
+)
+def test_im2col_conv_matches_lax_convolution_values_and_grads(strides, padding):
+    from jax import lax
+
+    from jaxunlearn.models.layers import im2col_conv
+
+    x = jax.random.normal(jax.random.key(0), (3, 9, 8, 4))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+
+    def ref(x, k):
+        return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    a, b = ref(x, k), im2col_conv(x, k, strides, padding)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    ga = jax.grad(lambda x, k: jnp.sum(jnp.sin(ref(x, k))), argnums=(0, 1))(x, k)
+    gb = jax.grad(lambda x, k: jnp.sum(jnp.sin(im2col_conv(x, k, strides, padding))), argnums=(0, 1))(x, k)
+    for u, v in zip(ga, gb):
+        np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4)
+
+
+def test_im2col_conv_rejects_what_it_does_not_compute():
+    from jaxunlearn.models.layers import im2col_conv
+
+    x, k = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 4))
+    with pytest.raises(ValueError, match="dilation"):
+        im2col_conv(x, k, (1, 1), "SAME", rhs_dilation=(2, 2))
+    with pytest.raises(ValueError, match="feature groups"):
+        im2col_conv(x, k, (1, 1), "SAME", feature_group_count=2)
+    with pytest.raises(ValueError, match="channels"):
+        im2col_conv(jnp.ones((1, 6, 6, 3)), k, (1, 1), "SAME")
+
+
+def test_cnn_im2col_has_the_same_parameters_outputs_and_vmapped_grads():
+    """conv="im2col" builds the same parameters (same seed) and computes the same function; its gradient
+    under vmap over K models (per-model kernels and inputs, as in engine.train_many) equals XLA's."""
+    f1, p1, s1 = models.split_model(models.build("cnn", num_classes=10, input_shape=(8, 8, 1), seed=0))
+    f2, p2, s2 = models.split_model(models.build("cnn", num_classes=10, input_shape=(8, 8, 1), seed=0, conv="im2col"))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), p1, p2))
+    x = jax.random.normal(jax.random.key(2), (3, 6, 8, 8, 1))
+    np.testing.assert_allclose(f2(p1, s1, x[0])[0], f1(p1, s1, x[0])[0], rtol=1e-5, atol=1e-5)
+    stacked = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a, -a]), p1)
+
+    def loss(f):
+        return lambda p, xb: jnp.sum(f(p, s1, xb)[0] ** 2)
+
+    g1 = jax.vmap(jax.grad(loss(f1)))(stacked, x)
+    g2 = jax.vmap(jax.grad(loss(f2)))(stacked, x)
+    for u, v in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="conv must be one of"):
+        models.build("cnn", num_classes=10, input_shape=(8, 8, 1), conv="fft")

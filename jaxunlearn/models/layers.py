@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -110,3 +111,67 @@ def normal_init(scale: float = 1.0, mode: str = "fan_in") -> Callable:
         return z * jnp.asarray(math.sqrt(scale / max(1, fan)), dtype)
 
     return init
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def im2col_conv(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    **unused,
+) -> jax.Array:
+    """A 2-D convolution written as patches + one matmul: a drop-in ``conv_general_dilated`` for ``nnx.Conv``.
+
+    ``out[n, i, j, o] = Σ_{a, b, c} pad(x)[n, s_h·i + a, s_w·j + b, c] · k[a, b, c, o]``, computed as
+    ``P @ K`` with ``P[(n, i, j), (a, b, c)]`` the ``kh·kw`` shifted (strided) slices of the padded input
+    and ``K`` the kernel reshaped to ``[kh·kw·C_in, C_out]``. Same values as ``lax.conv_general_dilated``
+    (up to float summation order), same parameters, and its derivatives come from autodiff of slices and
+    one ``dot_general``.
+
+    Why: under ``jax.vmap`` over models (``engine.train_many``: per-model kernels AND per-model inputs)
+    XLA turns a convolution into a grouped convolution, which is slow on XLA:CPU; here the model axis
+    becomes the batch axis of a batched matmul. Measured on 2 CPU cores (digits CNN, batch 64, K = 8
+    models): vmapped gradient 15 ms vs 42 ms with XLA's convolution. For one large model XLA's own
+    convolution is faster (28×28 CNN at batch 128: forward 7 ms vs 29 ms), so it stays the default.
+    Supports NHWC/HWIO, any strides and padding, no dilation, no feature groups.
+
+    Example:
+        >>> import jax
+        >>> from flax import nnx
+        >>> conv = nnx.Conv(1, 4, (3, 3), conv_general_dilated=im2col_conv, rngs=nnx.Rngs(0))
+        >>> conv(jax.numpy.ones((2, 8, 8, 1))).shape
+        (2, 8, 8, 4)
+    """
+    del unused, precision
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        raise ValueError(f"im2col_conv supports 2-D convolutions (NHWC, HWIO), got {lhs.shape} and {rhs.shape}")
+    if dimension_numbers is not None and lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC) != (
+        lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    ):
+        raise ValueError(f"im2col_conv expects NHWC inputs and HWIO kernels, got {dimension_numbers}")
+    if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1))):
+        raise ValueError("im2col_conv does not support dilation; use lax.conv_general_dilated")
+    if feature_group_count != 1:
+        raise ValueError("im2col_conv does not support feature groups; use lax.conv_general_dilated")
+    n, h, w, c = lhs.shape
+    kh, kw, c_in, c_out = rhs.shape
+    if c_in != c:
+        raise ValueError(f"im2col_conv: input has {c} channels, kernel expects {c_in}")
+    sh, sw = (int(v) for v in window_strides)
+    pads = lax.padtype_to_pads((h, w), (kh, kw), (sh, sw), padding) if isinstance(padding, str) else padding
+    (pt, pb), (pl, pr) = ((int(a), int(b)) for a, b in pads)
+    x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    cols = [
+        x[:, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw, :] for a in range(kh) for b in range(kw)
+    ]
+    patches = jnp.stack(cols, axis=3).reshape(n, oh, ow, kh * kw * c)
+    return jnp.einsum("nhwp,po->nhwo", patches, rhs.reshape(kh * kw * c, c_out))

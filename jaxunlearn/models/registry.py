@@ -57,10 +57,11 @@ def _cnn(
     channels: Sequence[int] = (32, 64),
     dense: int = 128,
     pool_min_size: int = 8,
+    conv: str = "xla",
 ) -> CNN:
     """Small CNN (conv32-relu-pool-conv64-relu-pool-dense128-relu-dense)."""
     shape = _image_shape("cnn", input_shape)
-    return CNN(shape, num_classes, channels=channels, dense=dense, pool_min_size=pool_min_size, rngs=rngs)
+    return CNN(shape, num_classes, channels=channels, dense=dense, pool_min_size=pool_min_size, conv=conv, rngs=rngs)
 
 
 def _resnet18(*, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs, width: float = 1.0) -> ResNet18:
@@ -87,7 +88,8 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int], seed=0, **
     * ``theory_cnn`` — ``input_shape=(P, d)``, ``num_classes=2``; ``filters=10`` (m per class),
       ``activation="poly"`` (or ``"relu"``), ``q=3``, ``sigma0=0.01``. Logits ``[F_-1, F_+1]``.
     * ``mlp`` — any ``input_shape``; ``hidden=(256, 128)``.
-    * ``cnn`` — ``input_shape=(H, W, C)``; ``channels=(32, 64)``, ``dense=128``, ``pool_min_size=8``.
+    * ``cnn`` — ``input_shape=(H, W, C)``; ``channels=(32, 64)``, ``dense=128``, ``pool_min_size=8``,
+      ``conv="xla"`` (or ``"im2col"``: same parameters, fast under ``vmap`` over models).
     * ``resnet18`` — ``input_shape=(H, W, C)``; ``width=1.0`` (channel multiplier).
 
     ``seed`` (int or PRNG key) seeds ``nnx.Rngs`` for the initialization. Every model is called as
