@@ -332,7 +332,6 @@ def bench_hutchinson(cfg) -> dict:
         },
         1,
     )
-    g = t["grad"]["median_s"]
     jax_keys = [k for k in t if k not in ("grad", "torch_grad", "torch_hutchinson", "grad_1dev")]
     best = min((k for k in jax_keys if not k.endswith("_1dev")), key=lambda k: t[k]["median_s"])
     default_label = "library_chunk1" if "library_chunk1" in t else best  # default chunk_size on CPU
