@@ -39,6 +39,16 @@ def test_quick_steps_and_vmap_sections(tmp_path):
     if HAS_TORCH:
         assert "torch SAM / JAX SAM" in text
         assert "Hutchinson" in text
+    # the report re-rendered from the raw JSON (runs nothing) has the same generated tables
+    from benchmarks import run as bench
+
+    again = tmp_path / "again.md"
+    bench.main(["--from-json", str(tmp_path / "results.json"), "--out", str(again)])
+    def tables(md):
+        return md.split("## Analysis")[0].split("## Targets", 1)[1].strip()
+
+    assert tables(again.read_text()) == tables(text)
+    assert "re-rendered from its JSON" in again.read_text()
 
 
 @pytest.mark.slow
