@@ -1,8 +1,9 @@
 """Curvature of a loss: Hessian-vector products, Hessian/Fisher diagonals, top eigenvalue, trace.
 
 All functions take ``loss_fn(params, batch) -> scalar`` and any parameter pytree; they import only jax.
-Probes are batched with ``jax.vmap`` in chunks (``chunk_size``) so memory is bounded by the chunk,
-not by the number of parameters or probes. The chunks are looped in Python around ONE compiled chunk
+Probes are processed in chunks (``chunk_size``), batched with ``jax.vmap`` or, on CPU, unrolled in one
+program that shares the forward/backward pass, so memory is bounded by the chunk, not by the number of
+parameters or probes. The chunks are looped in Python around ONE compiled chunk
 function: on XLA:CPU a ``lax.map``/``lax.scan`` (a while loop) whose body holds convolution HVPs ran
 ~100x slower than the same body called from Python (benchmarks/RESULTS.md). Called inside an outer
 ``jax.jit`` the loop unrolls into that program.
@@ -111,44 +112,72 @@ def hessian_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size:
     return _hessian_diagonal(loss_fn, params, batch, min(chunk_size, n))
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "valid"))
-def _hutchinson_chunk(loss_fn, params, batch, key, chunk, valid):
-    """``Σ_k z_k ⊙ H z_k`` over the first ``valid`` of ``chunk`` vmapped Rademacher probes (flat)."""
+PROBE_MODES = ("vmap", "unroll")
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "valid", "mode"))
+def _hutchinson_chunk(loss_fn, params, batch, key, chunk, valid, mode="vmap"):
+    """``Σ_k z_k ⊙ H z_k`` over the first ``valid`` of ``chunk`` Rademacher probes (flat).
+
+    ``mode="vmap"``: the probes are one batched HVP. ``mode="unroll"``: one HVP per probe, all in this one
+    program; the forward/backward pass at ``params`` is the same for every probe and XLA computes it once,
+    so each further probe costs only its tangent pass.
+    """
     flat, _, f = _flat_hvp(loss_fn, params, batch)
     z = jax.random.rademacher(key, (chunk, flat.size), dtype=flat.dtype)
+    if mode == "unroll":
+        total = jnp.zeros_like(flat)
+        for i in range(valid):
+            total = total + z[i] * f(z[i])
+        return total
     w = (jnp.arange(chunk) < valid).astype(flat.dtype)[:, None]
     return jnp.sum(w * z * jax.vmap(f)(z), axis=0)
 
 
-def _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk):
+def _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk, mode="vmap"):
     # Python loop over one compiled chunk function (see _hessian_diagonal for why not lax.map).
     _, unravel = ravel_pytree(params)
     n_chunks = _num_chunks(num_probes, chunk)
     keys = jax.random.split(key, n_chunks)
     total = None
     for i in range(n_chunks):
-        part = _hutchinson_chunk(loss_fn, params, batch, keys[i], chunk, min(chunk, num_probes - i * chunk))
+        part = _hutchinson_chunk(loss_fn, params, batch, keys[i], chunk, min(chunk, num_probes - i * chunk), mode)
         total = part if total is None else total + part
     return unravel(total / num_probes)
 
 
-def _default_probe_chunk() -> int:
-    """Probes per vmapped chunk when ``chunk_size`` is None: 1 on CPU (measured fastest and smallest:
-    benchmarks/RESULTS.md — vmapping probes does not make XLA:CPU convolutions cheaper per probe), 16 on
-    accelerators, where batching the probes fills the device."""
-    return 1 if jax.default_backend() == "cpu" else 16
+MAX_UNROLL = 32
+
+
+def _default_probe_mode(chunk: int) -> str:
+    """``"unroll"`` on CPU for chunks of up to ``MAX_UNROLL`` probes (16 probes of the small CNN: 15 gradient
+    equivalents vs 29 for one probe per call and more for vmapped probes, benchmarks/RESULTS.md; longer
+    unrolled programs compile slowly), ``"vmap"`` otherwise and on accelerators, where batching the probes
+    fills the device."""
+    return "unroll" if jax.default_backend() == "cpu" and chunk <= MAX_UNROLL else "vmap"
 
 
 def hutchinson_diagonal(
-    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_probes: int, *, chunk_size: int | None = None
+    loss_fn: LossFn,
+    params: PyTree,
+    batch: Any,
+    key: jax.Array,
+    num_probes: int,
+    *,
+    chunk_size: int | None = None,
+    probe_mode: str | None = None,
 ) -> PyTree:
     """Hutchinson estimate of the Hessian diagonal ``diag(H) ≈ (1/K) Σ_k z_k ⊙ (H z_k)``.
 
     ``z_k`` are Rademacher (±1) probes; the estimator is unbiased and its variance falls as 1/K.
-    Probes are vmapped ``chunk_size`` at a time (memory ∝ chunk_size × N); exactly ``num_probes``
-    probes are used. ``chunk_size=None`` picks 1 on CPU and 16 on GPU/TPU. The estimate depends only on
-    ``key`` and on how probes are split into chunks (each chunk draws its own probes). Cost: ``num_probes``
-    HVPs (≈ 2 gradients each).
+    Probes are processed ``chunk_size`` at a time (default 16), one compiled call per chunk; exactly
+    ``num_probes`` probes are used. Within a chunk, ``probe_mode="vmap"`` batches the probes into one HVP
+    (memory ∝ chunk_size × N) and ``"unroll"`` runs one HVP per probe in the same program, sharing the
+    forward/backward pass at ``params`` (fastest on XLA:CPU). ``probe_mode=None`` picks ``"unroll"`` on
+    CPU for chunks of up to 32 probes and ``"vmap"`` otherwise and on GPU/TPU. The estimate depends only
+    on ``key`` and ``chunk_size`` (each chunk draws its own probes; both modes use the same probes).
+    Cost: ``num_probes`` HVPs (each a tangent pass of ≈ 1–2 gradients plus, per chunk, one shared
+    forward/backward pass when unrolled).
 
     Example:
         >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)      # diagonal Hessian: exact for any K
@@ -156,8 +185,12 @@ def hutchinson_diagonal(
         Array([2., 5.], dtype=float32)
     """
     num_probes = _validate.positive_int("num_probes", num_probes)
-    chunk_size = _default_probe_chunk() if chunk_size is None else _validate.positive_int("chunk_size", chunk_size)
-    return _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, min(chunk_size, num_probes))
+    chunk_size = 16 if chunk_size is None else _validate.positive_int("chunk_size", chunk_size)
+    chunk = min(chunk_size, num_probes)
+    mode = _default_probe_mode(chunk) if probe_mode is None else probe_mode
+    if mode not in PROBE_MODES:
+        raise ValueError(f"probe_mode must be one of {PROBE_MODES} (or None for the platform default), got {mode!r}.")
+    return _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk, mode)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
@@ -254,14 +287,23 @@ def top_eigenvalue(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, 
 
 
 def hessian_trace(
-    loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_probes: int, *, chunk_size: int | None = None
+    loss_fn: LossFn,
+    params: PyTree,
+    batch: Any,
+    key: jax.Array,
+    num_probes: int,
+    *,
+    chunk_size: int | None = None,
+    probe_mode: str | None = None,
 ) -> jax.Array:
     """Hutchinson estimate of the Hessian trace ``tr(H) ≈ (1/K) Σ_k z_kᵀ H z_k`` (Rademacher ``z_k``).
+
+    ``chunk_size`` / ``probe_mode``: as in :func:`hutchinson_diagonal`.
 
     Example:
         >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)
         >>> hessian_trace(loss, jnp.ones(2), jnp.array([2.0, 5.0]), jax.random.key(0), 8)
         Array(7., dtype=float32)
     """
-    diag = hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk_size=chunk_size)
+    diag = hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk_size=chunk_size, probe_mode=probe_mode)
     return sum(jnp.sum(x) for x in jax.tree.leaves(diag))

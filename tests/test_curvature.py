@@ -106,3 +106,26 @@ def test_bad_input_raises(mlp, call, name):
     params, batch = mlp
     with pytest.raises(ValueError, match=name):
         call(params, batch)
+
+
+@pytest.mark.parametrize("num_probes, chunk", [(16, 16), (7, 3)])
+def test_unrolled_and_vmapped_probes_give_the_same_estimate(dense, num_probes, chunk):
+    """Both probe modes draw the same probes per chunk (also a partial last chunk), so they agree."""
+    params, batch, H, _ = dense
+    key = jax.random.key(5)
+    kw = dict(chunk_size=chunk)
+    un = curvature.hutchinson_diagonal(mlp_loss, params, batch, key, num_probes, probe_mode="unroll", **kw)
+    vm = curvature.hutchinson_diagonal(mlp_loss, params, batch, key, num_probes, probe_mode="vmap", **kw)
+    np.testing.assert_allclose(_flat(un), _flat(vm), rtol=1e-5, atol=1e-6)
+    # ... and it is a Hutchinson estimate: by hand from the same probes
+    flat, _ = ravel_pytree(params)
+    hand = np.zeros(flat.size)
+    for i, k in enumerate(jax.random.split(key, -(-num_probes // chunk))):
+        z = np.asarray(jax.random.rademacher(k, (chunk, flat.size), dtype=flat.dtype), np.float64)
+        for row in z[: min(chunk, num_probes - i * chunk)]:
+            hand += row * (H @ row)
+    np.testing.assert_allclose(_flat(un), hand / num_probes, rtol=1e-3, atol=1e-5)
+    assert curvature._default_probe_mode(16) == ("unroll" if jax.default_backend() == "cpu" else "vmap")
+    assert curvature._default_probe_mode(curvature.MAX_UNROLL + 1) == "vmap"
+    with pytest.raises(ValueError, match="probe_mode"):
+        curvature.hutchinson_diagonal(mlp_loss, params, batch, key, 4, probe_mode="scan")
