@@ -191,11 +191,13 @@ def _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, ha
     SPMD partitioner all-reduces the gradients: SAM then perturbs with the GLOBAL batch gradient.
     ``sam_mode="per_device"`` computes each device's perturbation from its own shard instead and
     averages the per-device SAM gradients (the loss value and model state still come from the
-    unperturbed global pass).
+    unperturbed global pass). ``total_steps=None``: the schedule's length is read from
+    ``hp["_total_steps"]`` at run time (as ``run`` does), so one compiled step serves runs of any length.
     """
     per_device = sam_mode == "per_device" and cfg.sam != "none" and mesh is not None
 
     def update(params, model_state, opt_state, x, y, idx_r, idx_f, hp, mask):
+        total = hp["_total_steps"] if total_steps is None else total_steps  # None: the run's length is traced
         x_r, y_r = _gather(x, y, idx_r)
         x_f, y_f = _gather(x, y, idx_f)
         batch = {"x_r": x_r, "y_r": y_r, "i_r": idx_r, "x_f": x_f, "y_f": y_f, "i_f": idx_f}
@@ -212,7 +214,7 @@ def _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, ha
         else:
             (loss, new_state), g = jax.value_and_grad(lf, has_aux=True)(params)
             grad_fn = lambda p: jax.grad(lf, has_aux=True)(p)[0]  # noqa: E731
-        tx = build_optimizer(cfg, total_steps, sign=sign, mask=mask if has_mask else None, mask_reading=mask_reading)
+        tx = build_optimizer(cfg, total, sign=sign, mask=mask if has_mask else None, mask_reading=mask_reading)
         updates, opt_state = tx.update(g, opt_state, params, grad_fn=grad_fn)
         params = optax.apply_updates(params, updates)
         return params, new_state, opt_state, loss
@@ -365,12 +367,12 @@ def run(
         ).init(params)
         for ph in plan.phases
     ]
-    steps_fns = [
+    steps_fns = [  # the run's length reaches the schedule as hp["_total_steps"]: not part of the compiled step
         _jitted_step(
             apply_fn,
             ph.loss,
             _phase_cfg(plan, ph),
-            total_steps,
+            None,
             ph.sign,
             plan.mask_reading,
             ph.mask_key is not None,
@@ -419,7 +421,12 @@ def run(
             idx_f = _epoch_indices(rng, f_pool, steps, min(bs, f_pool.size))
             ok = ok0
             losses = {plan.phases[i].name: [] for i in active}
-            hp_epoch = {**hp, "_epoch": np.int32(epoch), "_epochs": np.int32(plan.epochs)}
+            hp_epoch = {
+                **hp,
+                "_epoch": np.int32(epoch),
+                "_epochs": np.int32(plan.epochs),
+                "_total_steps": np.int32(total_steps),
+            }
             if mesh is not None:  # every input of the step on the mesh (needed across processes)
                 idx_r, idx_f = distributed.replicate((jnp.asarray(idx_r), jnp.asarray(idx_f)), mesh)
                 hp_epoch = distributed.replicate(hp_epoch, mesh)

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from jaxunlearn import _validate, objectives, transforms
@@ -83,8 +84,28 @@ PRETRAIN_DEFAULT = OptimConfig()
 UNLEARN_DEFAULT = OptimConfig(name="adamw", lr=0.01, momentum=0.0, weight_decay=5e-4, schedule="constant")
 
 
-def _base_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    lr = optax.cosine_decay_schedule(cfg.lr, max(1, total_steps)) if cfg.schedule == "cosine" else cfg.lr
+def cosine_schedule(lr: float, total_steps) -> optax.Schedule:
+    """``η_t = lr · ½(1 + cos(π · min(t, T) / T))`` with ``T = max(1, total_steps)``.
+
+    The same values as ``optax.cosine_decay_schedule(lr, T)``, but ``total_steps`` may be a traced array:
+    the engine passes the run's length at run time, so runs of different lengths (pretraining and Retrain,
+    another number of epochs) share one compiled step.
+
+    Example:
+        >>> [float(cosine_schedule(1.0, 4)(t)) for t in (0, 2, 4, 6)]
+        [1.0, 0.5, 0.0, 0.0]
+    """
+
+    def schedule(count):
+        total = jnp.maximum(jnp.asarray(total_steps, jnp.float32), 1.0)
+        frac = jnp.minimum(jnp.asarray(count, jnp.float32), total) / total
+        return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+    return schedule
+
+
+def _base_optimizer(cfg: OptimConfig, total_steps) -> optax.GradientTransformation:
+    lr = cosine_schedule(cfg.lr, total_steps) if cfg.schedule == "cosine" else cfg.lr
     if cfg.name == "sgd":
         parts = []
         if cfg.weight_decay:
@@ -98,7 +119,7 @@ def _base_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
 
 def build_optimizer(
     cfg: OptimConfig,
-    total_steps: int,
+    total_steps,
     *,
     sign: str = "min",
     mask: PyTree | None = None,

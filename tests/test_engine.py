@@ -310,6 +310,29 @@ def test_no_recompilation_between_epochs_or_runs(small):
         )
     assert counts == [counts[0]] * 6
     assert compiled == []
+    # a run of another length (other epochs, another training subset: another cosine schedule length)
+    # still reuses the step: the schedule's length is a run-time value, not part of the program
+    with step_compilations() as compiled:
+        short = engine.train(
+            apply_fn, params, state, small, optimizer=cfg, epochs=2, train_idx=np.arange(len(small) // 2),
+            progress=False,
+        )  # fmt: skip
+    assert compiled == []
+    assert engine.COMPILE_COUNTER.count == counts[0]
+    assert np.all(np.isfinite(np.asarray(jax.tree.leaves(short.params)[0])))
+
+
+def test_cosine_schedule_matches_optax_and_takes_a_traced_length():
+    import optax
+
+    from jaxunlearn.plan import cosine_schedule
+
+    ref = optax.cosine_decay_schedule(0.1, 37)
+    ours = cosine_schedule(0.1, 37)
+    traced = jax.jit(lambda t, total: cosine_schedule(0.1, total)(t))
+    for t in (0, 1, 10, 36, 37, 50):
+        assert float(ours(t)) == pytest.approx(float(ref(t)), abs=1e-7)
+        assert float(traced(t, jnp.int32(37))) == pytest.approx(float(ref(t)), abs=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------------
