@@ -592,12 +592,13 @@ def train_many(
             "'data' devices: pass a multiple of that many models (or a smaller mesh)."
         )
 
-    step = _many_step(apply_fn, optimizer, total, tuple(sorted(hyper)))
+    step = _many_step(apply_fn, optimizer, tuple(sorted(hyper)))
     params, model_state = _copy(params), _copy(model_state)
     if mesh is not None:  # model k (and everything of it) on one device; the data on every device
         params, model_state, hyper = jax.device_put((params, model_state, hyper), distributed.batch_sharding(mesh))
     opt_state = jax.vmap(lambda p, h: build_optimizer(_with_hyper(optimizer, h), total).init(p))(params, hyper)
     data_x, data_y = (data.x, data.y) if mesh is None else distributed.replicate((data.x, data.y), mesh)
+    total_arr = np.int32(total) if mesh is None else distributed.replicate(jnp.int32(total), mesh)
     bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in range(epochs):
         per_model = [
@@ -616,7 +617,9 @@ def train_many(
             spec = jax.sharding.PartitionSpec(None, distributed._data_axis(mesh))
             idx = jax.device_put(idx, jax.sharding.NamedSharding(mesh, spec))
         for s in range(steps):
-            params, model_state, opt_state, _ = step(params, model_state, opt_state, data_x, data_y, idx[s], hyper)
+            params, model_state, opt_state, _ = step(
+                params, model_state, opt_state, data_x, data_y, idx[s], hyper, total_arr
+            )
             bar.update(1)
     bar.close()
     return params, model_state
@@ -628,17 +631,18 @@ def _with_hyper(optimizer: OptimConfig, h: dict) -> OptimConfig:
 
 
 @functools.lru_cache(maxsize=64)
-def _many_step(apply_fn, optimizer: OptimConfig, total: int, hyper_keys: tuple[str, ...]):
-    """The vmapped step of :func:`train_many`, compiled once per (model, optimizer, schedule, swept keys)."""
+def _many_step(apply_fn, optimizer: OptimConfig, hyper_keys: tuple[str, ...]):
+    """The vmapped step of :func:`train_many`, compiled once per (model, optimizer, swept keys); the
+    schedule's length ``total`` is a run-time argument (shared by the K models)."""
     del hyper_keys  # part of the cache key: the swept hyperparameters change the traced program
 
-    def one(p, s, o, x, y, ir, h):
-        update = _phase_update(apply_fn, supervised_loss, _with_hyper(optimizer, h), total, "min", "strict", False)
-        return update(p, s, o, x, y, ir, ir, {}, None)
+    def one(p, s, o, x, y, ir, h, total):
+        update = _phase_update(apply_fn, supervised_loss, _with_hyper(optimizer, h), None, "min", "strict", False)
+        return update(p, s, o, x, y, ir, ir, {"_total_steps": total}, None)
 
-    def step(p, s, o, x, y, ir, h):
+    def step(p, s, o, x, y, ir, h, total):
         COMPILE_COUNTER.count += 1
-        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0, 0))(p, s, o, x, y, ir, h)
+        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0, 0, None))(p, s, o, x, y, ir, h, total)
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
 

@@ -371,6 +371,21 @@ def test_train_many_equals_separate_runs(small, sam):
     assert not np.allclose(np.asarray(pk["head"]["kernel"][0]), np.asarray(pk["head"]["kernel"][1]))
 
 
+def test_train_many_reuses_its_step_across_run_lengths(small):
+    """Another number of epochs (another cosine schedule length) reuses the compiled vmapped step."""
+    apply_fn, params, state = _mlp(seed=5)
+    p2, s2 = (jax.tree.map(lambda a: jnp.stack([a, a]), t) for t in (params, state))
+    sets = np.stack([np.arange(100), np.arange(100, 200)])
+    cfg = engine.OptimConfig(lr=0.0437)  # a configuration no other test compiles
+    kw = dict(optimizer=cfg, batch_size=32, progress=False)
+    c0 = engine.COMPILE_COUNTER.count
+    a, _ = engine.train_many(apply_fn, p2, s2, small, sets, epochs=1, **kw)
+    assert engine.COMPILE_COUNTER.count == c0 + 1
+    b, _ = engine.train_many(apply_fn, p2, s2, small, sets, epochs=3, **kw)
+    assert engine.COMPILE_COUNTER.count == c0 + 1
+    assert not np.allclose(np.asarray(a["head"]["kernel"]), np.asarray(b["head"]["kernel"]))
+
+
 def test_train_many_validation(small):
     apply_fn, params, state = _mlp()
     p2 = jax.tree.map(lambda a: jnp.stack([a, a]), params)
