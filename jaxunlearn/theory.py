@@ -58,54 +58,30 @@ RESULT_KEYS = ("settings", "pretrain", "unlearn", "sweep", "seconds", "files")
 _OPTS = ("sgd", "sam")
 
 
-def _check(
-    n,
-    d,
-    phi_norm,
-    sigma_p,
-    steps,
-    lr,
-    rho,
-    unlearn_steps,
-    unlearn_lr,
-    alpha,
-    forget_fraction,
-    unlearn,
-    activation,
-    filters,
-    phi_sweep,
-    sweep_seeds,
-    n_test,
-):
-    for name, v in (
-        ("n", n),
-        ("d", d),
-        ("steps", steps),
-        ("unlearn_steps", unlearn_steps),
-        ("filters", filters),
-        ("sweep_seeds", sweep_seeds),
-        ("n_test", n_test),
-    ):
-        _validate.positive_int(name, v)
+def _check(s: dict) -> list[float]:
+    """Validate the settings of :func:`run_theory` (a dict by name); return ``phi_sweep`` as floats."""
+    n, d, alpha, forget_fraction = s["n"], s["d"], s["alpha"], s["forget_fraction"]
+    for name in ("n", "d", "steps", "unlearn_steps", "filters", "sweep_seeds", "n_test"):
+        _validate.positive_int(name, s[name])
     if n < 2:
         raise ValueError(f"n must be >= 2 (at least one retain and one forget example), got {n!r}.")
     if d < 2:
         raise ValueError(f"d must be >= 2 (coordinate 0 carries the signal φ), got {d!r}.")
-    _validate.positive("lr", lr, hint="e.g. lr=0.5 for full-batch gradient descent on the theory CNN.")
-    if unlearn_lr is not None:
-        _validate.positive("unlearn_lr", unlearn_lr)
-    _validate.positive("rho", rho, hint="SAM's radius must be positive, e.g. rho=1.0 in the theory setting.")
-    _validate.positive("phi_norm", phi_norm, allow_zero=True)
-    _validate.positive("sigma_p", sigma_p, hint="the noise patches need a positive standard deviation.")
+    _validate.positive("lr", s["lr"], hint="e.g. lr=0.5 for full-batch gradient descent on the theory CNN.")
+    if s["unlearn_lr"] is not None:
+        _validate.positive("unlearn_lr", s["unlearn_lr"])
+    _validate.positive("rho", s["rho"], hint="SAM's radius must be positive, e.g. rho=1.0 in the theory setting.")
+    _validate.positive("phi_norm", s["phi_norm"], allow_zero=True)
+    _validate.positive("sigma_p", s["sigma_p"], hint="the noise patches need a positive standard deviation.")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (weight of the retain loss), got {alpha!r}.")
     if not 0.0 < float(forget_fraction) < 1.0:
         raise ValueError(f"forget_fraction must be in (0, 1), got {forget_fraction!r}.")
-    _validate.choice("unlearn", unlearn, UNLEARN_KINDS)
-    _validate.choice("activation", activation, models.theory.ACTIVATIONS)
-    phis = [float(p) for p in phi_sweep]
+    _validate.choice("unlearn", s["unlearn"], UNLEARN_KINDS)
+    _validate.choice("activation", s["activation"], models.theory.ACTIVATIONS)
+    phis = [float(p) for p in s["phi_sweep"]]
     if not phis or any(not np.isfinite(p) or p < 0 for p in phis):
-        raise ValueError(f"phi_sweep must be a non-empty list of finite numbers >= 0, got {phi_sweep!r}.")
+        raise ValueError(f"phi_sweep must be a non-empty list of finite numbers >= 0, got {s['phi_sweep']!r}.")
     return phis
 
 
@@ -217,33 +193,6 @@ def run_theory(
     Raises:
         ValueError: invalid settings (n < 2, d < 2, steps < 1, lr <= 0, rho <= 0, sigma_p <= 0, ...).
     """
-    phis = _check(
-        n,
-        d,
-        phi_norm,
-        sigma_p,
-        steps,
-        lr,
-        rho,
-        unlearn_steps,
-        unlearn_lr,
-        alpha,
-        forget_fraction,
-        unlearn,
-        activation,
-        filters,
-        phi_sweep,
-        sweep_seeds,
-        n_test,
-    )
-    t_start = time.perf_counter()
-    unlearn_lr = float(lr if unlearn_lr is None else unlearn_lr)
-    out = (
-        os.fspath(out)
-        if out is not None
-        else os.path.join("runs", "theory-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    )
-    os.makedirs(out, exist_ok=True)
     settings = dict(
         n=n,
         d=d,
@@ -263,9 +212,18 @@ def run_theory(
         unlearn_lr=unlearn_lr,
         alpha=alpha,
         lamb=lamb,
-        phi_sweep=phis,
+        phi_sweep=phi_sweep,
         sweep_seeds=sweep_seeds,
     )
+    phis = settings["phi_sweep"] = _check(settings)
+    t_start = time.perf_counter()
+    unlearn_lr = settings["unlearn_lr"] = float(lr if unlearn_lr is None else unlearn_lr)
+    out = (
+        os.fspath(out)
+        if out is not None
+        else os.path.join("runs", "theory-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    )
+    os.makedirs(out, exist_ok=True)
     bar = tqdm(total=3, desc="theory", disable=not progress, leave=False, dynamic_ncols=True)
 
     # ---- data, model, forget set -------------------------------------------------------------------
