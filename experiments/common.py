@@ -259,17 +259,21 @@ class Timer:
 # They reuse the runner's loaders and evaluation so the numbers are comparable with run_job's tables.
 
 
+def _job(s: dict) -> JobConfig:
+    """The ``JobConfig`` of the settings ``s`` (keys that are not job settings are ignored)."""
+    return JobConfig(**{k: v for k, v in s.items() if k in {f.name for f in dataclasses.fields(JobConfig)}})
+
+
 def dataset(s: dict, seed: int):
     """The job's dataset (same subset / split as ``run_job`` for this seed)."""
-    cfg = JobConfig(**{k: v for k, v in s.items() if k in {f.name for f in dataclasses.fields(JobConfig)}})
-    return runner.load_dataset(cfg, seed)
+    return runner.load_dataset(_job(s), seed)
 
 
 def model(s: dict, ds, seed: int):
     """``(apply_fn, params, model_state, init_fn)`` for the configured model (as ``run_job`` builds it)."""
     from jaxunlearn import models
 
-    cfg = JobConfig(**{k: v for k, v in s.items() if k in {f.name for f in dataclasses.fields(JobConfig)}})
+    cfg = _job(s)
     apply_fn, params, state = models.split_model(runner.build_model(cfg, ds, seed))
 
     def init_fn(k):
@@ -277,6 +281,23 @@ def model(s: dict, ds, seed: int):
         return p, st
 
     return apply_fn, params, state, init_fn
+
+
+def pretrain(s: dict, apply_fn, params, model_state, data, optimizer, seed: int, progress: bool):
+    """``engine.train`` with the job's pretraining epochs and batch size (as ``run_job`` pretrains)."""
+    from jaxunlearn import engine
+
+    return engine.train(
+        apply_fn,
+        params,
+        model_state,
+        data,
+        optimizer=optimizer,
+        epochs=s["pretrain_epochs"],
+        batch_size=s["batch_size"],
+        seed=seed,
+        progress=progress,
+    )
 
 
 def pretrain_optimizer(s: dict, kind: str):

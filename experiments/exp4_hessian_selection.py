@@ -68,32 +68,13 @@ def main(argv=None):
         pre = common.pretrain_optimizer(s, "sgd")
         clean = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
         t0 = time.perf_counter()
-        retr = engine.train(
-            apply_fn,
-            *init_fn(seed + 1000),
-            clean,
-            optimizer=pre,
-            epochs=s["pretrain_epochs"],
-            batch_size=s["batch_size"],
-            seed=seed,
-            progress=args.progress,
-        )
+        retr = common.pretrain(s, apply_fn, *init_fn(seed + 1000), clean, pre, seed, args.progress)
         retrain_s = time.perf_counter() - t0
         for task in tasks:
             poisoned, z = data.backdoor(ds, args.poison, args.target, seed=seed, trigger=(task == "feature"))
             x_bd, _ = data.triggered_test_set(poisoned) if task == "feature" else (None, None)
             dd = engine.DeviceData.from_numpy(poisoned.x_train, poisoned.y_train)
-            orig = engine.train(
-                apply_fn,
-                p0,
-                st0,
-                dd,
-                optimizer=pre,
-                epochs=s["pretrain_epochs"],
-                batch_size=s["batch_size"],
-                seed=seed,
-                progress=args.progress,
-            )
+            orig = common.pretrain(s, apply_fn, p0, st0, dd, pre, seed, args.progress)
             rows = per.setdefault(task, {})
 
             def m(pp, ss, task=task, z=z, x_bd=x_bd, apply_fn=apply_fn, ds=ds):

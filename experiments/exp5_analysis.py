@@ -64,17 +64,7 @@ def main(argv=None):
         models_ = {}
         for pre in ("sgd", "sam"):
             pre_cfg = common.pretrain_optimizer(s, pre)
-            orig = engine.train(
-                apply_fn,
-                p0,
-                st0,
-                dd,
-                optimizer=pre_cfg,
-                epochs=s["pretrain_epochs"],
-                batch_size=s["batch_size"],
-                seed=seed,
-                progress=args.progress,
-            )
+            orig = common.pretrain(s, apply_fn, p0, st0, dd, pre_cfg, seed, args.progress)
             models_[f"{pre} / original"] = (orig.params, orig.model_state, orig.seconds)
             ctx_kw = dict(
                 apply_fn=apply_fn,
