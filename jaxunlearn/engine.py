@@ -223,8 +223,9 @@ def _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, ha
 
 
 @functools.lru_cache(maxsize=256)
-def _jitted_step(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask, mesh=None, sam_mode="global"):
-    update = _phase_update(apply_fn, phase_loss, cfg, total_steps, sign, mask_reading, has_mask, mesh, sam_mode)
+def _jitted_step(apply_fn, phase_loss, cfg, sign, mask_reading, has_mask, mesh=None, sam_mode="global"):
+    # the schedule's length is read from hp["_total_steps"] at run time: not part of the compiled step
+    update = _phase_update(apply_fn, phase_loss, cfg, None, sign, mask_reading, has_mask, mesh, sam_mode)
 
     def step(params, model_state, opt_state, ok, x, y, idx_r, idx_f, hp, mask):
         COMPILE_COUNTER.count += 1  # runs only while tracing
@@ -367,12 +368,11 @@ def run(
         ).init(params)
         for ph in plan.phases
     ]
-    steps_fns = [  # the run's length reaches the schedule as hp["_total_steps"]: not part of the compiled step
+    steps_fns = [
         _jitted_step(
             apply_fn,
             ph.loss,
             _phase_cfg(plan, ph),
-            None,
             ph.sign,
             plan.mask_reading,
             ph.mask_key is not None,
