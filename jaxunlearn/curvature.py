@@ -177,15 +177,15 @@ def hutchinson_diagonal(
     """Hutchinson estimate of the Hessian diagonal ``diag(H) ≈ (1/K) Σ_k z_k ⊙ (H z_k)``.
 
     ``z_k`` are Rademacher (±1) probes; the estimator is unbiased and its variance falls as 1/K.
-    Probes are processed ``chunk_size`` at a time (default 4 on CPU, 16 on GPU/TPU), one compiled call
-    per chunk; exactly ``num_probes`` probes are used. Within a chunk, ``probe_mode="vmap"`` batches the
-    probes into one HVP (memory ∝ chunk_size × N) and ``"unroll"`` runs one HVP per probe in the same
-    program, sharing the forward/backward pass at ``params`` (fastest on XLA:CPU). ``probe_mode=None`` picks ``"unroll"`` on
-    CPU for chunks of up to 32 probes and ``"vmap"`` otherwise and on GPU/TPU. The estimate depends only
-    on ``key`` and ``chunk_size`` (each chunk draws its own probes; both modes use the same probes).
-    Cost: ``num_probes`` HVPs (each a tangent pass of ≈ 1–2 gradients plus, per chunk, one shared
-    forward/backward pass when unrolled). For many calls with the same shapes on CPU, ``chunk_size=16``
-    is ≈ 10 % faster per call but compiles ≈ 2× longer.
+    Probes are processed ``chunk_size`` at a time (default 4 on CPU, 16 on GPU/TPU), one compiled call per
+    chunk; exactly ``num_probes`` probes are used. Within a chunk, ``probe_mode="vmap"`` batches the probes
+    into one HVP (memory ∝ chunk_size × N) and ``"unroll"`` runs one HVP per probe in the same program,
+    sharing the forward/backward pass at ``params`` (fastest on XLA:CPU). ``probe_mode=None`` picks
+    ``"unroll"`` on CPU for chunks of up to 32 probes and ``"vmap"`` otherwise and on GPU/TPU. The estimate
+    depends only on ``key`` and ``chunk_size`` (each chunk draws its own probes; both modes use the same
+    probes). Cost: ``num_probes`` HVPs (each a tangent pass of ≈ 1–2 gradients plus, per chunk, one shared
+    forward/backward pass when unrolled). For many calls with the same shapes on CPU, ``chunk_size=16`` is ≈
+    10 % faster per call but compiles ≈ 2× longer.
 
     Example:
         >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)      # diagonal Hessian: exact for any K
