@@ -156,7 +156,9 @@ def dp() -> dict:
     kw = dict(optimizer=engine.OptimConfig(lr=0.05), epochs=1, batch_size=32, progress=False)
     m1, _ = engine.train_many(apply_fn, *stack, dev, sets, **kw)
     m8, _ = engine.train_many(apply_fn, *stack, dev, sets, mesh=mesh, **kw)
+    v8, _ = engine.train_many(apply_fn, *stack, dev, sets, mesh=mesh, model_mode="vmap", **kw)
     out["train_many_mesh_maxdiff"] = maxdiff(m1, m8)
+    out["train_many_mesh_vmap_maxdiff"] = maxdiff(m1, v8)
     out["train_many_moved"] = maxdiff(m1, stack[0])
     out["train_many_spec"] = str(jax.tree.leaves(m8)[0].sharding.spec)
     try:

@@ -98,7 +98,8 @@ def test_engine_with_fsdp_parameter_sharding(dp_report):
 def test_train_many_splits_models_over_the_mesh(dp_report):
     """train_many(mesh=8 devices): one model per device, the same parameters as the one-device run."""
     assert dp_report["train_many_moved"] > 1e-3
-    assert dp_report["train_many_mesh_maxdiff"] < 1e-5
+    assert dp_report["train_many_mesh_maxdiff"] < 1e-5  # default on CPU: unrolled inside shard_map
+    assert dp_report["train_many_mesh_vmap_maxdiff"] < 1e-5
     assert "data" in dp_report["train_many_spec"]  # the K axis is sharded over the mesh
     assert "multiple of that many models" in dp_report["train_many_indivisible"]
 

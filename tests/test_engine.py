@@ -340,10 +340,11 @@ def test_cosine_schedule_matches_optax_and_takes_a_traced_length():
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sam", ["none", "sam"])
-def test_train_many_equals_separate_runs(small, sam):
-    """K = 3 models trained at once with vmap equal 3 separate ``train`` runs with the same seeds
-    (``seeds=[s_k]`` gives model k the batches of ``train(..., seed=s_k)``), and a K = 1 sweep on row k."""
+@pytest.mark.parametrize("sam,mode", [("none", "vmap"), ("sam", "vmap"), ("none", "unroll"), ("sam", "unroll")])
+def test_train_many_equals_separate_runs(small, sam, mode):
+    """K = 3 models trained at once (vmapped or unrolled in one program) equal 3 separate ``train`` runs
+    with the same seeds (``seeds=[s_k]`` gives model k the batches of ``train(..., seed=s_k)``), and a
+    K = 1 sweep on row k."""
     inits = [_mlp(seed=k) for k in range(3)]
     apply_fn = inits[0][0]
     stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
@@ -352,7 +353,9 @@ def test_train_many_equals_separate_runs(small, sam):
     sets = np.stack([np.sort(rng.choice(len(small), 200, replace=False)) for _ in range(3)])
     cfg = engine.OptimConfig(lr=0.05, sam=sam)
     seeds = [10, 11, 12]
-    pk, _ = engine.train_many(apply_fn, p3, s3, small, sets, optimizer=cfg, epochs=3, seeds=seeds, progress=False)
+    pk, _ = engine.train_many(
+        apply_fn, p3, s3, small, sets, optimizer=cfg, epochs=3, seeds=seeds, progress=False, model_mode=mode
+    )
     for k in range(3):
         res = engine.train(
             apply_fn, inits[k][1], inits[k][2], small, optimizer=cfg, epochs=3, train_idx=sets[k], seed=seeds[k],
@@ -363,8 +366,9 @@ def test_train_many_equals_separate_runs(small, sam):
             assert not np.allclose(np.asarray(b), np.asarray(p0))  # it did train
     one = lambda t: jax.tree.map(lambda a: a[1:2], t)
     p1, _ = engine.train_many(
-        apply_fn, one(p3), one(s3), small, sets[1:2], optimizer=cfg, epochs=3, seeds=[11], progress=False
-    )
+        apply_fn, one(p3), one(s3), small, sets[1:2], optimizer=cfg, epochs=3, seeds=[11], progress=False,
+        model_mode=mode,
+    )  # fmt: skip
     for a, b in zip(jax.tree.leaves(pk), jax.tree.leaves(p1)):
         np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[0]), rtol=1e-5, atol=1e-6)
     # different subsets / seeds really give different models
@@ -399,6 +403,16 @@ def test_train_many_validation(small):
         engine.train_many(apply_fn, p2, s2, small, good, epochs=1, seeds=[1], progress=False)
     with pytest.raises(ValueError, match="indices"):
         engine.train_many(apply_fn, p2, s2, small, good + len(small), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="model_mode must be one of"):
+        engine.train_many(apply_fn, p2, s2, small, good, epochs=1, progress=False, model_mode="scan")
+
+
+def test_train_many_default_mode():
+    """Unrolled model steps on CPU up to MAX_UNROLL_MODELS per device, vmap beyond (and on accelerators)."""
+    cpu = jax.default_backend() == "cpu"
+    assert engine._default_model_mode(8) == ("unroll" if cpu else "vmap")
+    assert engine._default_model_mode(engine.MAX_UNROLL_MODELS) == ("unroll" if cpu else "vmap")
+    assert engine._default_model_mode(engine.MAX_UNROLL_MODELS + 1) == "vmap"
 
 
 # ---------------------------------------------------------------------------------------------------
