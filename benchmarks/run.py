@@ -47,7 +47,7 @@ from jaxunlearn.methods import neggrad as neggrad_mod  # noqa: E402
 from jaxunlearn.methods import sharp_minmax as smm  # noqa: E402
 from jaxunlearn.plan import OptimConfig, build_optimizer, supervised_loss  # noqa: E402
 
-SECTIONS = ("steps", "torch", "hutchinson", "train_many", "memory", "job")
+SECTIONS = ("steps", "torch", "hutchinson", "train_many", "memory", "job", "limits")
 MESH = None  # the ("data",) mesh over the CPU cores (distributed.cpu_devices), set by main()
 
 
@@ -122,6 +122,20 @@ class _Stepper:
         for i, (_, step) in enumerate(self.phases):
             self.params, self.state, self.opt[i], loss = step(self.params, self.state, self.opt[i], *self.args)
         return _block(loss)
+
+
+def flops_of(fn, *args) -> float | None:
+    """FLOPs of one call of ``fn(*args)`` as XLA's cost analysis counts them in the compiled program (one
+    device: pass unsharded arguments); ``None`` where the backend gives no count."""
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+    try:
+        cost = jitted.lower(*args).compile().cost_analysis()
+    except Exception:  # pragma: no cover - backends without cost analysis
+        return None
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
+    value = (cost or {}).get("flops")
+    return float(value) if value else None
 
 
 def _torch_threads() -> int:
@@ -348,6 +362,57 @@ def bench_hutchinson(cfg) -> dict:
     }
 
 
+def bench_limits(cfg) -> dict:
+    """The physical limit: the machine's measured f32 matmul rate (JAX on one device, which uses every core,
+    and PyTorch with the same threads) and the FLOPs of the benchmarked programs (XLA cost analysis of the
+    one-device programs; PyTorch runs the same model, so the same FLOPs). The report divides these by the
+    measured times of the other sections: achieved GFLOP/s, share of the matmul peak, and the time floor
+    at peak."""
+    n = 512 if cfg.quick else 2048
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)).astype(np.float32))
+    mm = jax.jit(lambda m: m @ m)
+    contenders = {"jax_matmul": lambda: _block(mm(a))}
+    try:
+        import torch
+    except ImportError:  # the JAX rate alone
+        pass
+    else:
+        torch.set_num_threads(_torch_threads())
+        ta = torch.from_numpy(np.asarray(a))
+        contenders["torch_matmul"] = lambda: ta @ ta
+    t = interleaved(contenders, cfg.repeats, cfg.inner)
+    peak = {k: 2 * n**3 / v["median_s"] / 1e9 for k, v in t.items()}
+    small, b = ((8, 8, 1), 16) if cfg.quick else ((28, 28, 1), 128)
+    flops: dict[str, float | None] = {}
+
+    def step_flops(name, shape, batch, opt, **kw):
+        apply_fn, params, state = models.split_model(
+            models.build(name, num_classes=10, input_shape=shape, seed=0, **kw)
+        )
+        x, y = _random_data(batch, shape)
+        tx, step = equivalent_step(apply_fn, supervised_loss, opt)
+        idx = jnp.arange(batch, dtype=jnp.int32)
+        args = (params, state, tx.init(params), jnp.asarray(x), jnp.asarray(y), idx, idx, {})
+        return flops_of(step, *args), (apply_fn, params, state, x, y)
+
+    flops["cnn_sgd_step"], _ = step_flops("cnn", small, b, OptimConfig())
+    flops["cnn_sam_step"], (apply_fn, params, state, x, y) = step_flops("cnn", small, b, OptimConfig(sam="sam"))
+    loss = _ce(apply_fn, state)
+    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
+    probes = 4 if cfg.quick else 16
+    flops["cnn_grad"] = flops_of(jax.grad(loss), params, batch)
+    # the library default, traced whole (its Python loop over chunks unrolls under the outer jit)
+    flops["cnn_hutchinson"] = flops_of(
+        lambda p, bt: curvature.hutchinson_diagonal(loss, p, bt, jax.random.key(0), probes), params, batch
+    )
+    flops["cnn_hvp"] = flops_of(lambda p, bt: curvature.hvp(loss, p, bt, p), params, batch)
+    rshape, rb, rkw = ((8, 8, 3), 4, {"width": 0.125}) if cfg.quick else ((32, 32, 3), 32, {})
+    flops["resnet18_sam_step"], _ = step_flops("resnet18", rshape, rb, OptimConfig(sam="sam"), **rkw)
+    flops["resnet18_sgd_step"], _ = step_flops("resnet18", rshape, rb, OptimConfig(), **rkw)
+    flops["digits_cnn_sgd_step_b64"], _ = step_flops("cnn", (8, 8, 1), 64, OptimConfig(lr=0.05))
+    return {"matmul_n": n, "matmul_timings": t, "peak_gflops": peak, "flops": flops, "probes": probes}
+
+
 _HUTCH_CHILD = r"""
 import json, statistics, sys, time
 from jaxunlearn import distributed
@@ -417,12 +482,12 @@ def bench_train_many(cfg) -> dict:
     opt = OptimConfig(lr=0.05)
     mesh = MESH if MESH is not None and k % distributed.data_size(MESH) == 0 else None
 
-    def vm(impl, mesh):
+    def vm(impl, mesh, mode=None):
         apply_fn, params, state = built[impl]
         stacked = [jax.tree.map(lambda a: jnp.stack([a] * k), t) for t in (params, state)]
         p, _ = engine.train_many(
             apply_fn, *stacked, dd, sets, optimizer=opt, epochs=epochs, batch_size=bs, progress=False, mesh=mesh,
-            seeds=list(range(k)),
+            seeds=list(range(k)), model_mode=mode,
         )  # fmt: skip
         return _block(p)
 
@@ -438,8 +503,9 @@ def bench_train_many(cfg) -> dict:
         return _block(out)
 
     contenders = {
-        "train_many_K": lambda: vm("im2col", mesh),
-        "train_many_K_xla_conv_one_device": lambda: vm("xla", None),
+        "train_many_K": lambda: vm("xla", mesh),
+        "train_many_K_vmap_im2col": lambda: vm("im2col", mesh, "vmap"),
+        "train_many_K_vmap_xla_one_device": lambda: vm("xla", None, "vmap"),
         "sequential_K": lambda: seq("xla"),
         "sequential_K_im2col": lambda: seq("im2col"),
     }
@@ -447,7 +513,7 @@ def bench_train_many(cfg) -> dict:
     reps = max(2, cfg.repeats // 3)
     t = interleaved(contenders, reps)
     # the vmapped models equal the separate runs (same seeds -> same batches)
-    many, sep = vm("im2col", mesh), seq("xla")
+    many, sep = vm("xla", mesh), seq("xla")
     diff = max(
         float(jnp.max(jnp.abs(a[i] - b)))
         for i in range(k)
@@ -458,13 +524,15 @@ def bench_train_many(cfg) -> dict:
         "K": k,
         "epochs": epochs,
         "examples_per_model": m,
+        "batch_size": bs,
         "devices": 1 if mesh is None else distributed.data_size(mesh),
         "timings": t,
         "compiles": engine.COMPILE_COUNTER.count - c0,
         "max_abs_diff_vs_sequential": diff,
         "best_sequential": best_seq,
         "throughput_ratio": t[best_seq]["median_s"] / t["train_many_K"]["median_s"],
-        "throughput_ratio_old": t["sequential_K"]["median_s"] / t["train_many_K_xla_conv_one_device"]["median_s"],
+        "throughput_ratio_vmap_im2col": t[best_seq]["median_s"] / t["train_many_K_vmap_im2col"]["median_s"],
+        "throughput_ratio_old": t["sequential_K"]["median_s"] / t["train_many_K_vmap_xla_one_device"]["median_s"],
         "throughput_ratio_with_compile": t[best_seq]["first_s"] / t["train_many_K"]["first_s"],
     }
 
@@ -820,12 +888,15 @@ def write_report(results: dict, path: str, cfg) -> str:
         for k, v in tm["timings"].items():
             L.append(f"| {k} | {_fmt_s(v['first_s'])} | {_fmt_s(v['median_s'])} |")
         L.append("")
+        vi = tm.get("throughput_ratio_vmap_im2col")
         L.append(
-            f'`train_many_K`: `engine.train_many` with the CNN built with `conv="im2col"` (same parameters) and '
-            f"the K models split over {tm['devices']} XLA CPU device(s) (`mesh=`). Throughput ratio (fastest "
-            f"sequential `engine.train` runs, `{tm['best_sequential']}`, / `train_many_K`): steady state "
-            f"{tm['throughput_ratio']:.2f}x, first calls (both compiling) {tm['throughput_ratio_with_compile']:.2f}x; "
-            f"the previous setup (XLA convolution under vmap on one device vs sequential) "
+            "`train_many_K`: `engine.train_many` with its defaults (on CPU the K model steps unrolled in one "
+            f'program, `model_mode="unroll"`), the K models split over {tm["devices"]} XLA CPU device(s) '
+            f"(`mesh=`). Throughput ratio (fastest sequential `engine.train` runs, `{tm['best_sequential']}`, / "
+            f"`train_many_K`): steady state {tm['throughput_ratio']:.2f}x, first calls (both compiling) "
+            f"{tm['throughput_ratio_with_compile']:.2f}x; "
+            + (f'vmapped with `conv="im2col"` {vi:.2f}x; ' if vi is not None else "")
+            + "XLA convolution under vmap on one device vs sequential "
             f"{tm['throughput_ratio_old']:.2f}x. Row k of `train_many` equals the separate run with seed k "
             f"(max |Δparam| {tm['max_abs_diff_vs_sequential']:.1e}). Engine compilations during the section: "
             f"{tm['compiles']} (each program compiles once)."
@@ -834,7 +905,7 @@ def write_report(results: dict, path: str, cfg) -> str:
         rows.append(
             (
                 f"K={tm['K']} models with vmap: throughput >= 2x sequential",
-                f"{tm['throughput_ratio']:.2f}x (XLA conv under vmap, one device: {tm['throughput_ratio_old']:.2f}x)",
+                f"{tm['throughput_ratio']:.2f}x (vmap, XLA conv, one device: {tm['throughput_ratio_old']:.2f}x)",
                 tm["throughput_ratio"] >= 2.0,
                 "",
             )
@@ -928,9 +999,17 @@ def write_report(results: dict, path: str, cfg) -> str:
                     "",
                 )
             )
-    L2 = ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    limit_lines, limits = _limits_report(results)
+    L += limit_lines
+    L2 = [
+        "## Targets",
+        "",
+        "| target | measured | status | physical limit (FLOPs at the measured peak) |",
+        "|---|---|---|---|",
+    ]
     for target, meas, ok, _ in rows:
-        L2.append(f"| {target} | {meas} | {_mark(ok)} |")
+        lim = next((v for k, v in limits.items() if target.startswith(k)), "")
+        L2.append(f"| {target} | {meas} | {_mark(ok)} | {lim} |")
     L2.append("")
     notes = results.get("notes_md")
     text = "\n".join(L[: L.index("## Machine and versions")] + L2 + L[L.index("## Machine and versions") :])
@@ -939,6 +1018,99 @@ def write_report(results: dict, path: str, cfg) -> str:
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def _limits_report(results: dict) -> tuple[list[str], dict[str, str]]:
+    """The "Physical limit" section (FLOPs, achieved rate, floor at the matmul peak) and, per target row
+    prefix, the limit it implies."""
+    lim = results.get("limits")
+    if not lim:
+        return [], {}
+    f, pk = lim["flops"], lim["peak_gflops"]
+    peak = max(pk.values())
+    torch_sec = results.get("torch") or {}
+    rows = []  # (program, flops key, jax seconds, torch seconds)
+    st = (results.get("steps") or {}).get("timings", {})
+    tcnn = (torch_sec.get("cnn") or {}).get("timings", {})
+    tres = (torch_sec.get("resnet18") or {}).get("timings", {})
+    hut = (results.get("hutchinson") or {}).get("timings", {})
+    gv = lambda d, k: d.get(k, {}).get("median_s")  # noqa: E731
+    rows.append(("small CNN SGD step", "cnn_sgd_step", gv(st, "sgd_step"), gv(tcnn, "torch_sgd")))
+    rows.append(("small CNN SAM step", "cnn_sam_step", gv(st, "sam_step"), gv(tcnn, "torch_sam")))
+    rows.append(("ResNet-18 SGD step", "resnet18_sgd_step", gv(tres, "jax_sgd"), gv(tres, "torch_sgd")))
+    rows.append(("ResNet-18 SAM step", "resnet18_sam_step", gv(tres, "jax_sam"), gv(tres, "torch_sam")))
+    rows.append(("small CNN gradient", "cnn_grad", gv(hut, "grad"), gv(hut, "torch_grad")))
+    rows.append(
+        (
+            f"Hutchinson, {lim['probes']} probes",
+            "cnn_hutchinson",
+            gv(hut, "library_default"),
+            gv(hut, "torch_hutchinson"),
+        )
+    )
+    tm = results.get("train_many")
+    if tm:
+        steps = tm["K"] * tm["epochs"] * -(-tm["examples_per_model"] // tm.get("batch_size", 64))
+        seq = tm["timings"][tm["best_sequential"]]["median_s"] / steps
+        many = tm["timings"]["train_many_K"]["median_s"] / steps
+        rows.append(("digits CNN step, batch 64 (sequential runs)", "digits_cnn_sgd_step_b64", seq, None))
+        rows.append(("digits CNN step, batch 64 (train_many, per model)", "digits_cnn_sgd_step_b64", many, None))
+    L = [
+        "## Physical limit: FLOPs against the measured matmul rate",
+        "",
+        f"Measured f32 matmul ({lim['matmul_n']}², same cores): "
+        + ", ".join(
+            f"{k.split('_')[0].replace('jax', 'JAX').replace('torch', 'PyTorch')} {v:.0f} GFLOP/s"
+            for k, v in pk.items()
+        )
+        + f"; peak below = {peak:.0f} GFLOP/s. FLOPs are XLA's cost analysis of the "
+        "compiled one-device JAX program (PyTorch runs the same model, so the same FLOPs, except its Hutchinson "
+        "loop, whose double backward does more; its column there is the rate of doing the same estimate).",
+        "",
+        "| program | GFLOP per call | JAX | JAX GFLOP/s | JAX % of peak | PyTorch | PyTorch GFLOP/s | floor at peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rate = lambda fl, t: (f"{fl / t / 1e9:.0f}", f"{100 * fl / t / 1e9 / peak:.0f} %") if fl and t else ("—", "—")  # noqa: E731
+    for name, key, tj, tt in rows:
+        fl = f.get(key)
+        if not fl:
+            continue
+        jr, jp = rate(fl, tj)
+        tr_, _ = rate(fl, tt)
+        L.append(
+            f"| {name} | {fl / 1e9:.3f} | {_fmt_s(tj) if tj else '—'} | {jr} | {jp} | "
+            f"{_fmt_s(tt) if tt else '—'} | {tr_} | {_fmt_s(fl / peak / 1e9)} |"
+        )
+    L.append("")
+    limits: dict[str, str] = {}
+    if f.get("cnn_sam_step") and f.get("cnn_sgd_step"):
+        limits["SAM step / SGD step"] = f"FLOP ratio {f['cnn_sam_step'] / f['cnn_sgd_step']:.2f}"
+    for model, key, tt in (
+        ("cnn", "cnn_sam_step", gv(tcnn, "torch_sam")),
+        ("resnet18", "resnet18_sam_step", gv(tres, "torch_sam")),
+    ):
+        if f.get(key) and tt:
+            limits[f"torch SAM / JAX SAM >= 1.0 ({model}"] = (
+                f"JAX at peak would give torch/JAX {tt / (f[key] / peak / 1e9):.1f}; PyTorch itself runs at "
+                f"{100 * f[key] / tt / 1e9 / peak:.0f} % of peak"
+            )
+    if f.get("cnn_hutchinson") and f.get("cnn_grad"):
+        fe = f["cnn_hutchinson"] / f["cnn_grad"]
+        limits["Hutchinson ("] = (
+            f"{fe:.1f} gradient equivalents of FLOPs (one exact HVP = {f['cnn_hvp'] / f['cnn_grad']:.2f} "
+            "gradients): at equal FLOP rates the target is below the work of exact HVPs"
+            if f.get("cnn_hvp")
+            else f"{fe:.1f} gradient equivalents of FLOPs"
+        )
+        th = gv(hut, "torch_hutchinson")
+        if th:
+            limits["Hutchinson >= 2x"] = f"at peak at most {th / (f['cnn_hutchinson'] / peak / 1e9):.1f}x PyTorch"
+    if tm and f.get("digits_cnn_sgd_step_b64"):
+        floor = f["digits_cnn_sgd_step_b64"] / peak / 1e9
+        limits[f"K={tm['K']} models"] = (
+            f"at peak at most {seq / floor:.1f}x the sequential runs (their step: {100 * floor / seq:.0f} % of peak)"
+        )
+    return L, limits
 
 
 def environment() -> dict:
@@ -1029,6 +1201,7 @@ def main(argv=None) -> dict:
         "train_many": bench_train_many,
         "memory": bench_memory,
         "job": bench_job,
+        "limits": bench_limits,
     }
     for s in sections:
         ts = time.perf_counter()

@@ -30,8 +30,15 @@ def _run(tmp_path, sections):
 
 
 def test_quick_steps_and_vmap_sections(tmp_path):
-    sections = ["steps", "train_many"] + (["torch", "hutchinson"] if HAS_TORCH else [])
+    sections = ["steps", "train_many"] + (["torch", "hutchinson"] if HAS_TORCH else []) + ["limits"]
     results, text = _run(tmp_path, sections)
+    # the physical-limit section: XLA's FLOP counts and the measured matmul rate
+    flops = results["limits"]["flops"]
+    assert flops["cnn_sam_step"] > 1.5 * flops["cnn_sgd_step"]  # SAM: two forward/backward passes
+    assert flops["cnn_hvp"] > flops["cnn_grad"]  # an exact HVP does more work than a gradient
+    assert flops["cnn_hutchinson"] > 2 * flops["cnn_hvp"]  # several probes
+    assert results["limits"]["peak_gflops"]["jax_matmul"] > 0
+    assert "## Physical limit" in text and "floor at peak" in text
     assert "SAM step / SGD step" in text
     assert results["steps"]["ratios"]["sgd_step"] == pytest.approx(1.0)
     assert results["steps"]["engine"]["sam"]["compiles"][1] == 0  # identical second run: no recompilation
@@ -44,6 +51,7 @@ def test_quick_steps_and_vmap_sections(tmp_path):
 
     again = tmp_path / "again.md"
     bench.main(["--from-json", str(tmp_path / "results.json"), "--out", str(again)])
+
     def tables(md):
         return md.split("## Analysis")[0].split("## Targets", 1)[1].strip()
 
