@@ -6,9 +6,11 @@
 Sections (``--sections`` picks a subset): ``steps`` (SGD / SAM / Sharp MinMax / NegGrad+SAM steps, and the
 same through ``engine.train``), ``torch`` (two-pass SAM step vs PyTorch on the small CNN and ResNet-18),
 ``hutchinson`` (16-probe Hessian diagonal in gradient equivalents, chunking strategies, vs PyTorch),
-``train_many`` (K models with vmap vs K sequential runs), ``memory`` (peak RSS of the curvature functions
-in subprocesses, two model sizes), ``job`` (the default ``jaxunlearn run`` job end to end in a subprocess:
-wall time, peak RSS, per-method seconds vs Retrain, compile counts, steady-state re-runs).
+``train_many`` (K models trained together vs K sequential runs), ``memory`` (peak RSS of the curvature
+functions in subprocesses, two model sizes), ``job`` (the default ``jaxunlearn run`` job end to end in a
+subprocess: wall time, peak RSS, per-method seconds vs Retrain, compile counts, steady-state re-runs),
+``limits`` (the physical limit: measured f32 matmul rate and XLA's FLOP counts of the benchmarked programs;
+the report turns them into achieved GFLOP/s, share of peak and the time floor of each target).
 
 Method: contenders are interleaved (A, B, A, B, ...) and each timing is the median over ``--repeats``
 rounds; the first call of every jitted function is timed separately as "compile" (trace + XLA compile +
