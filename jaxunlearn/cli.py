@@ -238,7 +238,7 @@ def _cpu_devices_for(devices: int | None) -> None:
     on GPU/TPU hosts (only the CPU backend's device count changes; the mesh uses the accelerators)."""
     from jaxunlearn import distributed
 
-    if not devices or devices < 2 or distributed._env_requests_distributed() or distributed._backends_initialized():
+    if not devices or devices < 2 or not distributed.cpu_devices_settable():
         return
     distributed.cpu_devices(devices)
 

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "cpu_devices",
+    "cpu_devices_settable",
     "usable_cores",
     "make_mesh",
     "batch_sharding",
@@ -232,6 +233,19 @@ def cpu_devices(num: int | None = None) -> int:
         )
     jax.config.update("jax_num_cpu_devices", want)
     return want
+
+
+def cpu_devices_settable() -> bool:
+    """Whether :func:`cpu_devices` may still choose the CPU device count in this process: JAX has not
+    created its backends yet and the environment does not ask for a multi-process run (where the
+    coordinator decides the devices).
+
+    Example:
+        >>> from jaxunlearn import distributed
+        >>> if distributed.cpu_devices_settable():
+        ...     distributed.cpu_devices()
+    """
+    return not _env_requests_distributed() and not _backends_initialized()
 
 
 def _env_requests_distributed() -> bool:

@@ -604,7 +604,9 @@ def train_many(
     if model_mode is None:
         model_mode = _default_model_mode(per_device)
     elif model_mode not in MODEL_MODES:
-        raise ValueError(f"model_mode must be one of {MODEL_MODES} (or None for the platform default), got {model_mode!r}.")
+        raise ValueError(
+            f"model_mode must be one of {MODEL_MODES} (or None for the platform default), got {model_mode!r}."
+        )
 
     step = _many_step(apply_fn, optimizer, tuple(sorted(hyper)), model_mode, mesh if model_mode == "unroll" else None)
     params, model_state = _copy(params), _copy(model_state)
@@ -671,7 +673,7 @@ def _many_step(apply_fn, optimizer: OptimConfig, hyper_keys: tuple[str, ...], mo
     def unrolled(p, s, o, x, y, ir, h, total):
         outs = []
         for k in range(ir.shape[0]):
-            row = jax.tree.map(lambda a: a[k], (p, s, o, ir, h))
+            row = jax.tree.map(lambda a, k=k: a[k], (p, s, o, ir, h))
             outs.append(one(row[0], row[1], row[2], x, y, row[3], row[4], total))
         return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 

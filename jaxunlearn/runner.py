@@ -425,7 +425,7 @@ def vmapped_train_fn(
 
 
 def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
-    """Feldman–Zhang scores from ``cfg.mem_models`` models trained together with vmap
+    """Feldman–Zhang scores from ``cfg.mem_models`` models trained together in one program
     (:func:`vmapped_train_fn`: each model its own initialisation and random subset). ``params`` only
     fixes the structure. Public so experiments can cache it.
     """

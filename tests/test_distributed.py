@@ -173,9 +173,11 @@ def test_vmapped_sweep_equals_separate_runs():
 _CPU_DEVICES_CHILD = r"""
 import json, sys
 from jaxunlearn import distributed
-out = {"first": distributed.cpu_devices(int(sys.argv[1]) if sys.argv[1] != "auto" else None)}
+out = {"settable_before": distributed.cpu_devices_settable()}
+out["first"] = distributed.cpu_devices(int(sys.argv[1]) if sys.argv[1] != "auto" else None)
 import jax
 out["devices"] = len(jax.devices())
+out["settable_after"] = distributed.cpu_devices_settable()
 out["again"] = distributed.cpu_devices(out["devices"])  # same count after the backend exists: no-op
 try:
     distributed.cpu_devices(out["devices"] + 1)
@@ -209,6 +211,7 @@ def _cpu_devices_child(arg, xla_flags=None):
 def test_cpu_devices_exposes_cores_as_devices_in_a_fresh_process():
     r = _cpu_devices_child("4")
     assert r["first"] == r["devices"] == r["again"] == 4
+    assert r["settable_before"] and not r["settable_after"]  # the backend fixes the count once it exists
     assert r["shards"] == 4  # a batch really is split over the 4 CPU devices
     assert "before any JAX computation" in r["late"] and "5" in r["late"]
     assert "num >= 1" in r["zero"]
@@ -218,8 +221,14 @@ def test_cpu_devices_exposes_cores_as_devices_in_a_fresh_process():
     assert forced["devices"] == 3  # a count requested through XLA_FLAGS is kept
 
 
-def test_cpu_devices_after_backend_start_only_accepts_the_existing_count():
+def test_cpu_devices_after_backend_start_only_accepts_the_existing_count(monkeypatch):
     n = len(jax.devices("cpu"))
+    assert not distributed.cpu_devices_settable()
+    monkeypatch.setattr(distributed, "_backends_initialized", lambda: False)
+    assert distributed.cpu_devices_settable()
+    monkeypatch.setenv("JAXUNLEARN_DISTRIBUTED", "1")  # a multi-process run: the coordinator decides
+    assert not distributed.cpu_devices_settable()
+    monkeypatch.undo()
     assert distributed.cpu_devices(n) == n
     with pytest.raises(RuntimeError, match="already created its CPU backend"):
         distributed.cpu_devices(n + 1)
