@@ -195,9 +195,7 @@ def hutchinson_diagonal(
     num_probes = _validate.positive_int("num_probes", num_probes)
     chunk_size = _default_probe_chunk() if chunk_size is None else _validate.positive_int("chunk_size", chunk_size)
     chunk = min(chunk_size, num_probes)
-    mode = _default_probe_mode(chunk) if probe_mode is None else probe_mode
-    if mode not in PROBE_MODES:
-        raise ValueError(f"probe_mode must be one of {PROBE_MODES} (or None for the platform default), got {mode!r}.")
+    mode = _default_probe_mode(chunk) if probe_mode is None else _validate.choice("probe_mode", probe_mode, PROBE_MODES)
     return _hutchinson_diagonal(loss_fn, params, batch, key, num_probes, chunk, mode)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxunlearn import distributed, objectives, sharpness
+from jaxunlearn import _validate, distributed, objectives, sharpness
 from jaxunlearn.checkpoint import Checkpointer
 from jaxunlearn.plan import (
     PRETRAIN_DEFAULT,
@@ -318,7 +318,7 @@ def run(
     if retain_idx.size and forget_idx.size and np.intersect1d(retain_idx, forget_idx).size:
         raise ValueError("retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.")
 
-    _validate_choice_sam_mode(sam_mode)
+    _validate.choice("sam_mode", sam_mode, SAM_MODES)
     pool = retain_idx if plan.epoch_over == "retain" else forget_idx
     bs = plan.batch_size
     steps = max(1, math.ceil(pool.size / bs))
@@ -469,11 +469,6 @@ def run(
     return RunResult(params, model_state, history, time.perf_counter() - t0, diverged, resumed_from)
 
 
-def _validate_choice_sam_mode(sam_mode: str) -> None:
-    if sam_mode not in SAM_MODES:
-        raise ValueError(f"sam_mode must be one of {list(SAM_MODES)}, got {sam_mode!r}.")
-
-
 def _check_indices(name: str, idx, n: int, *, allow_empty: bool) -> np.ndarray:
     idx = np.asarray(idx)
     if idx.size == 0:
@@ -603,10 +598,8 @@ def train_many(
     per_device = k_models // (1 if mesh is None else distributed.data_size(mesh))
     if model_mode is None:
         model_mode = _default_model_mode(per_device)
-    elif model_mode not in MODEL_MODES:
-        raise ValueError(
-            f"model_mode must be one of {MODEL_MODES} (or None for the platform default), got {model_mode!r}."
-        )
+    else:
+        _validate.choice("model_mode", model_mode, MODEL_MODES)
 
     step = _many_step(apply_fn, optimizer, tuple(sorted(hyper)), model_mode, mesh if model_mode == "unroll" else None)
     params, model_state = _copy(params), _copy(model_state)
@@ -673,8 +666,8 @@ def _many_step(apply_fn, optimizer: OptimConfig, hyper_keys: tuple[str, ...], mo
     def unrolled(p, s, o, x, y, ir, h, total):
         outs = []
         for k in range(ir.shape[0]):
-            row = jax.tree.map(lambda a, k=k: a[k], (p, s, o, ir, h))
-            outs.append(one(row[0], row[1], row[2], x, y, row[3], row[4], total))
+            p_k, s_k, o_k, ir_k, h_k = jax.tree.map(lambda a, k=k: a[k], (p, s, o, ir, h))
+            outs.append(one(p_k, s_k, o_k, x, y, ir_k, h_k, total))
         return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
     if mode == "vmap":

@@ -116,8 +116,9 @@ def test_helpers_on_one_device():
     assert distributed.process_local_indices(np.arange(4)).tolist() == [0, 1, 2, 3]
     env = {k: v for k, v in os.environ.items() if k.startswith("JAX_")}
     assert not distributed._env_requests_distributed() or env  # nothing set: no initialize
-    with pytest.raises(ValueError, match="sam_mode"):
-        engine._validate_choice_sam_mode("local")
+    tiny = engine.DeviceData.from_numpy(np.zeros((4, 2)), np.zeros(4))
+    with pytest.raises(ValueError, match="sam_mode"):  # checked before anything runs
+        engine.train(None, {}, {}, tiny, epochs=1, progress=False, sam_mode="local")
 
 
 def test_vmapped_sweep_equals_separate_runs():

@@ -39,8 +39,8 @@ class CNN(nnx.Module):
         dense: width ``D`` of the penultimate dense layer (default 128).
         pool_min_size: see above (default 8).
         conv: ``"xla"`` (default, ``lax.conv_general_dilated``) or ``"im2col"`` (`im2col_conv`: same
-            parameters and values; much faster when many models are trained at once under ``jax.vmap``,
-            e.g. ``engine.train_many``, and for small images on CPU).
+            parameters and values; much faster on CPU when many models are trained at once under
+            ``jax.vmap``, e.g. ``engine.train_many(..., model_mode="vmap")``).
         rngs: ``nnx.Rngs`` for the initialization.
 
     ``model(x, features=True)`` returns the penultimate features ``[B, D]``.

@@ -136,9 +136,9 @@ def im2col_conv(
     (up to float summation order), same parameters, and its derivatives come from autodiff of slices and
     one ``dot_general``.
 
-    Why: under ``jax.vmap`` over models (``engine.train_many``: per-model kernels AND per-model inputs)
-    XLA turns a convolution into a grouped convolution, which is slow on XLA:CPU; here the model axis
-    becomes the batch axis of a batched matmul. Measured on 2 CPU cores (digits CNN, batch 64, K = 8
+    Why: under ``jax.vmap`` over models (``engine.train_many(model_mode="vmap")``: per-model kernels AND
+    per-model inputs) XLA turns a convolution into a grouped convolution, which is slow on XLA:CPU; here
+    the model axis becomes the batch axis of a batched matmul. Measured on 2 CPU cores (digits CNN, batch 64, K = 8
     models): vmapped gradient 15 ms vs 42 ms with XLA's convolution. For one large model XLA's own
     convolution is faster (28×28 CNN at batch 128: forward 7 ms vs 29 ms), so it stays the default.
     Supports NHWC/HWIO, any strides and padding, no dilation, no feature groups.
