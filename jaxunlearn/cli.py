@@ -143,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="first seed (default 0)")
     g.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    g.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=None,
+        help="checkpoint a training run after the epoch that ends this many seconds after its last save, and at "
+        "its end (default 30; 0 = after every epoch)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="checkpoint every N epochs instead (with --checkpoint-seconds too: whichever comes first)",
+    )
     g.add_argument("--no-figures", action="store_true", help="skip the figures")
     g.add_argument("--landscape-grid", type=int, default=None, help="loss-landscape grid points per axis (default 11)")
     g.add_argument(
@@ -210,7 +223,11 @@ def _job_config(args) -> JobConfig:  # noqa: F821
         "out": args.out,
         "landscape_grid": args.landscape_grid,
         "devices": args.devices,
+        "checkpoint_every": args.checkpoint_every,
+        "checkpoint_seconds": args.checkpoint_seconds,
     }
+    if args.checkpoint_every is not None and args.checkpoint_seconds is None:
+        values["checkpoint_seconds"] = None  # --checkpoint-every N alone: by epochs only
     values.update({k: v for k, v in mapping.items() if v is not None})
     opts = values.pop("method_options", {}) or {}
     if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):

@@ -39,6 +39,7 @@ __all__ = [
     "fsdp_shardings",
     "maybe_initialize",
     "is_main_process",
+    "main_process_flag",
     "process_local_indices",
     "DATA",
     "MODEL",
@@ -282,6 +283,22 @@ def maybe_initialize() -> bool:
 def is_main_process() -> bool:
     """True on process 0 (the one that writes reports, figures and logs)."""
     return jax.process_index() == 0
+
+
+def main_process_flag(flag: bool) -> bool:
+    """The main process's ``flag`` on every process (one broadcast; no communication in a single process).
+
+    For host-side decisions that all processes must take together, e.g. whether to write a (collective)
+    checkpoint now when that depends on a clock.
+
+    Example:
+        >>> main_process_flag(seconds_since_last_save >= 30.0)   # process 0's answer, on every process
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(flag))))
 
 
 def process_local_indices(idx, *, process_index: int | None = None, process_count: int | None = None) -> np.ndarray:

@@ -264,7 +264,8 @@ def run(
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
-    checkpoint_every: int = 1,
+    checkpoint_every: int | None = 1,
+    checkpoint_seconds: float | None = None,
     progress: bool = True,
     desc: str | None = None,
     on_epoch_end: Callable[[int, PyTree, PyTree], None] | None = None,
@@ -285,9 +286,14 @@ def run(
     with copies of the parameters and state, which stay valid after the run (the live arrays are
     donated to the next step). An exception it raises stops the run.
 
-    Checkpoints (``checkpoint_dir``): saved every ``checkpoint_every`` epochs with Orbax; with
-    ``resume=True`` the newest one is restored and the run continues after it. Multi-host: every
-    process calls the same ``run`` and Orbax coordinates the writes (use a shared file system).
+    Checkpoints (``checkpoint_dir``): the state after epoch ``e`` is saved with Orbax when ``e`` is the
+    last epoch, when ``checkpoint_every`` divides ``e``, or when ``checkpoint_seconds`` have passed since
+    the last save (or the start); ``None`` turns either rule off. ``checkpoint_every=None,
+    checkpoint_seconds=30`` loses at most ~30 s of training to a crash and skips most saves of short
+    epochs (one save of a small CNN with its optimizer state takes ~50 ms). With ``resume=True`` the
+    newest checkpoint is restored and the run continues after it. Multi-host: every process calls the
+    same ``run`` and Orbax coordinates the writes (use a shared file system); the time rule is decided on
+    the main process's clock, so all processes save the same epochs.
 
     Data parallelism (``mesh``, e.g. :func:`jaxunlearn.distributed.make_mesh`): the data are sharded
     over the mesh's ``data`` axis, parameters, optimizer states and ``hp`` replicated, and each global
@@ -319,6 +325,7 @@ def run(
         raise ValueError("retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.")
 
     _validate.choice("sam_mode", sam_mode, SAM_MODES)
+    checkpoint_every, checkpoint_seconds = _checkpoint_schedule(checkpoint_every, checkpoint_seconds)
     pool = retain_idx if plan.epoch_over == "retain" else forget_idx
     bs = plan.batch_size
     steps = max(1, math.ceil(pool.size / bs))
@@ -404,7 +411,7 @@ def run(
     ok0 = jnp.array(True) if mesh is None else distributed.replicate(jnp.array(True), mesh)
     last_good = (_copy(params), _copy(model_state))
     diverged = None
-    t0 = time.perf_counter()
+    t0 = last_save = time.perf_counter()
     bar = tqdm(
         total=plan.epochs * steps,
         initial=start_epoch * steps,
@@ -456,17 +463,41 @@ def run(
             last_good = (_copy(params), _copy(model_state))
             if on_epoch_end is not None:  # copies: ``params`` itself is donated to the next step
                 on_epoch_end(epoch + 1, *last_good)
-            if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == plan.epochs):
+            if ckpt is not None and _save_now(epoch + 1, plan.epochs, checkpoint_every, checkpoint_seconds, last_save):
                 ckpt.save(
                     epoch + 1,
                     {"params": params, "model_state": model_state, "opt_states": opt_states, "epoch": epoch + 1},
                 )
+                last_save = time.perf_counter()
     finally:
         bar.close()
         if ckpt is not None:
             ckpt.close()
     jax.block_until_ready(params)
     return RunResult(params, model_state, history, time.perf_counter() - t0, diverged, resumed_from)
+
+
+def _checkpoint_schedule(every, seconds) -> tuple[int | None, float | None]:
+    """Validate ``checkpoint_every`` (epochs) and ``checkpoint_seconds``; either may be ``None``."""
+    if every is not None:
+        every = _validate.positive_int("checkpoint_every", every)
+    if seconds is not None:
+        if isinstance(seconds, bool) or not _validate.is_concrete_number(seconds):
+            raise ValueError(f"checkpoint_seconds must be a number of seconds >= 0 or None, got {seconds!r}.")
+        _validate.positive("checkpoint_seconds", seconds, allow_zero=True)
+        seconds = float(seconds)
+    return every, seconds
+
+
+def _save_now(epoch: int, epochs: int, every: int | None, seconds: float | None, last_save: float) -> bool:
+    """Whether the state after ``epoch`` (from 1) is checkpointed: the last epoch, every ``every`` epochs,
+    or ``seconds`` after the last save. The time rule is read on the main process and shared, so every
+    process of a multi-host run saves the same epochs (Orbax's save is collective)."""
+    if epoch == epochs or (every is not None and epoch % every == 0):
+        return True
+    if seconds is None:
+        return False
+    return distributed.main_process_flag(time.perf_counter() - last_save >= seconds)
 
 
 def _check_indices(name: str, idx, n: int, *, allow_empty: bool) -> np.ndarray:
@@ -768,6 +799,8 @@ def unlearn(
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    checkpoint_every: int | None = 1,
+    checkpoint_seconds: float | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     sam_mode: str = "global",
@@ -778,7 +811,8 @@ def unlearn(
     The method's recipe is built (masks, teachers, scores: counted in ``seconds``) and its plan run by
     :func:`run`; methods that edit the weights directly return at once. With ``ctx.corrected`` (feature
     or label unlearning) the corrected examples Z̃ join the retain set, so gradient methods learn them
-    while unlearning the affected examples Z. ``mesh`` / ``sam_mode`` / ``param_sharding``: as in :func:`run`.
+    while unlearning the affected examples Z. ``checkpoint_*`` / ``mesh`` / ``sam_mode`` /
+    ``param_sharding``: as in :func:`run`.
 
     Example:
         >>> ctx = methods.Context(apply_fn, params, state, data.x, data.y, retain_idx, forget_idx, 10)
@@ -815,6 +849,8 @@ def unlearn(
         seed=ctx.seed,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds,
         progress=progress,
         desc=method,
         mesh=mesh,

@@ -9,7 +9,9 @@ under ``variants``.
 
 Never lose work: each finished (variant, seed, method) entry is appended to ``progress.json``
 (atomically) and models are checkpointed with Orbax, so ``--resume`` skips what is done and resumes
-unfinished training from its last epoch. ``progress.json`` is written before any checkpoint and holds
+unfinished training from its last checkpoint: by default every ``checkpoint_seconds`` = 30 s of training
+and at the end of each training run (``checkpoint_every`` = N saves every N epochs instead; neither
+is part of the settings a ``--resume`` must match). ``progress.json`` is written before any checkpoint and holds
 the settings, so a ``--resume`` with other settings is refused instead of mixing two runs.
 
 Divergence: a method whose loss or parameters stop being finite is stopped by the engine (last finite
@@ -103,6 +105,8 @@ class JobConfig:
     seed: int = 0
     out: str | None = None
     resume: bool = False
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = 30.0
     figures: bool = True
     landscape_grid: int = 11
     devices: int | None = None
@@ -171,6 +175,10 @@ class JobConfig:
                 raise ValueError(
                     f"--forget-size must be a fraction in (0, 1) of the training set or a whole count >= 1, got {fs!r}."
                 )
+        if self.checkpoint_every is not None:
+            _validate.positive_int("--checkpoint-every", self.checkpoint_every)
+        if self.checkpoint_seconds is not None:
+            _validate.positive("--checkpoint-seconds", self.checkpoint_seconds, allow_zero=True)
         if self.landscape_grid < 3:
             raise ValueError(f"--landscape-grid must be >= 3, got {self.landscape_grid}.")
         if self.devices is not None:
@@ -208,18 +216,22 @@ class JobConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str | os.PathLike):
                 raise ValueError(f"--{name.replace('_', '-')} must be a string, got {value!r}.")
+        optional = ("max_train", "max_test", "width", "forget_class", "devices", "checkpoint_every")
         for name in ("max_train", "max_test", "width", "forget_class", "mem_models", "pretrain_epochs",
-                     "unlearn_epochs", "batch_size", "seeds", "seed", "landscape_grid", "devices"):  # fmt: skip
+                     "unlearn_epochs", "batch_size", "seeds", "seed", "landscape_grid", "devices",
+                     "checkpoint_every"):  # fmt: skip
             value = getattr(self, name)
-            if value is None and name in ("max_train", "max_test", "width", "forget_class", "devices"):
+            if value is None and name in optional:
                 continue
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer, got {value!r}.")
             setattr(self, name, int(value))
-        for name in ("forget_size", "pretrain_lr", "pretrain_rho", "unlearn_lr", "rho", "lamb"):
+        for name in ("forget_size", "pretrain_lr", "pretrain_rho", "unlearn_lr", "rho", "lamb", "checkpoint_seconds"):
             value = getattr(self, name)
+            if value is None and name == "checkpoint_seconds":
+                continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}.")
             setattr(self, name, float(value))
@@ -285,6 +297,7 @@ class _Job:
         self.out = cfg.out
         os.makedirs(self.out, exist_ok=True)
         self.progress_path = os.path.join(self.out, "progress.json")
+        self.checkpointing = {"checkpoint_every": cfg.checkpoint_every, "checkpoint_seconds": cfg.checkpoint_seconds}
         self.done: dict[str, Any] = {}
         ckpt_dir = os.path.join(self.out, "checkpoints")
         has_ckpt = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
@@ -325,7 +338,7 @@ class _Job:
 
     def _settings_key(self) -> str:
         s = self.cfg.settings()
-        for k in ("resume", "out", "figures", "landscape_grid"):
+        for k in ("resume", "out", "figures", "landscape_grid", "checkpoint_every", "checkpoint_seconds"):
             s.pop(k, None)
         return json.dumps(s, sort_keys=True, default=str)
 
@@ -574,6 +587,7 @@ def run_job(cfg: JobConfig) -> dict:
                     seed=seed,
                     checkpoint_dir=job.ckpt(f"seed{seed}", f"pretrain-{pre}", "original"),
                     resume=True,
+                    **job.checkpointing,
                     mesh=mesh,
                     progress=cfg.progress,
                     desc=f"pretrain ({pre})",
@@ -613,6 +627,7 @@ def run_job(cfg: JobConfig) -> dict:
                         ctx,
                         checkpoint_dir=job.ckpt(f"seed{seed}", f"pretrain-{pre}", "retrain"),
                         resume=True,
+                        **job.checkpointing,
                         progress=cfg.progress,
                         mesh=mesh,
                     )
@@ -648,6 +663,7 @@ def run_job(cfg: JobConfig) -> dict:
                                 ctx,
                                 checkpoint_dir=job.ckpt(f"seed{seed}", label, name),
                                 resume=True,
+                                **job.checkpointing,
                                 progress=cfg.progress,
                                 mesh=mesh,
                             )

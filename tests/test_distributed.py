@@ -233,3 +233,10 @@ def test_cpu_devices_after_backend_start_only_accepts_the_existing_count(monkeyp
     assert distributed.cpu_devices(n) == n
     with pytest.raises(RuntimeError, match="already created its CPU backend"):
         distributed.cpu_devices(n + 1)
+
+
+def test_main_process_flag_in_one_process():
+    """With one process the main process's flag is the caller's own (the broadcast across processes is
+    exercised by test_multiprocess.py's checkpointed run)."""
+    assert distributed.main_process_flag(True) is True
+    assert distributed.main_process_flag(np.bool_(False)) is False

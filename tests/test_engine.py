@@ -229,6 +229,73 @@ def test_resume_two_phases_two_optimizer_states(small, tmp_path):
     )  # fmt: skip
 
 
+def _saved_epochs(monkeypatch) -> list:
+    """Record the epoch of every checkpoint ``engine.run`` writes."""
+    from jaxunlearn.checkpoint import Checkpointer
+
+    saved, real = [], Checkpointer.save
+
+    def save(self, step, state):
+        saved.append(int(step))
+        return real(self, step, state)
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    return saved
+
+
+@pytest.mark.parametrize(
+    ("every", "seconds", "expected"),
+    [(1, None, [1, 2, 3, 4, 5]), (2, None, [2, 4, 5]), (None, None, [5]), (None, 0.0, [1, 2, 3, 4, 5]),
+     (None, 3600.0, [5]), (2, 3600.0, [2, 4, 5])],
+)  # fmt: skip
+def test_checkpoint_schedule(small, tmp_path, monkeypatch, every, seconds, expected):
+    """The state is saved after the last epoch, every ``checkpoint_every`` epochs and once
+    ``checkpoint_seconds`` have passed since the last save (0: every epoch; an hour: only at the end)."""
+    saved = _saved_epochs(monkeypatch)
+    plan = engine.Plan((engine.Phase("train", engine.supervised_loss),), epochs=5, batch_size=100)
+    engine.run(
+        plan, *_mlp(), small, retain_idx=np.arange(len(small)), checkpoint_dir=tmp_path / "ckpt",
+        checkpoint_every=every, checkpoint_seconds=seconds, progress=False,
+    )  # fmt: skip
+    assert saved == expected
+
+
+def test_checkpoint_seconds_follows_the_clock(monkeypatch):
+    """The time rule compares the time since the last save with ``checkpoint_seconds``."""
+    now = [1000.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
+    assert not engine._save_now(3, 5, None, 30.0, last_save=980.0)  # 20 s since the last save
+    assert engine._save_now(3, 5, None, 30.0, last_save=970.0)  # 30 s
+    assert engine._save_now(5, 5, None, 30.0, last_save=999.0)  # the last epoch always
+    assert engine._save_now(4, 5, 2, 30.0, last_save=999.0)  # every 2 epochs, whatever the clock
+
+
+def test_unsaved_epochs_are_recomputed_on_resume(small, tmp_path):
+    """Interrupted after epoch 3 with only the final epoch scheduled for a checkpoint: nothing was saved,
+    so the resumed run starts over and still ends with the uninterrupted run's parameters."""
+    apply_fn, params, state = _mlp(seed=4)
+    plan = engine.Plan((engine.Phase("train", engine.supervised_loss),), epochs=4, batch_size=64)
+    kw = dict(retain_idx=np.arange(len(small)), seed=2, progress=False, checkpoint_every=None)
+    full = engine.run(plan, apply_fn, params, state, small, **kw)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Interrupt):
+        engine.run(plan, apply_fn, params, state, small, checkpoint_dir=ckpt, on_epoch_end=_interrupt_at(3), **kw)
+    res = engine.run(plan, apply_fn, params, state, small, checkpoint_dir=ckpt, resume=True, **kw)
+    assert res.resumed_from is None and len(res.history) == 4
+    _assert_trees_equal(res.params, full.params)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [({"checkpoint_every": 0}, "checkpoint_every"), ({"checkpoint_seconds": -1.0}, "checkpoint_seconds"),
+     ({"checkpoint_seconds": "often"}, "checkpoint_seconds"), ({"checkpoint_seconds": float("inf")}, "finite")],
+)  # fmt: skip
+def test_checkpoint_schedule_is_validated(small, tmp_path, kw, message):
+    plan = engine.Plan((engine.Phase("train", engine.supervised_loss),), epochs=1)
+    with pytest.raises(ValueError, match=message):
+        engine.run(plan, *_mlp(), small, retain_idx=np.arange(10), checkpoint_dir=tmp_path, progress=False, **kw)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's failed async reads
 def test_resume_with_another_model_raises(small, tmp_path):
     from jaxunlearn.checkpoint import CheckpointError

@@ -1,6 +1,7 @@
 """Two JAX processes on localhost (``jax.distributed.initialize`` + gloo CPU collectives, 2 simulated
 devices each, one 4-device mesh) unlearn together with Sharp MinMax and per-device SAM; they must
-agree bit for bit with each other and, to float tolerance, with the same job in one 4-device process.
+agree bit for bit with each other and, to float tolerance, with the same job in one 4-device process;
+both write one Orbax checkpoint together (every epoch by the time rule) and resume from it.
 Budget: ~30-40 s on 2 CPU cores (the three processes run concurrently).
 """
 
@@ -50,3 +51,7 @@ def test_two_processes_agree(tmp_path):
     np.testing.assert_array_equal(r0["params"], r1["params"])
     assert r0["accuracy"] == r1["accuracy"]
     assert np.max(np.abs(np.asarray(r0["params"]) - single["params"])) < 1e-5
+    # a checkpoint written together by both processes (time rule broadcast from process 0) and resumed
+    for r in (r0, r1, single):
+        assert r["ckpt_steps"] == [1, 2] and r["ckpt_resumed_from"] == 2
+        assert r["ckpt_restored_maxdiff"] == 0.0 and r["ckpt_moved"] > 0

@@ -26,11 +26,11 @@ TINY = ["--max-train", "200", "--max-test", "100", "--model", "mlp", "--width", 
 TINY += ["--pretrain-epochs", "2", "--unlearn-epochs", "1", "--pretrain", "sgd", "--unlearn-optimizer", "sgd"]
 TINY += ["--no-figures", "--quiet"]
 #: ft runs 4 epochs (checkpointed after each), so a run can be stopped in the middle of it.
-RESUME_ARGS = ["run", *TINY, "--methods", "neggrad,ft", "--option", "ft.epochs=4"]
+RESUME_ARGS = ["run", *TINY, "--methods", "neggrad,ft", "--option", "ft.epochs=4", "--checkpoint-every", "1"]
 VARIANT = "pretrain-sgd_unlearn-sgd"
 #: values that depend on wall-clock time or on the output directory
 _TIMING = {"seconds", "speedup"}
-_RUN_LOCAL = {"out", "resume", "seconds"}
+_RUN_LOCAL = {"out", "resume", "seconds", "checkpoint_every", "checkpoint_seconds"}
 
 
 def _numbers(results: dict) -> dict:
@@ -191,6 +191,27 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, reference):
     assert _numbers(_read(out)) == _numbers(reference)
     # resuming a finished run is a no-op that rewrites the same results
     assert cli.main([*RESUME_ARGS, "--out", out, "--resume"]) == 0
+    assert _numbers(_read(out)) == _numbers(reference)
+
+
+def _checkpointed_epochs(out: str, *parts: str) -> list[int]:
+    where = os.path.join(out, "checkpoints", "seed0", *parts)
+    return sorted(int(d) for d in os.listdir(where) if d.isdigit())
+
+
+def test_default_checkpoints_by_time_and_at_the_end(tmp_path, reference):
+    """By default a run is checkpointed every 30 s of training and at its end: a tiny run saves only the
+    final epoch of each training run (one Orbax save instead of one per epoch), gives the numbers of the
+    run checkpointed after every epoch, and the schedule is not a setting a --resume must match."""
+    out = str(tmp_path / "run")
+    assert RESUME_ARGS[-2:] == ["--checkpoint-every", "1"]
+    argv = RESUME_ARGS[:-2]
+    assert cli.main([*argv, "--out", out]) == 0
+    assert _checkpointed_epochs(out, VARIANT, "ft") == [4]
+    assert _checkpointed_epochs(out, "pretrain-sgd", "original") == [2]
+    assert _numbers(_read(out)) == _numbers(reference)
+    # the schedule can change on --resume (here to every epoch); a finished run stays as it was
+    assert cli.main([*argv, "--out", out, "--resume", "--checkpoint-seconds", "0"]) == 0
     assert _numbers(_read(out)) == _numbers(reference)
 
 

@@ -237,6 +237,17 @@ CLI_CASES = [
     ("seeds-zero", ["--seeds", "0"], ["--seeds must be an integer >= 1"]),
     ("batch-size-zero", ["--batch-size", "0"], ["--batch-size must be an integer >= 1"]),
     ("max-train-zero", ["--max-train", "0"], ["--max-train must be an integer >= 1"]),
+    ("checkpoint-every-zero", ["--checkpoint-every", "0"], ["--checkpoint-every must be an integer >= 1"]),
+    (
+        "checkpoint-seconds-negative",
+        ["--checkpoint-seconds", "-5"],
+        ["--checkpoint-seconds must be a finite number >= 0"],
+    ),
+    (
+        "config-checkpoint-seconds-text",
+        lambda t: ["--config", _write(t, "c.json", '{"checkpoint_seconds": "often"}')],
+        ["--checkpoint-seconds must be a finite number"],
+    ),
     ("data-dir-missing", ["--data-dir", "/nonexistent/jaxunlearn"], ["--data-dir", "no such directory"]),
     (
         "data-dir-without-files",
