@@ -72,7 +72,12 @@ PyTree = Any
 
 @dataclasses.dataclass
 class RunResult:
-    """Output of :func:`run`: final parameters/state, per-epoch history, timing and divergence report."""
+    """Output of :func:`run`: final parameters/state, per-epoch history, timing and divergence report.
+
+    ``seconds`` is the wall time of the run; ``compile_seconds`` the part of it JAX spent tracing,
+    lowering and compiling (0 when every program was already compiled), so ``seconds - compile_seconds``
+    is the cost of the same run once compiled.
+    """
 
     params: PyTree
     model_state: PyTree
@@ -81,6 +86,7 @@ class RunResult:
     diverged: dict | None = None
     resumed_from: int | None = None
     info: dict = dataclasses.field(default_factory=dict)
+    compile_seconds: float = 0.0
 
 
 @dataclasses.dataclass
@@ -104,28 +110,60 @@ class DeviceData:
 
 
 class _CompileCounter:
-    """Counts the engine's step-function traces (``count``) and every XLA compilation (``compiles``).
+    """Counts the engine's step-function traces (``count``), every XLA compilation (``compiles``) and the
+    seconds spent tracing, lowering and compiling (``seconds``).
 
     ``count`` grows when an engine step is (re)traced; ``compiles`` counts backend compilations of any
     function in the process, from JAX's own monitoring events, so it also catches recompilations that
-    need no retrace (e.g. the same trace with differently placed inputs).
+    need no retrace (e.g. the same trace with differently placed inputs). ``seconds`` sums the durations
+    JAX reports for jaxpr tracing, lowering to MLIR and backend compilation of any function in the process
+    (``RunResult.compile_seconds`` is its growth during one run).
 
     Example:
         >>> COMPILE_COUNTER.reset(); run(...); COMPILE_COUNTER.count, COMPILE_COUNTER.compiles
     """
 
-    def __init__(self):
+    _DURATIONS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+
+    _KEEP = 4096  # recent spans kept for merging nested events
+
+    def __init__(self, listen: bool = True):
         self.count = 0
         self.compiles = 0
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        self.seconds = 0.0
+        self._spans: list[list[float]] = []  # disjoint (start, end) of the counted time, by end
+        if listen:
+            jax.monitoring.register_event_duration_secs_listener(self._on_event)
 
     def _on_event(self, event: str, duration: float, **kwargs) -> None:
+        if event in self._DURATIONS:
+            self._add_span(time.perf_counter(), float(duration))
         if event == "/jax/core/compile/backend_compile_duration":
             self.compiles += 1
+
+    def _add_span(self, end: float, duration: float) -> None:
+        """Count the time in ``[end - duration, end]`` not counted yet: an event is reported when it ends,
+        so a jit traced inside another one's trace arrives first and lies inside the outer span."""
+        start = end - duration
+        while self._spans and self._spans[-1][1] > start:
+            s0, e0 = self._spans.pop()
+            self.seconds -= e0 - s0
+            start = min(start, s0)
+            end = max(end, e0)
+        self._spans.append([start, end])
+        self.seconds += end - start
+        if len(self._spans) > self._KEEP:
+            del self._spans[: len(self._spans) - self._KEEP]
 
     def reset(self):
         self.count = 0
         self.compiles = 0
+        self.seconds = 0.0
+        self._spans = []
 
 
 COMPILE_COUNTER = _CompileCounter()
@@ -412,6 +450,7 @@ def run(
     last_good = (_copy(params), _copy(model_state))
     diverged = None
     t0 = last_save = time.perf_counter()
+    c0 = COMPILE_COUNTER.seconds
     bar = tqdm(
         total=plan.epochs * steps,
         initial=start_epoch * steps,
@@ -474,7 +513,9 @@ def run(
         if ckpt is not None:
             ckpt.close()
     jax.block_until_ready(params)
-    return RunResult(params, model_state, history, time.perf_counter() - t0, diverged, resumed_from)
+    res = RunResult(params, model_state, history, time.perf_counter() - t0, diverged, resumed_from)
+    res.compile_seconds = COMPILE_COUNTER.seconds - c0
+    return res
 
 
 def _checkpoint_schedule(every, seconds) -> tuple[int | None, float | None]:
@@ -822,12 +863,15 @@ def unlearn(
     from jaxunlearn import methods as methods_lib  # the registry sits below the engine
 
     m = methods_lib.get(method)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), COMPILE_COUNTER.seconds
     recipe = m.recipe(ctx)
     if recipe.plan is None:
         params = jax.block_until_ready(recipe.params)
         state = recipe.model_state if recipe.model_state is not None else ctx.model_state
-        return RunResult(params, state, [], time.perf_counter() - t0, info=dict(recipe.info))
+        return RunResult(
+            params, state, [], time.perf_counter() - t0, info=dict(recipe.info),
+            compile_seconds=COMPILE_COUNTER.seconds - c0,
+        )  # fmt: skip
     params, state = recipe.start if recipe.start is not None else (ctx.params, ctx.model_state)
     x, y = ctx.x, ctx.y
     retain_idx = np.asarray(ctx.retain_idx if recipe.retain_idx is None else recipe.retain_idx)
@@ -858,5 +902,6 @@ def unlearn(
         param_sharding=param_sharding,
     )
     res.seconds = time.perf_counter() - t0
+    res.compile_seconds = COMPILE_COUNTER.seconds - c0
     res.info = dict(recipe.info)
     return res

@@ -616,6 +616,7 @@ def run_job(cfg: JobConfig) -> dict:
                         apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, seed, mesh
                     )
                     entry["seconds"] = orig.seconds
+                    entry["compile_seconds"] = orig.compile_seconds
                     entry["diverged"] = _divergence(orig, entry.pop("nonfinite_outputs"))
                     job.record(key_o, entry)
                 key_r = f"{seed}/{pre}/retrain"
@@ -635,6 +636,7 @@ def run_job(cfg: JobConfig) -> dict:
                         apply_fn, retrain_res.params, retrain_res.model_state, ds, forget_idx, retain_idx, seed, mesh
                     )
                     entry["seconds"] = retrain_res.seconds
+                    entry["compile_seconds"] = retrain_res.compile_seconds
                     entry["diverged"] = _divergence(retrain_res, entry.pop("nonfinite_outputs"))
                     job.record(key_r, entry)
                 bar.update(1)
@@ -672,6 +674,7 @@ def run_job(cfg: JobConfig) -> dict:
                                     apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, seed, mesh
                                 )
                                 entry["seconds"] = res.seconds
+                                entry["compile_seconds"] = res.compile_seconds
                                 entry["diverged"] = _divergence(res, entry.pop("nonfinite_outputs"))
                                 entry.update({f"info_{k}": v for k, v in res.info.items()})
                                 job.record(key, entry)

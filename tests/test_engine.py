@@ -370,13 +370,15 @@ def test_no_recompilation_between_epochs_or_runs(small):
     assert counts[0] == before + 1  # traced once, in the first epoch
     assert counts == [counts[0]] * 3
     assert len(compiled) == 1
+    assert 0 < res.compile_seconds < res.seconds  # the compilation is part of the first run's time
     # a second run with the same apply_fn / optimizer / shapes (other parameters, other seed) reuses it
     with step_compilations() as compiled:
-        engine.train(
+        again = engine.train(
             apply_fn, res.params, state, small, optimizer=cfg, epochs=3, seed=7, progress=False, on_epoch_end=cb
         )
     assert counts == [counts[0]] * 6
     assert compiled == []
+    assert again.compile_seconds == 0.0
     # a run of another length (other epochs, another training subset: another cosine schedule length)
     # still reuses the step: the schedule's length is a run-time value, not part of the program
     with step_compilations() as compiled:
@@ -387,6 +389,19 @@ def test_no_recompilation_between_epochs_or_runs(small):
     assert compiled == []
     assert engine.COMPILE_COUNTER.count == counts[0]
     assert np.all(np.isfinite(np.asarray(jax.tree.leaves(short.params)[0])))
+
+
+def test_compile_seconds_count_nested_events_once():
+    """JAX reports a jit traced inside another one's trace before the outer one (both end-stamped): the
+    counted time is the union of the spans, not their sum."""
+    c = engine._CompileCounter(listen=False)
+    c._add_span(10.0, 1.0)  # inner: [9, 10]
+    c._add_span(12.0, 7.0)  # outer: [5, 12] holds it
+    assert c.seconds == pytest.approx(7.0)
+    c._add_span(21.0, 1.0)  # a later, separate compilation
+    assert c.seconds == pytest.approx(8.0)
+    c._add_span(22.0, 1.5)  # overlaps the previous span by 0.5
+    assert c.seconds == pytest.approx(9.0)
 
 
 def test_cosine_schedule_matches_optax_and_takes_a_traced_length():

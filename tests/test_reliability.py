@@ -29,7 +29,7 @@ TINY += ["--no-figures", "--quiet"]
 RESUME_ARGS = ["run", *TINY, "--methods", "neggrad,ft", "--option", "ft.epochs=4", "--checkpoint-every", "1"]
 VARIANT = "pretrain-sgd_unlearn-sgd"
 #: values that depend on wall-clock time or on the output directory
-_TIMING = {"seconds", "speedup"}
+_TIMING = {"seconds", "speedup", "compile_seconds"}
 _RUN_LOCAL = {"out", "resume", "seconds", "checkpoint_every", "checkpoint_seconds"}
 
 
@@ -209,7 +209,11 @@ def test_default_checkpoints_by_time_and_at_the_end(tmp_path, reference):
     assert cli.main([*argv, "--out", out]) == 0
     assert _checkpointed_epochs(out, VARIANT, "ft") == [4]
     assert _checkpointed_epochs(out, "pretrain-sgd", "original") == [2]
-    assert _numbers(_read(out)) == _numbers(reference)
+    results = _read(out)
+    assert _numbers(results) == _numbers(reference)
+    # every entry says how much of its wall time went to tracing and compiling
+    for name, entry in results["methods"].items():
+        assert 0 <= entry["compile_seconds"] <= entry["seconds"], name
     # the schedule can change on --resume (here to every epoch); a finished run stays as it was
     assert cli.main([*argv, "--out", out, "--resume", "--checkpoint-seconds", "0"]) == 0
     assert _numbers(_read(out)) == _numbers(reference)
