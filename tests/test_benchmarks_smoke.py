@@ -66,3 +66,8 @@ def test_quick_memory_and_job_sections(tmp_path):
     assert "error" not in results["job"], results["job"].get("error")
     assert all("error" not in r for r in results["memory"]["runs"])
     assert "Default job" in text and "Memory of the curvature functions" in text
+    # the job's compile time comes from results.json and stays within each method's wall time
+    for label, times in results["job"]["variants"].items():
+        for name, secs in times.items():
+            assert 0 <= results["job"]["variants_compile"][label][name] <= secs, (label, name)
+    assert "without compilation" in text and "settings: Retrain trains" in text
