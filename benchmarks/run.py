@@ -1065,11 +1065,11 @@ def write_report(results: dict, path: str, cfg) -> str:
     L2 = [
         "## Targets",
         "",
-        "| target | measured | status | physical limit (FLOPs at the measured peak) |",
+        "| target | measured | status | physical limit (FLOPs at the measured peak) or settings |",
         "|---|---|---|---|",
     ]
-    for target, meas, ok, _ in rows:
-        lim = next((v for k, v in limits.items() if target.startswith(k)), "")
+    for target, meas, ok, why in rows:
+        lim = next((v for k, v in limits.items() if target.startswith(k)), "") or why
         L2.append(f"| {target} | {meas} | {_mark(ok)} | {lim} |")
     L2.append("")
     notes = results.get("notes_md")
