@@ -249,31 +249,46 @@ def fisher_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size: 
     return _fisher_diagonal(loss_fn, params, batch, min(chunk_size, n))
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "num_iters"))
-def _top_eigenvalue(loss_fn, params, batch, key, num_iters):
-    flat, _, f = _flat_hvp(loss_fn, params, batch)
-    n = flat.size
-    k = min(num_iters, n)
-    dtype = flat.dtype
+@functools.partial(jax.jit, static_argnames=("n", "k", "dtype"))
+def _lanczos_start(key, n, k, dtype):
     v0 = jax.random.normal(key, (n,), dtype)
     Q = jnp.zeros((k + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    return Q, jnp.zeros((k,), dtype), jnp.zeros((k,), dtype)
 
-    def body(i, carry):
-        Q, alphas, betas = carry
-        w = f(Q[i])
-        alpha = jnp.dot(w, Q[i])
-        # Full reorthogonalization against all vectors so far (twice, for stability).
-        Qm = Q * (jnp.arange(k + 1) <= i).astype(dtype)[:, None]
-        for _ in range(2):
-            w = w - Qm.T @ (Qm @ w)
-        beta = jnp.linalg.norm(w)
-        q_next = jnp.where(beta > 1e-10, w / jnp.maximum(beta, 1e-30), 0.0)
-        return Q.at[i + 1].set(q_next), alphas.at[i].set(alpha), betas.at[i].set(beta)
 
-    init = (Q, jnp.zeros((k,), dtype), jnp.zeros((k,), dtype))
-    _, alphas, betas = jax.lax.fori_loop(0, k, body, init)
+@functools.partial(jax.jit, static_argnames=("loss_fn",))
+def _lanczos_step(loss_fn, params, batch, Q, alphas, betas, i):
+    """Lanczos iteration ``i``: one HVP ``w = H q_i``, ``α_i = wᵀq_i``, ``w`` reorthogonalized against
+    ``q_0..q_i`` (twice, for stability), ``β_i = ‖w‖``, ``q_{i+1} = w / β_i``."""
+    _, _, f = _flat_hvp(loss_fn, params, batch)
+    k = alphas.shape[0]
+    w = f(Q[i])
+    alpha = jnp.dot(w, Q[i])
+    Qm = Q * (jnp.arange(k + 1) <= i).astype(Q.dtype)[:, None]
+    for _ in range(2):
+        w = w - Qm.T @ (Qm @ w)
+    beta = jnp.linalg.norm(w)
+    q_next = jnp.where(beta > 1e-10, w / jnp.maximum(beta, 1e-30), 0.0)
+    return Q.at[i + 1].set(q_next), alphas.at[i].set(alpha), betas.at[i].set(beta)
+
+
+@jax.jit
+def _lanczos_top(alphas, betas):
     T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
     return jnp.max(jnp.linalg.eigvalsh(T))
+
+
+def _top_eigenvalue(loss_fn, params, batch, key, num_iters):
+    # A Python loop over ONE compiled Lanczos step, not lax.fori_loop: on XLA:CPU the loop body with the
+    # HVP of a CNN ran ~30x slower inside the while loop (digits CNN, 256 examples, 20 iterations: 7.1 s
+    # against 20 HVPs of 12 ms; see _hessian_diagonal). Under an outer jit the loop unrolls.
+    flat, _ = ravel_pytree(params)
+    n = flat.size
+    k = min(num_iters, n)
+    Q, alphas, betas = _lanczos_start(key, n, k, flat.dtype)
+    for i in range(k):
+        Q, alphas, betas = _lanczos_step(loss_fn, params, batch, Q, alphas, betas, i)
+    return _lanczos_top(alphas, betas)
 
 
 def top_eigenvalue(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, num_iters: int = 30) -> jax.Array:

@@ -89,6 +89,14 @@ def test_under_jit_and_vmap(mlp):
     jitted = jax.jit(lambda p: curvature.hutchinson_diagonal(mlp_loss, p, batch, jax.random.key(0), 4))(params)
     eager = curvature.hutchinson_diagonal(mlp_loss, params, batch, jax.random.key(0), 4)
     np.testing.assert_allclose(_flat(jitted), _flat(eager), rtol=1e-5)
+    # Lanczos (a Python loop over one compiled step) unrolls under jit and batches under vmap
+    top = lambda p, k: curvature.top_eigenvalue(mlp_loss, p, batch, k, num_iters=6)
+    eager = float(top(params, jax.random.key(3)))
+    assert float(jax.jit(top)(params, jax.random.key(3))) == pytest.approx(eager, rel=1e-5)
+    keys = jax.random.split(jax.random.key(3), 2)
+    per_key = jax.vmap(lambda k: top(params, k))(keys)
+    for i in range(2):
+        assert float(per_key[i]) == pytest.approx(float(top(params, keys[i])), rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -164,27 +164,29 @@ class _Argmax:
         return hash((_Argmax, self.logits_fn))
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _run_chunk(loss_fn, optimizer, batch_size, length, params, opt_state, key, lr, x, y):
-    """``length`` optimizer steps in one ``lax.scan``; module-level so repeated attacks reuse compilations
-    (static: loss_fn, optimizer name or transformation, minibatch size, length; lr is traced)."""
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _relearn_step(loss_fn, optimizer, batch_size, params, opt_state, key, lr, x, y):
+    """One optimizer step; module-level so repeated attacks reuse compilations (static: loss_fn, optimizer
+    name or transformation, minibatch size; lr is traced)."""
     opt = _make_optimizer(optimizer, lr) if isinstance(optimizer, str) else optimizer
-    n = x.shape[0]
+    if batch_size is not None:
+        key, sub = jax.random.split(key)
+        idx = jax.random.choice(sub, x.shape[0], (batch_size,), replace=False)
+        x, y = x[idx], y[idx]
+    loss, g = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, opt_state = opt.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, key, loss
 
-    def body(carry, _):
-        p, s, k = carry
-        if batch_size is not None:
-            k, sub = jax.random.split(k)
-            idx = jax.random.choice(sub, n, (batch_size,), replace=False)
-            xb, yb = x[idx], y[idx]
-        else:
-            xb, yb = x, y
-        loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
-        updates, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, updates), s, k), loss
 
-    (params, opt_state, key), chunk_losses = jax.lax.scan(body, (params, opt_state, key), None, length=length)
-    return params, opt_state, key, jnp.mean(chunk_losses)
+def _run_chunk(loss_fn, optimizer, batch_size, length, params, opt_state, key, lr, x, y):
+    """``length`` optimizer steps and their mean loss. A Python loop over ONE compiled step, not
+    ``lax.scan``: on XLA:CPU the scanned CNN step ran ~8x slower (digits CNN, 50 steps of 32 examples:
+    0.67 s against 0.08 s, same losses), as with the HVP loops in ``curvature``."""
+    losses = []
+    for _ in range(length):
+        params, opt_state, key, loss = _relearn_step(loss_fn, optimizer, batch_size, params, opt_state, key, lr, x, y)
+        losses.append(loss)
+    return params, opt_state, key, jnp.mean(jnp.stack(losses))
 
 
 def relearn_attack(
@@ -210,7 +212,7 @@ def relearn_attack(
 
     Each step: θ ← optax update of ∇_θ loss_fn(θ, x_b, y_b), with (x_b, y_b) the whole relearn set
     (``batch_size=None``) or ``batch_size`` examples drawn without replacement with ``key``. Every
-    ``eval_every`` steps run as one jitted ``lax.scan``; between chunks FA(t) = mean_i
+    ``eval_every`` steps run back to back (one compiled step); between chunks FA(t) = mean_i
     [argmax logits_fn(θ_t, x_forget_i) = y_forget_i] is computed in jitted batches. Summary statistics as
     in ``recovery_summary`` (``steps_to_recover``, ``auc`` = time-averaged FA).
 
