@@ -226,9 +226,9 @@ def _job_config(args) -> JobConfig:  # noqa: F821
         "checkpoint_every": args.checkpoint_every,
         "checkpoint_seconds": args.checkpoint_seconds,
     }
-    if args.checkpoint_every is not None and args.checkpoint_seconds is None:
-        values["checkpoint_seconds"] = None  # --checkpoint-every N alone: by epochs only
     values.update({k: v for k, v in mapping.items() if v is not None})
+    if values.get("checkpoint_every") is not None and "checkpoint_seconds" not in values:
+        values["checkpoint_seconds"] = None  # checkpoint_every alone (flag or config): by epochs only
     opts = values.pop("method_options", {}) or {}
     if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
         raise ValueError("--config: method_options must be a table of {method: {key: value}}.")

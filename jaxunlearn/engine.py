@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,8 +76,9 @@ class RunResult:
     """Output of :func:`run`: final parameters/state, per-epoch history, timing and divergence report.
 
     ``seconds`` is the wall time of the run; ``compile_seconds`` the part of it JAX spent tracing,
-    lowering and compiling (0 when every program was already compiled), so ``seconds - compile_seconds``
-    is the cost of the same run once compiled.
+    lowering and compiling (0 when every program was already compiled; loading from the persistent
+    compilation cache counts too), so ``seconds - compile_seconds`` approximates the cost of the same run
+    once compiled (compilation can overlap computation already dispatched).
     """
 
     params: PyTree
@@ -136,12 +138,14 @@ class _CompileCounter:
         self.compiles = 0
         self.seconds = 0.0
         self._spans: list[list[float]] = []  # disjoint (start, end) of the counted time, by end
+        self._lock = threading.Lock()  # JAX may report events from other threads
         if listen:
             jax.monitoring.register_event_duration_secs_listener(self._on_event)
 
     def _on_event(self, event: str, duration: float, **kwargs) -> None:
         if event in self._DURATIONS:
-            self._add_span(time.perf_counter(), float(duration))
+            with self._lock:
+                self._add_span(time.perf_counter(), float(duration))
         if event == "/jax/core/compile/backend_compile_duration":
             self.compiles += 1
 
@@ -327,8 +331,9 @@ def run(
     Checkpoints (``checkpoint_dir``): the state after epoch ``e`` is saved with Orbax when ``e`` is the
     last epoch, when ``checkpoint_every`` divides ``e``, or when ``checkpoint_seconds`` have passed since
     the last save (or the start); ``None`` turns either rule off. ``checkpoint_every=None,
-    checkpoint_seconds=30`` loses at most ~30 s of training to a crash and skips most saves of short
-    epochs (one save of a small CNN with its optimizer state takes ~50 ms). With ``resume=True`` the
+    checkpoint_seconds=30`` loses at most 30 s plus one epoch of training to a crash (the rule is checked
+    at epoch ends) and skips most saves of short epochs (one save of a small CNN with its optimizer state
+    takes ~50 ms). With ``resume=True`` the
     newest checkpoint is restored and the run continues after it. Multi-host: every process calls the
     same ``run`` and Orbax coordinates the writes (use a shared file system); the time rule is decided on
     the main process's clock, so all processes save the same epochs.
@@ -863,6 +868,7 @@ def unlearn(
     from jaxunlearn import methods as methods_lib  # the registry sits below the engine
 
     m = methods_lib.get(method)
+    _checkpoint_schedule(checkpoint_every, checkpoint_seconds)  # fail before any work
     t0, c0 = time.perf_counter(), COMPILE_COUNTER.seconds
     recipe = m.recipe(ctx)
     if recipe.plan is None:

@@ -615,8 +615,7 @@ def run_job(cfg: JobConfig) -> dict:
                     entry = evaluate_split_metrics(
                         apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, seed, mesh
                     )
-                    entry["seconds"] = orig.seconds
-                    entry["compile_seconds"] = orig.compile_seconds
+                    entry.update(_timing(orig))
                     entry["diverged"] = _divergence(orig, entry.pop("nonfinite_outputs"))
                     job.record(key_o, entry)
                 key_r = f"{seed}/{pre}/retrain"
@@ -635,8 +634,7 @@ def run_job(cfg: JobConfig) -> dict:
                     entry = evaluate_split_metrics(
                         apply_fn, retrain_res.params, retrain_res.model_state, ds, forget_idx, retain_idx, seed, mesh
                     )
-                    entry["seconds"] = retrain_res.seconds
-                    entry["compile_seconds"] = retrain_res.compile_seconds
+                    entry.update(_timing(retrain_res))
                     entry["diverged"] = _divergence(retrain_res, entry.pop("nonfinite_outputs"))
                     job.record(key_r, entry)
                 bar.update(1)
@@ -673,8 +671,7 @@ def run_job(cfg: JobConfig) -> dict:
                                 entry = evaluate_split_metrics(
                                     apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, seed, mesh
                                 )
-                                entry["seconds"] = res.seconds
-                                entry["compile_seconds"] = res.compile_seconds
+                                entry.update(_timing(res))
                                 entry["diverged"] = _divergence(res, entry.pop("nonfinite_outputs"))
                                 entry.update({f"info_{k}": v for k, v in res.info.items()})
                                 job.record(key, entry)
@@ -690,6 +687,11 @@ def run_job(cfg: JobConfig) -> dict:
     finally:
         bar.close()
     return _write_all(cfg, per_variant, time.perf_counter() - t_job)
+
+
+def _timing(res) -> dict:
+    """An entry's wall time and the part of it spent tracing and compiling."""
+    return {"seconds": res.seconds, "compile_seconds": res.compile_seconds}
 
 
 def _figure_method(method_list) -> str:

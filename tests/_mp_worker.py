@@ -181,6 +181,9 @@ def checkpointed(mesh, apply_fn, params, state, x, y) -> dict:
     first = engine.train(apply_fn, params, state, dev, **kw)
     again = engine.train(apply_fn, params, state, dev, resume=True, **kw)
     return {
+        # process 0's answer on every process, whatever the others say
+        "flag_main_true": distributed.main_process_flag(jax.process_index() == 0),
+        "flag_other_true": distributed.main_process_flag(jax.process_index() == 1),
         "ckpt_steps": sorted(int(d) for d in os.listdir(where) if d.isdigit()),
         "ckpt_resumed_from": again.resumed_from,
         "ckpt_restored_maxdiff": maxdiff(host(first.params), host(again.params)),

@@ -113,6 +113,23 @@ def test_config_file_is_read_and_flags_override_it(tmp_path, kind):
     assert cfg.method_options["ga"] == {"lr_scale": 0.2}
 
 
+@pytest.mark.parametrize(
+    ("args", "config", "expected"),
+    [([], None, (None, 30.0)), (["--checkpoint-every", "2"], None, (2, None)),
+     (["--checkpoint-seconds", "0"], None, (None, 0.0)),
+     (["--checkpoint-every", "2", "--checkpoint-seconds", "10"], None, (2, 10.0)),
+     ([], {"checkpoint_every": 3}, (3, None)), (["--checkpoint-every", "2"], {"checkpoint_seconds": 60}, (2, 60.0))],
+)  # fmt: skip
+def test_checkpoint_schedule_options(tmp_path, args, config, expected):
+    """Checkpoints every 30 s of training by default; N epochs alone (flag or config file) replaces the time
+    rule, both together apply both, and a flag keeps what the config file says about the other."""
+    if config is not None:
+        (tmp_path / "c.json").write_text(json.dumps(config))
+        args = [*args, "--config", str(tmp_path / "c.json")]
+    cfg = _config(args).validate()
+    assert (cfg.checkpoint_every, cfg.checkpoint_seconds) == expected
+
+
 def test_run_help_mentions_every_option_group_and_option(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["run", "--help"])

@@ -52,6 +52,8 @@ def test_two_processes_agree(tmp_path):
     assert r0["accuracy"] == r1["accuracy"]
     assert np.max(np.abs(np.asarray(r0["params"]) - single["params"])) < 1e-5
     # a checkpoint written together by both processes (time rule broadcast from process 0) and resumed
+    assert r0["flag_main_true"] is r1["flag_main_true"] is True
+    assert r0["flag_other_true"] is r1["flag_other_true"] is False
     for r in (r0, r1, single):
         assert r["ckpt_steps"] == [1, 2] and r["ckpt_resumed_from"] == 2
         assert r["ckpt_restored_maxdiff"] == 0.0 and r["ckpt_moved"] > 0
