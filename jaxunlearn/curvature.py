@@ -201,6 +201,8 @@ def hutchinson_diagonal(
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
 def _fisher_chunk(loss_fn, params, sub, valid):
+    """``Σ_i valid_i (∇ℓ_i)²`` over the examples of one chunk."""
+
     def one(example):
         g = jax.grad(loss_fn)(params, jax.tree.map(lambda a: a[None], example))
         return jax.tree.map(jnp.square, g)
@@ -209,8 +211,27 @@ def _fisher_chunk(loss_fn, params, sub, valid):
     return jax.tree.map(lambda s: jnp.tensordot(valid.astype(s.dtype), s, axes=1), sq)
 
 
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def _chunk_of(batch, start, n, chunk):
+    """Examples ``start .. start + chunk - 1`` and their validity (``< n``), with a traced ``start``: one
+    program for every chunk (an eager slice compiles once per offset)."""
+    sub = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk), batch)
+    return sub, (start + jnp.arange(chunk) < n).astype(jnp.float32)
+
+
+@jax.jit
+def _tree_add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+@jax.jit
+def _tree_div(a, n):
+    return jax.tree.map(lambda x: x / n, a)
+
+
 def _fisher_diagonal(loss_fn, params, batch, chunk):
-    # Python loop over one compiled chunk function (see _hessian_diagonal for why not lax.map).
+    # Python loop over one compiled chunk function (see _hessian_diagonal for why not lax.map); the tree
+    # arithmetic between chunks is jitted too (eager per-leaf ops compile once per leaf shape and op).
     n = jax.tree.leaves(batch)[0].shape[0]
     n_chunks = _num_chunks(n, chunk)
     pad = n_chunks * chunk - n
@@ -218,11 +239,9 @@ def _fisher_diagonal(loss_fn, params, batch, chunk):
         batch = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0), batch)
     total = None
     for i in range(n_chunks):
-        sub = jax.tree.map(lambda a, i=i: jax.lax.slice_in_dim(a, i * chunk, (i + 1) * chunk), batch)
-        valid = (i * chunk + jnp.arange(chunk) < n).astype(jnp.float32)
-        part = _fisher_chunk(loss_fn, params, sub, valid)
-        total = part if total is None else jax.tree.map(jnp.add, total, part)
-    return jax.tree.map(lambda p: p / n, total)
+        part = _fisher_chunk(loss_fn, params, *_chunk_of(batch, jnp.int32(i * chunk), jnp.int32(n), chunk))
+        total = part if total is None else _tree_add(total, part)
+    return _tree_div(total, jnp.float32(n))
 
 
 def fisher_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size: int = 256) -> PyTree:

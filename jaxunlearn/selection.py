@@ -13,12 +13,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxunlearn import _validate
@@ -68,19 +70,26 @@ def top_fraction(scores: PyTree, fraction: float, *, largest: bool = True) -> Py
         Array([False,  True,  True], dtype=bool)
     """
     frac = _validate.fraction("fraction", fraction)
-    flat, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), scores))
-    n = flat.size
+    n = count(scores)
     if n == 0:
         raise ValueError("scores has no entries to select from.")
-    if not isinstance(flat, jax.core.Tracer) and bool(jnp.any(jnp.isnan(flat))):
-        raise ValueError("scores contains NaN; compute scores at finite parameters or replace NaN first.")
     k = min(n, math.ceil(frac * n - 1e-9))
-    key = -flat if largest else flat
-    order = jnp.argsort(key, stable=True)
-    selected = jnp.zeros((n,), bool).at[order[:k]].set(True)
+    mask, has_nan = _top_k_mask(scores, jnp.int32(k), bool(largest))
+    if not isinstance(has_nan, jax.core.Tracer) and bool(has_nan):
+        raise ValueError("scores contains NaN; compute scores at finite parameters or replace NaN first.")
+    return mask
+
+
+@functools.partial(jax.jit, static_argnames=("largest",))
+def _top_k_mask(scores, k, largest):
+    """The entries of global rank ``< k`` (stable order) and whether any score is NaN. One program per
+    score structure, whatever ``k`` (eager per-leaf ops would compile once per leaf shape)."""
+    flat, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), scores))
+    order = jnp.argsort(-flat if largest else flat, stable=True)
+    rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
     # ravel_pytree's unravel casts to the original dtype; rebuild a bool tree explicitly.
-    as_float = unravel(selected.astype(jnp.float32))
-    return jax.tree.map(lambda x: x > 0.5, as_float)
+    as_float = unravel((rank < k).astype(jnp.float32))
+    return jax.tree.map(lambda x: x > 0.5, as_float), jnp.any(jnp.isnan(flat))
 
 
 def random_fraction(params: PyTree, fraction: float, key: jax.Array) -> PyTree:
@@ -160,4 +169,4 @@ def mask_size(mask: PyTree) -> int:
         >>> mask_size({"w": jnp.array([True, False, True])})
         2
     """
-    return int(sum(int(jnp.sum(m)) for m in jax.tree.leaves(mask)))
+    return int(sum(np.count_nonzero(np.asarray(m)) for m in jax.tree.leaves(mask)))  # on the host: no compile

@@ -65,6 +65,22 @@ def test_fisher_is_mean_squared_per_example_gradient(mlp):
         np.testing.assert_allclose(_flat(got), expected, rtol=1e-5, atol=1e-9)
 
 
+def test_fisher_chunks_share_one_program(mlp):
+    """Many chunks do not mean many compilations: the chunk offset is a traced value (an eager slice per
+    offset compiled once per chunk), so a longer batch costs the same handful of programs."""
+    from jaxunlearn import engine
+
+    params, (x, y) = mlp
+    x, y = jnp.concatenate([x] * 4), jnp.concatenate([y] * 4)
+    curvature.fisher_diagonal(mlp_loss, params, (x[:40], y[:40]), chunk_size=3)  # warm up: 14 chunks
+    before = engine.COMPILE_COUNTER.compiles
+    again = curvature.fisher_diagonal(mlp_loss, params, (x[:40], y[:40]), chunk_size=3)
+    assert engine.COMPILE_COUNTER.compiles == before  # same shapes: nothing new
+    longer = curvature.fisher_diagonal(mlp_loss, params, (x[:97], y[:97]), chunk_size=3)  # 33 chunks
+    assert engine.COMPILE_COUNTER.compiles - before <= 6  # padding and the slice program for the new length
+    assert np.all(np.isfinite(_flat(again))) and np.all(np.isfinite(_flat(longer)))
+
+
 def test_top_eigenvalue_and_trace_match_numpy(dense):
     params, batch, H, _ = dense
     n = H.shape[0]

@@ -91,3 +91,17 @@ def test_nan_scores_raise():
 def test_apply_mask_mismatch_raises():
     with pytest.raises(ValueError, match="mask"):
         selection.apply_mask({"a": jnp.ones(2)}, {"b": jnp.ones(2, bool)})
+
+
+def test_top_fraction_compiles_once_per_score_structure():
+    """The fraction is a run-time value of one compiled program: SalUn, Sharp MinMax and Hessian selection
+    with other fractions on the same model reuse it."""
+    from jaxunlearn import engine
+
+    scores = {"a": jnp.arange(30.0).reshape(5, 6), "b": jnp.linspace(-1.0, 1.0, 7), "c": jnp.ones((2, 2, 3))}
+    selection.top_fraction(scores, 0.5)
+    before = engine.COMPILE_COUNTER.compiles
+    for frac in (0.1, 0.3, 0.77, 1.0):
+        mask = selection.top_fraction(scores, frac, largest=True)
+        assert selection.mask_size(mask) == math.ceil(frac * 49 - 1e-9)
+    assert engine.COMPILE_COUNTER.compiles == before
