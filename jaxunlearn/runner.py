@@ -54,6 +54,7 @@ from jaxunlearn import (
     objectives,
     report,
 )
+from jaxunlearn.methods.common import MeanCE
 from jaxunlearn.plan import OptimConfig
 
 __all__ = ["JobConfig", "run_job", "variant_label", "UNLEARN_CHOICES", "PRETRAIN_CHOICES"]
@@ -787,10 +788,12 @@ def _figures(cfg, ds, apply_fn, orig, fig, forget_idx, retain_idx, out_dir):
 
         a, b, z = metrics.loss_surface(loss, p, d1, d2, num=cfg.landscape_grid, batch=(xf, yf))
         surfaces[f"{tag}: forget loss"] = z
+        # a loss that compares equal for equal (apply_fn, state): both points share the compiled programs
+        ce, fb = MeanCE(apply_fn, st), {"x": xf, "y": yf}
         summary[tag] = {
             "landscape": metrics.sharpness_summary(z, a, b),
-            "top_eigenvalue": float(curvature.top_eigenvalue(loss, p, (xf, yf), jax.random.key(cfg.seed), 20)),
-            "hessian_trace": float(curvature.hessian_trace(loss, p, (xf, yf), jax.random.key(cfg.seed + 1), 16)),
+            "top_eigenvalue": float(curvature.top_eigenvalue(ce, p, fb, jax.random.key(cfg.seed), 20)),
+            "hessian_trace": float(curvature.hessian_trace(ce, p, fb, jax.random.key(cfg.seed + 1), 16)),
         }
     metrics.plot_surface(a, b, surfaces, os.path.join(out_dir, "landscape_forget.png"))
     _atomic_json(
