@@ -239,9 +239,9 @@ def _fisher_diagonal(loss_fn, params, batch, chunk):
         batch = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0), batch)
     total = None
     for i in range(n_chunks):
-        part = _fisher_chunk(loss_fn, params, *_chunk_of(batch, jnp.int32(i * chunk), jnp.int32(n), chunk))
+        part = _fisher_chunk(loss_fn, params, *_chunk_of(batch, i * chunk, n, chunk))
         total = part if total is None else _tree_add(total, part)
-    return _tree_div(total, jnp.float32(n))
+    return _tree_div(total, n)  # Python ints: traced, weakly typed (a bf16 diagonal stays bf16)
 
 
 def fisher_diagonal(loss_fn: LossFn, params: PyTree, batch: Any, *, chunk_size: int = 256) -> PyTree:

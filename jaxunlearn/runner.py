@@ -788,7 +788,8 @@ def _figures(cfg, ds, apply_fn, orig, fig, forget_idx, retain_idx, out_dir):
 
         a, b, z = metrics.loss_surface(loss, p, d1, d2, num=cfg.landscape_grid, batch=(xf, yf))
         surfaces[f"{tag}: forget loss"] = z
-        # a loss that compares equal for equal (apply_fn, state): both points share the compiled programs
+        # a loss that compares equal for the same apply_fn and state arrays: for a model without state
+        # (the CNN, the MLP) both points share the compiled programs
         ce, fb = MeanCE(apply_fn, st), {"x": xf, "y": yf}
         summary[tag] = {
             "landscape": metrics.sharpness_summary(z, a, b),

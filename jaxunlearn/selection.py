@@ -74,7 +74,10 @@ def top_fraction(scores: PyTree, fraction: float, *, largest: bool = True) -> Py
     if n == 0:
         raise ValueError("scores has no entries to select from.")
     k = min(n, math.ceil(frac * n - 1e-9))
-    mask, has_nan = _top_k_mask(scores, jnp.int32(k), bool(largest))
+    # host values (NumPy arrays of any dtype, Python numbers) become float32 on the host, before jit
+    # would narrow 64-bit integers; JAX arrays are converted inside the program
+    scores = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x, np.float32), scores)
+    mask, has_nan = _top_k_mask(scores, k, bool(largest))
     if not isinstance(has_nan, jax.core.Tracer) and bool(has_nan):
         raise ValueError("scores contains NaN; compute scores at finite parameters or replace NaN first.")
     return mask

@@ -71,14 +71,22 @@ def test_fisher_chunks_share_one_program(mlp):
     from jaxunlearn import engine
 
     params, (x, y) = mlp
-    x, y = jnp.concatenate([x] * 4), jnp.concatenate([y] * 4)
-    curvature.fisher_diagonal(mlp_loss, params, (x[:40], y[:40]), chunk_size=3)  # warm up: 14 chunks
+    x, y = np.concatenate([x] * 7), np.concatenate([y] * 7)  # host arrays: slicing them compiles nothing
+    short, long_ = (jnp.asarray(x[:40]), jnp.asarray(y[:40])), (jnp.asarray(x[:97]), jnp.asarray(y[:97]))
+    curvature.fisher_diagonal(mlp_loss, params, short, chunk_size=3)  # warm up: 14 chunks
     before = engine.COMPILE_COUNTER.compiles
-    again = curvature.fisher_diagonal(mlp_loss, params, (x[:40], y[:40]), chunk_size=3)
+    again = curvature.fisher_diagonal(mlp_loss, params, short, chunk_size=3)
     assert engine.COMPILE_COUNTER.compiles == before  # same shapes: nothing new
-    longer = curvature.fisher_diagonal(mlp_loss, params, (x[:97], y[:97]), chunk_size=3)  # 33 chunks
+    longer = curvature.fisher_diagonal(mlp_loss, params, long_, chunk_size=3)  # 33 chunks
     assert engine.COMPILE_COUNTER.compiles - before <= 6  # padding and the slice program for the new length
     assert np.all(np.isfinite(_flat(again))) and np.all(np.isfinite(_flat(longer)))
+
+
+def test_fisher_keeps_a_low_precision_dtype(mlp):
+    params, batch = mlp
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    diag = curvature.fisher_diagonal(lambda p, b: mlp_loss(p, b).astype(jnp.float32), half, batch, chunk_size=4)
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(diag))
 
 
 def test_top_eigenvalue_and_trace_match_numpy(dense):

@@ -305,3 +305,23 @@ def test_neggrad_with_sam_and_asam(setup, random_case):
     assert not leaves_equal(out["none"], out["sam"])
     assert not leaves_equal(out["none"], out["asam"])
     assert not leaves_equal(out["sam"], out["asam"])
+
+
+def test_ssd_dampening_matches_numpy():
+    """SSD's edit against an independent NumPy computation: where I_F > α·I_D the weight is scaled by
+    min(λ·I_D / I_F, 1), elsewhere unchanged; the count is the number of such entries; a bf16 model stays bf16."""
+    from jaxunlearn.methods.ssd import _dampen
+
+    rng = np.random.default_rng(0)
+    w = {"a": rng.normal(size=(4, 5)).astype(np.float32), "b": rng.normal(size=7).astype(np.float32)}
+    i_d = jax.tree.map(lambda x: rng.uniform(0.01, 1.0, size=x.shape).astype(np.float32), w)
+    i_f = jax.tree.map(lambda x: rng.uniform(0.01, 20.0, size=x.shape).astype(np.float32), w)
+    alpha, lam = 5.0, 2.0
+    got, counts = _dampen(w, i_d, i_f, alpha, lam)
+    for k in w:
+        hit = i_f[k] > alpha * i_d[k]
+        want = np.where(hit, w[k] * np.minimum(lam * i_d[k] / i_f[k], 1.0), w[k])
+        np.testing.assert_allclose(np.asarray(got[k]), want, rtol=1e-6)
+    assert sum(int(c) for c in counts) == sum(int(np.sum(i_f[k] > alpha * i_d[k])) for k in w) > 0
+    half, _ = _dampen(*(jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), t) for t in (w, i_d, i_f)), alpha, lam)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(half))

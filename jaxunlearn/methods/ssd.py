@@ -37,18 +37,19 @@ def ssd(ctx, opts):
         f_idx = rng.choice(f_idx, int(opts["max_examples"]), replace=False)
     i_d = _fisher(ctx, np.sort(d_idx), int(opts["chunk_size"]))
     i_f = _fisher(ctx, np.sort(f_idx), int(opts["chunk_size"]))
-    params, changed = _dampen(ctx.params, i_d, i_f, jnp.float32(opts["alpha"]), jnp.float32(opts["lam"]))
-    return Recipe(params=params, model_state=ctx.model_state, info={"dampened": int(changed)})
+    # Python floats: traced as weakly typed scalars, so bf16/f16 parameters keep their dtype
+    params, changed = _dampen(ctx.params, i_d, i_f, float(opts["alpha"]), float(opts["lam"]))
+    return Recipe(params=params, model_state=ctx.model_state, info={"dampened": sum(int(c) for c in changed)})
 
 
 @jax.jit
 def _dampen(params, i_d, i_f, alpha, lam):
-    """``w ← w·min(λ·I_D/I_F, 1)`` where ``I_F > α·I_D``; also the number of dampened parameters. One
-    program for the whole tree (eager per-leaf ops would compile once per leaf shape)."""
+    """``w ← w·min(λ·I_D/I_F, 1)`` where ``I_F > α·I_D``; also the number of dampened parameters per leaf.
+    One program for the whole tree (eager per-leaf ops would compile once per leaf shape)."""
 
     def one(w, d, f):
         beta = jnp.minimum(lam * d / jnp.maximum(f, 1e-30), 1.0)
         return jnp.where(f > alpha * d, w * beta, w)
 
-    changed = sum(jnp.sum(f > alpha * d) for d, f in zip(jax.tree.leaves(i_d), jax.tree.leaves(i_f)))
+    changed = [jnp.sum(f > alpha * d) for d, f in zip(jax.tree.leaves(i_d), jax.tree.leaves(i_f))]
     return jax.tree.map(one, params, i_d, i_f), changed
