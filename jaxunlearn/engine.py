@@ -518,9 +518,10 @@ def run(
         if ckpt is not None:
             ckpt.close()
     jax.block_until_ready(params)
-    res = RunResult(params, model_state, history, time.perf_counter() - t0, diverged, resumed_from)
-    res.compile_seconds = COMPILE_COUNTER.seconds - c0
-    return res
+    return RunResult(
+        params, model_state, history, time.perf_counter() - t0, diverged, resumed_from,
+        compile_seconds=COMPILE_COUNTER.seconds - c0,
+    )  # fmt: skip
 
 
 def _checkpoint_schedule(every, seconds) -> tuple[int | None, float | None]:

@@ -51,7 +51,6 @@ from jaxunlearn import (
     methods,
     metrics,
     models,
-    objectives,
     report,
 )
 from jaxunlearn.methods.common import MeanCE
@@ -779,18 +778,13 @@ def _figures(cfg, ds, apply_fn, orig, fig, forget_idx, retain_idx, out_dir):
     }
     surfaces, summary = {}, {}
     d1, d2 = metrics.random_directions(orig.params, jax.random.key(cfg.seed))
-    xf, yf = jnp.asarray(ds.x_train[forget_idx[:256]]), jnp.asarray(ds.y_train[forget_idx[:256]])
+    fb = {"x": jnp.asarray(ds.x_train[forget_idx[:256]]), "y": jnp.asarray(ds.y_train[forget_idx[:256]])}
     for tag, p, st in (("original", orig.params, orig.model_state), (fig["name"], fig["params"], fig["state"])):
-
-        def loss(q, batch, st=st):
-            logits, _ = apply_fn(q, st, batch[0], train=False)
-            return objectives.cross_entropy(logits, batch[1])
-
-        a, b, z = metrics.loss_surface(loss, p, d1, d2, num=cfg.landscape_grid, batch=(xf, yf))
+        # forget CE in eval mode; MeanCE compares equal for the same apply_fn and state arrays, so for a
+        # model without state (the CNN, the MLP) both points share the compiled curvature programs
+        ce = MeanCE(apply_fn, st)
+        a, b, z = metrics.loss_surface(ce, p, d1, d2, num=cfg.landscape_grid, batch=fb)
         surfaces[f"{tag}: forget loss"] = z
-        # a loss that compares equal for the same apply_fn and state arrays: for a model without state
-        # (the CNN, the MLP) both points share the compiled programs
-        ce, fb = MeanCE(apply_fn, st), {"x": xf, "y": yf}
         summary[tag] = {
             "landscape": metrics.sharpness_summary(z, a, b),
             "top_eigenvalue": float(curvature.top_eigenvalue(ce, p, fb, jax.random.key(cfg.seed), 20)),
