@@ -856,7 +856,9 @@ def unlearn(
     """Run the registered unlearning ``method`` on the context ``ctx`` (a ``methods.Context``).
 
     The method's recipe is built (masks, teachers, scores: counted in ``seconds``) and its plan run by
-    :func:`run`; methods that edit the weights directly return at once. With ``ctx.corrected`` (feature
+    :func:`run`; methods that edit the weights directly return at once (non-finite edited parameters are
+    reported in ``diverged`` with ``epoch`` 0, and the input parameters are returned, as a diverged run
+    returns its last finite ones). With ``ctx.corrected`` (feature
     or label unlearning) the corrected examples Z̃ join the retain set, so gradient methods learn them
     while unlearning the affected examples Z. ``checkpoint_*`` / ``mesh`` / ``sam_mode`` /
     ``param_sharding``: as in :func:`run`.
@@ -875,8 +877,12 @@ def unlearn(
     if recipe.plan is None:
         params = jax.block_until_ready(recipe.params)
         state = recipe.model_state if recipe.model_state is not None else ctx.model_state
+        diverged = None
+        if not bool(_finite_jit(params)):  # the same guard as a run's: keep the last finite parameters
+            params, state = ctx.params, ctx.model_state
+            diverged = {"epoch": 0, "reason": f"{method}'s direct edit gave non-finite parameters"}
         return RunResult(
-            params, state, [], time.perf_counter() - t0, info=dict(recipe.info),
+            params, state, [], time.perf_counter() - t0, diverged=diverged, info=dict(recipe.info),
             compile_seconds=COMPILE_COUNTER.seconds - c0,
         )  # fmt: skip
     params, state = recipe.start if recipe.start is not None else (ctx.params, ctx.model_state)

@@ -188,6 +188,22 @@ def test_hessian_select_restricts_a_masked_base_to_the_intersection(small):
     assert recipe.info["base"] == "salun"
 
 
+def test_direct_edit_to_non_finite_parameters_is_reported_and_not_returned(small):
+    """A direct edit (no plan, so no epochs to guard) that overflows is caught like a diverged run."""
+    setup, forget = small
+    x_t, y_t = setup.ds.x_train[forget], (setup.ds.y_train[forget] + 1) % setup.ds.num_classes
+    opts = {"scores": "all", "update": "first_order", "steps": 3}
+    ok = engine.unlearn("hessian_select", make_ctx(setup, forget, corrected=(x_t, y_t), options=opts), progress=False)
+    assert ok.diverged is None and all_finite(ok.params) and not leaves_equal(ok.params, setup.params)
+    opts["tau"] = 1e38  # θ - τ·Δ overflows float32
+    ctx = make_ctx(setup, forget, corrected=(x_t, y_t), options=opts)
+    assert not all_finite(methods.get("hessian_select").recipe(ctx).params)
+    res = engine.unlearn("hessian_select", ctx, progress=False)
+    assert res.diverged is not None and res.diverged["epoch"] == 0
+    assert "non-finite" in res.diverged["reason"]
+    assert leaves_equal(res.params, setup.params) and leaves_equal(res.model_state, setup.model_state)
+
+
 def test_hessian_select_rejects_bad_settings(small):
     setup, forget = small
     for base in ("ssd", "retrain", "hessian_select"):
