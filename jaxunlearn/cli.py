@@ -32,7 +32,7 @@ def _method_options(items: list[str]) -> dict:
                 f"--option must look like METHOD.KEY=VALUE (e.g. sharp_minmax.fraction=0.1), got {item!r}."
             )
         lhs, value = item.split("=", 1)
-        name, key = lhs.split(".", 1)
+        name, key = lhs.rsplit(".", 1)  # option names have no dots; variant tags may (sharp_minmax@f0.3)
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="METHOD.KEY=VALUE",
-        help="method option, e.g. sharp_minmax.fraction=0.1 (repeatable; see `jaxunlearn methods`)",
+        help="method option, e.g. sharp_minmax.fraction=0.1 (repeatable; see `jaxunlearn methods`); a variant "
+        "METHOD@TAG in --methods takes its own options, e.g. --methods ft,ft@long --option ft@long.epochs=10",
     )
     g = r.add_argument_group("run")
     g.add_argument("--seeds", type=int, default=None, help="number of seeds; tables show mean ± std (default 1)")

@@ -163,6 +163,30 @@ def test_unknown_method_suggests_a_close_name(tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_method_variants_run_side_by_side_with_their_own_options(tmp_path):
+    """``ft`` and ``ft@e3`` in one job: separate entries, checkpoints and options; shared pretraining/Retrain."""
+    out = str(tmp_path / "o")
+    args = ["run", *TINY, "--methods", "ft,ft@e3", "--option", "ft@e3.epochs=3", "--out", out]
+    assert cli.main(args) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    _check_contract(results, ("ft", "ft@e3"))
+    assert results["settings"]["method_options"] == {"ft@e3": {"epochs": 3}}
+    ckpt = os.path.join(out, "checkpoints", "seed0", "pretrain-sgd_unlearn-sgd")
+    assert os.listdir(os.path.join(ckpt, "ft")) == ["1"]  # --unlearn-epochs 1
+    assert os.listdir(os.path.join(ckpt, "ft@e3")) == ["3"]  # the variant's own option
+    assert results["methods"]["ft"] != results["methods"]["ft@e3"]
+
+
+def test_method_variant_options_are_checked_and_tags_may_hold_dots(tmp_path, capsys):
+    assert cli._method_options(["sharp_minmax@f0.3.fraction=0.3"]) == {"sharp_minmax@f0.3": {"fraction": 0.3}}
+    bad = ["run", *TINY, "--methods", "ft@x", "--option", "ft@x.fractoin=1", "--out", str(tmp_path / "o")]
+    assert cli.main(bad) == 2
+    assert "ft@x has no option(s) ['fractoin']" in capsys.readouterr().err
+    assert cli.main(["run", *TINY, "--methods", "ft@a/b", "--out", str(tmp_path / "p")]) == 2
+    assert "bad method variant 'ft@a/b'" in capsys.readouterr().err
+
+
 def test_console_user_error_is_one_line_without_traceback(tmp_path):
     """The real entry point in a fresh interpreter: exit status 2 and a single stderr line."""
     proc = subprocess.run(
@@ -174,7 +198,7 @@ def test_console_user_error_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == ["jaxunlearn: error: unknown method 'neggrd'. Did you mean 'neggrad'? Known methods: "
-                     + ", ".join(sorted(methods.METHODS)) + "."]  # fmt: skip
+                     + ", ".join(sorted(methods.METHODS)) + " (and variants NAME@TAG of each)."]  # fmt: skip
 
 
 def test_devices_flag_runs_data_parallel_on_cpu_cores_without_xla_flags(tmp_path, run_dir):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -157,17 +158,41 @@ def register(name: str, summary: str, defaults: dict | None = None, *, gradient_
     return deco
 
 
+#: ``base@tag`` names a variant of the registered method ``base``: the same method under its own name, so
+#: one job can run it several times with different options (``--option sharp_minmax@f0.3.fraction=0.3``).
+VARIANT_SEP = "@"
+_TAG_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
 def get(name: str) -> Method:
-    """The method registered as ``name``; unknown names raise ``ValueError`` with the closest names.
+    """The method registered as ``name``, or the variant ``base@tag`` of the registered method ``base``.
+
+    A variant is the base method (same recipe, same defaults) under the name ``base@tag``, so results,
+    checkpoints and options (``JobConfig.method_options["base@tag"]``) are kept apart from the base's.
+    Tags are letters, digits and ``_ . + -``. Unknown names raise ``ValueError`` with the closest names.
 
     Example:
         >>> get("neggrad").summary
+        >>> get("sharp_minmax@f0.3").defaults == get("sharp_minmax").defaults
+        True
     """
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, METHODS, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(METHODS))}.")
-    return METHODS[name]
+    if name in METHODS:
+        return METHODS[name]
+    base, sep, tag = str(name).partition(VARIANT_SEP)
+    if sep and base in METHODS:
+        if not _TAG_RE.fullmatch(tag):
+            raise ValueError(
+                f"bad method variant {name!r}: the tag after {VARIANT_SEP!r} must be letters, digits and _ . + - "
+                f"(e.g. {base}@long)."
+            )
+        m = METHODS[base]
+        return dataclasses.replace(m, name=name, summary=f"{m.summary} [{tag}]")
+    close = difflib.get_close_matches(base if sep else name, METHODS, n=3)
+    hint = f" Did you mean {', '.join(repr(c + (sep + tag if sep else '')) for c in close)}?" if close else ""
+    raise ValueError(
+        f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(METHODS))} "
+        f"(and variants NAME{VARIANT_SEP}TAG of each)."
+    )
 
 
 def resolve_options(method: Method, options: dict) -> dict:
