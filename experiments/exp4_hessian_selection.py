@@ -126,10 +126,13 @@ def _write(out, s, args, per, seconds):
             a = common.aggregate([{k: v for k, v in e.items() if k != "diverged"} for e in lst])
             a["diverged_runs"] = sum(bool(e.get("diverged")) for e in lst)
             agg[task][name] = a
+            label = name
+            if a["diverged_runs"]:  # engine.unlearn kept the input parameters: the row shows the original model
+                label += f" (diverged in {a['diverged_runs']}/{len(lst)} seeds: original kept)"
             rows.append(
                 [
                     task,
-                    name,
+                    label,
                     common.fmt(a.get("asr")) if task == "feature" else "—",
                     common.fmt(a["z_acc"]),
                     common.fmt(a["test_acc"]),
