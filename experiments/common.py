@@ -159,11 +159,6 @@ def alias(base: str, tag: str, **options) -> str:
 _MEM_CACHE: dict[str, np.ndarray] = {}
 
 
-# Part of the cache key: how the K memorization models are initialised (each its own initialisation,
-# ``runner.vmapped_train_fn``), so scores computed under another scheme are never reused.
-MEM_SCHEME = "per-model-init"
-
-
 def cache_memorization(cache_dir: str) -> None:
     """Memoize ``runner.memorization_scores`` by (dataset, sizes, recipe, seed) in memory and in ``cache_dir``."""
     orig = getattr(runner.memorization_scores, "__wrapped_original__", runner.memorization_scores)
@@ -183,7 +178,7 @@ def cache_memorization(cache_dir: str) -> None:
                 cfg.batch_size,
                 int(seed),
                 len(ds.y_train),
-                MEM_SCHEME,
+                runner.MODEL_INIT_SCHEME,  # scores from another initialisation scheme are never reused
             ],
             default=str,
         )

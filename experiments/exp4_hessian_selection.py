@@ -127,8 +127,9 @@ def _write(out, s, args, per, seconds):
             a["diverged_runs"] = sum(bool(e.get("diverged")) for e in lst)
             agg[task][name] = a
             label = name
-            if a["diverged_runs"]:  # engine.unlearn kept the input parameters: the row shows the original model
-                label += f" (diverged in {a['diverged_runs']}/{len(lst)} seeds: original kept)"
+            if a["diverged_runs"]:  # the row shows the parameters the divergence guard kept
+                kept = "original kept" if name.endswith(("first_order", "second_order")) else "last finite epoch kept"
+                label += f" (diverged in {a['diverged_runs']}/{len(lst)} seeds: {kept})"
             rows.append(
                 [
                     task,

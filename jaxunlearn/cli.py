@@ -24,7 +24,10 @@ def _csv(s: str) -> tuple[str, ...]:
 
 
 def _method_options(items: list[str]) -> dict:
-    """``name.key=value`` items -> {name: {key: value}} (values parsed as JSON when possible)."""
+    """``name.key=value`` items -> {name: {key: value}} (values parsed as JSON when possible).
+
+    The method name ends at the last dot (variant tags may hold dots: ``sharp_minmax@f0.3.fraction=0.3``).
+    """
     out: dict = {}
     for item in items or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -33,6 +36,11 @@ def _method_options(items: list[str]) -> dict:
             )
         lhs, value = item.split("=", 1)
         name, key = lhs.rsplit(".", 1)  # option names have no dots; variant tags may (sharp_minmax@f0.3)
+        if not key.isidentifier():
+            raise ValueError(
+                f"--option {item!r} reads as method {name!r}, option {key!r}; write METHOD.KEY=VALUE "
+                "(e.g. sharp_minmax@f0.3.fraction=0.3)."
+            )
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:

@@ -878,7 +878,7 @@ def unlearn(
         params = jax.block_until_ready(recipe.params)
         state = recipe.model_state if recipe.model_state is not None else ctx.model_state
         diverged = None
-        if not bool(_finite_jit(params)):  # the same guard as a run's: keep the last finite parameters
+        if not bool(_finite_jit((params, state))):  # as a run does: keep the last finite parameters
             params, state = ctx.params, ctx.model_state
             diverged = {"epoch": 0, "reason": f"{method}'s direct edit gave non-finite parameters"}
         return RunResult(

@@ -259,7 +259,8 @@ def markdown_table(
     Fractions (accuracies, MIA, ToW) are shown in percent with ``digits`` decimals: ``97.3`` or
     ``97.3 ± 0.4`` for ``{"mean", "std"}``; ``seconds`` as ``12.3 (8.1×)`` where 8.1× = seconds(retrain) /
     seconds(method) is the speed-up over retraining; other columns with 4 significant digits; missing
-    values as ``—``.
+    values as ``—``. A method whose run diverged (``diverged`` set) is marked ``name (diverged)``, or
+    ``(diverged in k/n seeds)`` over several seeds.
 
     Example::
 
@@ -295,8 +296,17 @@ def markdown_table(
     for name in _ordered_methods(methods):
         entry = methods[name] if isinstance(methods[name], Mapping) else {}
         cells = [_fmt_cell(entry.get(c), c, digits, retrain_seconds) for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name}{_diverged_note(entry.get('diverged'))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _diverged_note(diverged) -> str:
+    """`` (diverged)`` / `` (diverged in k/n seeds)`` for an entry whose run hit the divergence guard: its numbers
+    are those of the parameters the guard kept (the last finite epoch, or the input of a direct edit)."""
+    if isinstance(diverged, list):
+        k = sum(d is not None and d is not False for d in diverged)
+        return f" (diverged in {k}/{len(diverged)} seeds)" if k else ""
+    return " (diverged)" if diverged not in (None, False) else ""
 
 
 def save_figure(fig, path, *, dpi: int = 150, close: bool = True) -> str:

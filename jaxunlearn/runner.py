@@ -144,11 +144,22 @@ class JobConfig:
         if not self.methods:
             raise ValueError("--methods is empty; name at least one method, e.g. --methods ft,sharp_minmax.")
         for m in self.methods:
-            methods.get(m)
+            if m != "retrain" and methods.get(m).name.partition(methods.VARIANT_SEP)[0] == "retrain":
+                raise ValueError(
+                    f"--methods {m}: Retrain is the job's reference, run once per pretraining; "
+                    "variants of it are not supported in a job (use --pretrain-epochs / --option retrain.KEY=...)."
+                )
         dup = sorted({m for m in self.methods if self.methods.count(m) > 1})
         if dup:
             raise ValueError(f"--methods names {dup} more than once; list each method once.")
         for name, opts in self.method_options.items():
+            if methods.VARIANT_SEP in name and name not in self.methods:
+                close = difflib.get_close_matches(name, self.methods, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ValueError(
+                    f"--option {name}.*: the variant {name} is not in --methods{hint}; a variant's options apply "
+                    "only to that variant, so list it in --methods."
+                )
             method = methods.get(name)
             methods.resolve_options(method, opts)
             for key, value in opts.items():
@@ -389,6 +400,11 @@ def build_model(cfg: JobConfig, ds: data.Dataset, seed: int):
     name = cfg.model or _default_model(cfg.dataset)
     kw = _width_kwargs(name, cfg.width)
     return models.build(name, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed, **kw)
+
+
+#: How :func:`vmapped_train_fn` initialises its K models (each its own initialisation); caches of
+#: memorization scores key on it, so change it whenever that changes.
+MODEL_INIT_SCHEME = "per-model-init"
 
 
 def vmapped_train_fn(

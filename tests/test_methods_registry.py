@@ -188,14 +188,11 @@ def test_hessian_select_restricts_a_masked_base_to_the_intersection(small):
     assert recipe.info["base"] == "salun"
 
 
-def test_variants_are_the_base_method_under_their_own_name(small):
+def test_variants_are_the_base_method_under_their_own_name():
     base = methods.get("sharp_minmax")
     v = methods.get("sharp_minmax@f0.3")
     assert v.name == "sharp_minmax@f0.3" and v.recipe_fn is base.recipe_fn and v.defaults == base.defaults
     assert "sharp_minmax@f0.3" not in methods.METHODS  # looked up, not registered
-    setup, forget = small
-    ctx = make_ctx(setup, forget, options={"fraction": 0.3})
-    assert leaves_equal(v.recipe(ctx).plan.hp, base.recipe(ctx).plan.hp)
     with pytest.raises(ValueError, match="Did you mean 'sharp_minmax@f0.3'"):
         methods.get("sharp_minmx@f0.3")
     for bad in ("sharp_minmax@", "sharp_minmax@a b", "sharp_minmax@x/y"):
@@ -221,7 +218,7 @@ def test_direct_edit_to_non_finite_parameters_is_reported_and_not_returned(small
 
 def test_hessian_select_rejects_bad_settings(small):
     setup, forget = small
-    for base in ("ssd", "retrain", "hessian_select"):
+    for base in ("ssd", "retrain", "hessian_select", "ssd@x", "retrain@x", "hessian_select@x"):
         with pytest.raises(ValueError, match="base"):
             methods.get("hessian_select").recipe(make_ctx(setup, forget, options={"scores": "all", "base": base}))
     for update in ("first_order", "second_order"):

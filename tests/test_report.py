@@ -138,6 +138,15 @@ def test_markdown_table(methods):
         report.markdown_table({"settings": {}, "methods": {}})
 
 
+def test_markdown_table_marks_diverged_methods(methods):
+    ms = report.to_jsonable(methods)
+    ms["ft"]["diverged"] = {"epoch": 2, "reason": "non-finite loss or parameters"}  # one seed
+    ms["sharp_minmax"]["diverged"] = [None, {"epoch": 0, "reason": "x"}, None]  # three seeds
+    ms["retrain"]["diverged"] = [None, None, None]
+    rows = [line.split("|")[1].strip() for line in report.markdown_table(ms).strip().splitlines()[2:]]
+    assert sorted(rows) == ["ft (diverged)", "original", "retrain", "sharp_minmax (diverged in 1/3 seeds)"]
+
+
 def test_figures(tmp_path, methods):
     res = {"settings": {}, "methods": report.to_jsonable(methods)}
     path = tmp_path / "a" / "b" / "bars.png"

@@ -23,6 +23,15 @@ from jaxunlearn.methods import (  # noqa: F401  (registration side effects)
     sharp_minmax,
     ssd,
 )
-from jaxunlearn.methods.base import METHODS, Context, Method, Recipe, get, register, resolve_options
+from jaxunlearn.methods.base import (
+    METHODS,
+    VARIANT_SEP,
+    Context,
+    Method,
+    Recipe,
+    get,
+    register,
+    resolve_options,
+)
 
-__all__ = ["METHODS", "Context", "Method", "Recipe", "get", "register", "resolve_options"]
+__all__ = ["METHODS", "VARIANT_SEP", "Context", "Method", "Recipe", "get", "register", "resolve_options"]

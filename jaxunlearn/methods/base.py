@@ -26,7 +26,18 @@ import numpy as np
 
 from jaxunlearn.plan import PRETRAIN_DEFAULT, UNLEARN_DEFAULT, OptimConfig, Plan
 
-__all__ = ["Context", "Recipe", "Method", "METHODS", "register", "get", "resolve_options", "method_plan", "scaled"]
+__all__ = [
+    "Context",
+    "Recipe",
+    "Method",
+    "METHODS",
+    "VARIANT_SEP",
+    "register",
+    "get",
+    "resolve_options",
+    "method_plan",
+    "scaled",
+]
 
 PyTree = Any
 
@@ -168,8 +179,10 @@ def get(name: str) -> Method:
     """The method registered as ``name``, or the variant ``base@tag`` of the registered method ``base``.
 
     A variant is the base method (same recipe, same defaults) under the name ``base@tag``, so results,
-    checkpoints and options (``JobConfig.method_options["base@tag"]``) are kept apart from the base's.
-    Tags are letters, digits and ``_ . + -``. Unknown names raise ``ValueError`` with the closest names.
+    checkpoints and options (``JobConfig.method_options["base@tag"]``) are kept apart from the base's; it
+    does not inherit the options given to ``base``. A name registered with ``@`` in it (``register``)
+    takes precedence over the variant of the same spelling. Tags are letters, digits and ``_ . + -``.
+    Unknown names raise ``ValueError`` with the closest names.
 
     Example:
         >>> get("neggrad").summary

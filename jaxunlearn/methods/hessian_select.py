@@ -156,11 +156,11 @@ def hessian_select(ctx, opts):
         mask = selection_mask(ctx, opts["scores"], float(opts["fraction"]), opts["data"], **kw)
     info = {"mask_size": selection.mask_size(mask), "num_params": selection.count(mask), "scores": opts["scores"]}
     if opts["update"] == "gradient":
-        if opts["base"] in ("hessian_select", "ssd", "retrain"):
+        base = base_mod.get(opts["base"])  # a variant NAME@TAG counts as its base method NAME
+        if base.name.partition(base_mod.VARIANT_SEP)[0] in ("hessian_select", "ssd", "retrain"):
             raise ValueError(
                 f"base must be a gradient unlearning method from the original model, got {opts['base']!r}."
             )
-        base = base_mod.get(opts["base"])
         sub = dataclasses.replace(ctx, options=dict(opts["base_options"] or {}))
         recipe = base.recipe(sub)
         recipe.plan = _restrict(recipe.plan, mask)
