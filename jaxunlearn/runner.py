@@ -637,7 +637,9 @@ def run_job(cfg: JobConfig) -> dict:
                 key_r = f"{seed}/{pre}/retrain"
                 retrain_res = None
                 if key_r not in job.done:
-                    ctx = methods.Context(optimizer=un_base, **ctx_common)
+                    ctx = methods.Context(
+                        optimizer=un_base, options=dict(cfg.method_options.get("retrain", {})), **ctx_common
+                    )
                     retrain_res = engine.unlearn(
                         "retrain",
                         ctx,

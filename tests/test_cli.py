@@ -177,6 +177,22 @@ def test_method_variants_run_side_by_side_with_their_own_options(tmp_path):
     assert os.listdir(os.path.join(ckpt, "ft@e3")) == ["3"]  # the variant's own option
 
 
+def test_retrain_receives_its_method_options(tmp_path, monkeypatch):
+    from jaxunlearn import engine as engine_mod
+
+    seen = {}
+    real = engine_mod.unlearn
+
+    def spy(method, ctx, **kw):
+        seen[method] = dict(ctx.options)
+        return real(method, ctx, **kw)
+
+    monkeypatch.setattr(engine_mod, "unlearn", spy)
+    args = ["run", *TINY, "--methods", "ft", "--option", "retrain.init_seed=7", "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 0
+    assert seen["retrain"] == {"init_seed": 7} and seen["ft"] == {}
+
+
 def test_method_variant_options_are_checked_and_tags_may_hold_dots(tmp_path, capsys):
     assert cli._method_options(["sharp_minmax@f0.3.fraction=0.3"]) == {"sharp_minmax@f0.3": {"fraction": 0.3}}
     bad = ["run", *TINY, "--methods", "ft@x", "--option", "ft@x.fractoin=1", "--out", str(tmp_path / "o")]
