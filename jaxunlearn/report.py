@@ -339,7 +339,8 @@ def plot_bars(
 ) -> str:
     """Grouped bar chart: one group per metric (FA, RA, TA, MIA), one bar per method, values in percent,
     error bars = std where the value is ``{"mean", "std"}``; ``original`` and ``retrain`` come first and
-    the retrain value of each metric is marked by a dashed line across its group.
+    the retrain value of each metric is marked by a dashed line across its group. Methods whose run
+    diverged carry the table's ``(diverged)`` mark in the legend.
 
     Example::
 
@@ -378,7 +379,7 @@ def plot_bars(
         has_err = any(s is not None for _, s in ms)
         ax.bar(x - 0.4 + (i + 0.5) * width, heights, width, yerr=errs if has_err else None,
                capsize=2, color=colors[i], hatch=hatches[(i // 10) % len(hatches)], edgecolor="black",
-               linewidth=0.4, label=name)
+               linewidth=0.4, label=name + _diverged_note(entry.get("diverged")))
     if "retrain" in methods and isinstance(methods["retrain"], Mapping):
         for j, k in enumerate(keys):
             m = _mean_std(methods["retrain"].get(k))[0]

@@ -147,6 +147,17 @@ def test_markdown_table_marks_diverged_methods(methods):
     assert sorted(rows) == ["ft (diverged)", "original", "retrain", "sharp_minmax (diverged in 1/3 seeds)"]
 
 
+def test_bar_legend_marks_diverged_methods(tmp_path, methods, monkeypatch):
+    ms = report.to_jsonable(methods)
+    ms["ft"]["diverged"] = {"epoch": 0, "reason": "x"}
+    figs = []
+    real = report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: figs.append(fig) or real(fig, path, **kw))
+    report.plot_bars(ms, tmp_path / "bars.png")
+    legend = [t.get_text() for ax in figs[0].axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+    assert "ft (diverged)" in legend and "sharp_minmax" in legend
+
+
 def test_figures(tmp_path, methods):
     res = {"settings": {}, "methods": report.to_jsonable(methods)}
     path = tmp_path / "a" / "b" / "bars.png"
