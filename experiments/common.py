@@ -1,14 +1,13 @@
-"""Shared pieces of the experiment scripts: command-line options, job configs, method aliases, tables.
+"""Shared pieces of the experiment scripts: command-line options, job configs, tables.
 
 Every script accepts the same data/model/schedule options (``add_common_args``), a ``--smoke`` switch
 that shrinks everything to a seconds-long run on the embedded digits data (used by
 ``tests/test_experiments_smoke.py``), and writes ``experiments/results/<name>/table.md`` and
 ``table.json`` (or under ``--out``).
 
-Method aliases: ``runner.run_job`` takes one option set per registry name, so a sweep over a method's
-options (Sharp MinMax's mask fraction, Hessian selection's scores) registers each setting under its own
-name, e.g. ``sharp_minmax@f0.1-largest``, through the public ``methods.register`` decorator. All the
-variants then share one job: the same pretrained models, forget sets and Retrain references.
+Sweeps over a method's options (Sharp MinMax's mask fraction) run each setting as a method variant
+``NAME@TAG`` (e.g. ``sharp_minmax@f0.1-largest``) with its options in ``JobConfig.method_options``. All
+the variants then share one job: the same pretrained models, forget sets and Retrain references.
 
 Memorization scores: ``run_job`` recomputes the Feldman–Zhang scores (``mem_models`` vmapped models)
 for every job, although they depend only on the data, the seed and the training recipe.
@@ -33,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:  # allow `python experiments/expN_*.py` from the repo root
     sys.path.insert(0, os.path.dirname(HERE))
 
-from jaxunlearn import methods, report, runner  # noqa: E402
+from jaxunlearn import report, runner  # noqa: E402
 from jaxunlearn.runner import JobConfig  # noqa: E402
 
 RESULTS_ROOT = os.path.join(HERE, "results")
@@ -141,19 +140,6 @@ def job_config(args, s: dict, out: str, **kw) -> JobConfig:
     base.setdefault("figures", False)
     base["progress"] = bool(args.progress)
     return JobConfig(**base)
-
-
-def alias(base: str, tag: str, **options) -> str:
-    """Register ``base`` with fixed ``options`` as ``base@tag`` (idempotent); return the new name."""
-    name = f"{base}@{tag}"
-    if name in methods.METHODS:
-        return name
-    m = methods.get(base)
-    methods.resolve_options(m, options)  # unknown options fail here, with the method's option list
-    methods.register(name, f"{m.summary} [{tag}]", {**m.defaults, **options}, gradient_based=m.gradient_based)(
-        m.recipe_fn
-    )
-    return name
 
 
 _MEM_CACHE: dict[str, np.ndarray] = {}

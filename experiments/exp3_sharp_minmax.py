@@ -33,19 +33,21 @@ def main(argv=None):
     out = common.out_dir(args, NAME)
     fracs = [float(f) for f in args.fractions.split(",") if f]
     baselines = [b for b in args.baselines.split(",") if b]
-    sm = []
+    # Each setting is a variant sharp_minmax@TAG with its own options; all share one job.
+    variants = {}
     for f in fracs:
         for largest in (True, False):
             tag = f"f{f:g}-{'largest' if largest else 'smallest'}"
-            sm.append(common.alias("sharp_minmax", tag, fraction=f, largest=largest, mask_reading="strict"))
+            variants[f"sharp_minmax@{tag}"] = {"fraction": f, "largest": largest, "mask_reading": "strict"}
     if args.reference_fraction > 0:
         for largest in (True, False):
             tag = f"f{args.reference_fraction:g}-{'largest' if largest else 'smallest'}-reference"
-            sm.append(
-                common.alias(
-                    "sharp_minmax", tag, fraction=args.reference_fraction, largest=largest, mask_reading="reference"
-                )
-            )
+            variants[f"sharp_minmax@{tag}"] = {
+                "fraction": args.reference_fraction,
+                "largest": largest,
+                "mask_reading": "reference",
+            }
+    sm = list(variants)
     cfg = common.job_config(
         args,
         s,
@@ -54,6 +56,7 @@ def main(argv=None):
         pretrain=("sgd",),
         unlearn_optimizer=("sgd",),
         methods=("retrain", *baselines, *sm),
+        method_options={**s.get("method_options", {}), **variants},
     )
     V, seconds = common.run_or_collect(args, cfg)
     M = next(iter(V.values()))["methods"]
