@@ -198,6 +198,10 @@ def test_variants_are_the_base_method_under_their_own_name():
     for bad in ("sharp_minmax@", "sharp_minmax@a b", "sharp_minmax@x/y"):
         with pytest.raises(ValueError, match="bad method variant"):
             methods.get(bad)
+    # registering an '@' name would shadow the variant of the same spelling
+    with pytest.raises(ValueError, match="cannot contain '@'"):
+        methods.register("ft@mine", "shadow")(lambda ctx, opts: None)
+    assert "ft@mine" not in methods.METHODS
 
 
 def test_direct_edit_to_non_finite_parameters_is_reported_and_not_returned(small):

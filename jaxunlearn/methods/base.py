@@ -151,6 +151,11 @@ class Method:
 
 METHODS: dict[str, Method] = {}
 
+#: ``base@tag`` names a variant of the registered method ``base``: the same method under its own name, so
+#: one job can run it several times with different options (``--option sharp_minmax@f0.3.fraction=0.3``).
+VARIANT_SEP = "@"
+_TAG_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+
 
 def register(name: str, summary: str, defaults: dict | None = None, *, gradient_based: bool = True):
     """Decorator registering ``fn(ctx, options) -> Recipe`` under ``name``.
@@ -163,16 +168,15 @@ def register(name: str, summary: str, defaults: dict | None = None, *, gradient_
     def deco(fn):
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered.")
+        if VARIANT_SEP in name:
+            raise ValueError(
+                f"method names cannot contain {VARIANT_SEP!r} (it marks a variant NAME{VARIANT_SEP}TAG of a registered "
+                f"method, which needs no registration), got {name!r}."
+            )
         METHODS[name] = Method(name, summary, fn, dict(defaults or {}), gradient_based)
         return fn
 
     return deco
-
-
-#: ``base@tag`` names a variant of the registered method ``base``: the same method under its own name, so
-#: one job can run it several times with different options (``--option sharp_minmax@f0.3.fraction=0.3``).
-VARIANT_SEP = "@"
-_TAG_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 def get(name: str) -> Method:
@@ -180,8 +184,7 @@ def get(name: str) -> Method:
 
     A variant is the base method (same recipe, same defaults) under the name ``base@tag``, so results,
     checkpoints and options (``JobConfig.method_options["base@tag"]``) are kept apart from the base's; it
-    does not inherit the options given to ``base``. A name registered with ``@`` in it (``register``)
-    takes precedence over the variant of the same spelling. Tags are letters, digits and ``_ . + -``.
+    does not inherit the options given to ``base``. Tags are letters, digits and ``_ . + -``.
     Unknown names raise ``ValueError`` with the closest names.
 
     Example:
