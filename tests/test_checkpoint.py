@@ -13,8 +13,12 @@ import pytest
 from jaxunlearn.checkpoint import Checkpointer, CheckpointError
 
 # A failed Orbax restore (damaged files, wrong shapes) leaves asynchronous reads behind whose errors
-# surface later as "unraisable" exceptions; collect them inside this module and silence them here.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# surface later as "unraisable" exceptions, or as coroutines that were never awaited; collect them inside
+# this module and silence them here.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning"),
+]
 
 
 @pytest.fixture(autouse=True)
