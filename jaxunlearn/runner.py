@@ -144,7 +144,7 @@ class JobConfig:
         if not self.methods:
             raise ValueError("--methods is empty; name at least one method, e.g. --methods ft,sharp_minmax.")
         for m in self.methods:
-            if m != "retrain" and methods.get(m).name.partition(methods.VARIANT_SEP)[0] == "retrain":
+            if m != "retrain" and methods.get(m).base == "retrain":
                 raise ValueError(
                     f"--methods {m}: Retrain is the job's reference, run once per pretraining; "
                     "variants of it are not supported in a job (use --pretrain-epochs / --option retrain.KEY=...)."

@@ -192,6 +192,7 @@ def test_variants_are_the_base_method_under_their_own_name():
     base = methods.get("sharp_minmax")
     v = methods.get("sharp_minmax@f0.3")
     assert v.name == "sharp_minmax@f0.3" and v.recipe_fn is base.recipe_fn and v.defaults == base.defaults
+    assert v.base == base.base == "sharp_minmax"
     assert "sharp_minmax@f0.3" not in methods.METHODS  # looked up, not registered
     with pytest.raises(ValueError, match="Did you mean 'sharp_minmax@f0.3'"):
         methods.get("sharp_minmx@f0.3")

@@ -148,6 +148,11 @@ class Method:
     def recipe(self, ctx: Context) -> Recipe:
         return self.recipe_fn(ctx, resolve_options(self, ctx.options))
 
+    @property
+    def base(self) -> str:
+        """The registered method this is: ``name`` without a variant's ``@tag`` (``get("ft@e3").base == "ft"``)."""
+        return self.name.partition(VARIANT_SEP)[0]
+
 
 METHODS: dict[str, Method] = {}
 

@@ -156,8 +156,8 @@ def hessian_select(ctx, opts):
         mask = selection_mask(ctx, opts["scores"], float(opts["fraction"]), opts["data"], **kw)
     info = {"mask_size": selection.mask_size(mask), "num_params": selection.count(mask), "scores": opts["scores"]}
     if opts["update"] == "gradient":
-        base = base_mod.get(opts["base"])  # a variant NAME@TAG counts as its base method NAME
-        if base.name.partition(base_mod.VARIANT_SEP)[0] in ("hessian_select", "ssd", "retrain"):
+        base = base_mod.get(opts["base"])
+        if base.base in ("hessian_select", "ssd", "retrain"):  # variants NAME@TAG count as NAME
             raise ValueError(
                 f"base must be a gradient unlearning method from the original model, got {opts['base']!r}."
             )
