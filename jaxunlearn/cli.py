@@ -84,33 +84,69 @@ def _load_config(path: str) -> dict:
     return cfg
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from jaxunlearn.runner import DEFAULT_METHODS
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless the help states its default or there is none.
 
+    The ``run`` options default to ``None`` on the command line (so that ``--config`` files can be merged
+    under them) and state the job's real default, read from :class:`~jaxunlearn.runner.JobConfig`.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == [] or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _default(name: str) -> str:
+    """The job's default for ``JobConfig.<name>`` as the help text shows it (tuples comma-joined)."""
+    from jaxunlearn.runner import JobConfig
+
+    value = JobConfig.__dataclass_fields__[name].default
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxunlearn",
         description="Sharpness-aware machine unlearning in JAX.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "run",
         help="pretrain, unlearn with every method, evaluate, report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         description="Defaults: digits, small CNN, pretrain with SGD and SAM, random 10%% forget set, all methods "
         "with plain and SAM unlearning optimizers. Writes runs/<timestamp>/results.json, table.md and figures.",
     )
     g = r.add_argument_group("data")
-    g.add_argument("--dataset", default=None, help="digits | fashion_mnist | synthetic | tfds:NAME (default digits)")
+    g.add_argument(
+        "--dataset",
+        default=None,
+        help=f"digits | fashion_mnist | synthetic | tfds:NAME (default {_default('dataset')})",
+    )
     g.add_argument("--data-dir", default=None, help="directory with the data (Fashion-MNIST IDX files, TFDS data_dir)")
     g.add_argument("--max-train", type=int, default=None, help="use at most this many training examples")
     g.add_argument("--max-test", type=int, default=None, help="use at most this many test examples")
     g.add_argument("--forget", default=None, help="forget set: random | class | high | low | mid | mix (memorization)")
     g.add_argument(
-        "--forget-size", type=float, default=None, help="whole count >= 1, or fraction in (0, 1) (default 0.1)"
+        "--forget-size",
+        type=float,
+        default=None,
+        help=f"whole count >= 1, or fraction in (0, 1) (default {_default('forget_size')})",
     )
     g.add_argument("--forget-class", type=int, default=None, help="the class to forget with --forget class")
-    g.add_argument("--mem-models", type=int, default=None, help="models for memorization scores (default 8)")
+    g.add_argument(
+        "--mem-models",
+        type=int,
+        default=None,
+        help=f"models for memorization scores (default {_default('mem_models')})",
+    )
     g = r.add_argument_group("model and training")
     g.add_argument(
         "--model", default=None, help="cnn | mlp | resnet18 | theory_cnn (default: cnn; theory_cnn for synthetic)"
@@ -122,23 +158,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="base width: cnn first conv channels (32), mlp first hidden layer (256), resnet18 stem channels (64), "
         "theory_cnn filters (10)",
     )
-    g.add_argument("--pretrain", type=_csv, default=None, help="comma list of sgd | sam | asam (default sgd,sam)")
-    g.add_argument("--pretrain-lr", type=float, default=None, help="SGD learning rate for pretraining (default 0.05)")
-    g.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining (and Retrain) epochs (default 15)")
-    g.add_argument("--pretrain-rho", type=float, default=None, help="SAM/ASAM radius when pretraining (default 0.1)")
-    g.add_argument("--batch-size", type=int, default=None, help="batch size (default 64)")
+    g.add_argument(
+        "--pretrain", type=_csv, default=None, help=f"comma list of sgd | sam | asam (default {_default('pretrain')})"
+    )
+    g.add_argument(
+        "--pretrain-lr",
+        type=float,
+        default=None,
+        help=f"SGD learning rate for pretraining (default {_default('pretrain_lr')})",
+    )
+    g.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help=f"pretraining (and Retrain) epochs (default {_default('pretrain_epochs')})",
+    )
+    g.add_argument(
+        "--pretrain-rho",
+        type=float,
+        default=None,
+        help=f"SAM/ASAM radius when pretraining (default {_default('pretrain_rho')})",
+    )
+    g.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {_default('batch_size')})")
     g = r.add_argument_group("unlearning")
-    g.add_argument("--methods", type=_csv, default=None, help=f"comma list (default {','.join(DEFAULT_METHODS)})")
+    g.add_argument("--methods", type=_csv, default=None, help=f"comma list (default {_default('methods')})")
     g.add_argument(
         "--unlearn-optimizer",
         type=_csv,
         default=None,
-        help="comma list of sgd (plain AdamW) | sam | asam (default sgd,sam)",
+        help=f"comma list of sgd (plain AdamW) | sam | asam (default {_default('unlearn_optimizer')})",
     )
-    g.add_argument("--unlearn-lr", type=float, default=None, help="AdamW learning rate for unlearning (default 0.01)")
-    g.add_argument("--unlearn-epochs", type=int, default=None, help="unlearning epochs (default 5)")
-    g.add_argument("--rho", type=float, default=None, help="SAM/ASAM radius when unlearning (default 0.1)")
-    g.add_argument("--lamb", type=float, default=None, help="lambda in g + s*lambda*(g' - g) (default 1)")
+    g.add_argument(
+        "--unlearn-lr",
+        type=float,
+        default=None,
+        help=f"AdamW learning rate for unlearning (default {_default('unlearn_lr')})",
+    )
+    g.add_argument(
+        "--unlearn-epochs", type=int, default=None, help=f"unlearning epochs (default {_default('unlearn_epochs')})"
+    )
+    g.add_argument(
+        "--rho", type=float, default=None, help=f"SAM/ASAM radius when unlearning (default {_default('rho')})"
+    )
+    g.add_argument(
+        "--lamb", type=float, default=None, help=f"lambda in g + s*lambda*(g' - g) (default {_default('lamb')})"
+    )
     g.add_argument(
         "--option",
         action="append",
@@ -148,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
         "METHOD@TAG in --methods takes its own options, e.g. --methods ft,ft@long --option ft@long.epochs=10",
     )
     g = r.add_argument_group("run")
-    g.add_argument("--seeds", type=int, default=None, help="number of seeds; tables show mean ± std (default 1)")
-    g.add_argument("--seed", type=int, default=None, help="first seed (default 0)")
+    g.add_argument(
+        "--seeds", type=int, default=None, help=f"number of seeds; tables show mean ± std (default {_default('seeds')})"
+    )
+    g.add_argument("--seed", type=int, default=None, help=f"first seed (default {_default('seed')})")
     g.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument(
@@ -157,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="checkpoint a training run after the epoch that ends this many seconds after its last save, and at "
-        "its end (default 30; 0 = after every epoch)",
+        f"its end (default {_default('checkpoint_seconds')}; 0 = after every epoch)",
     )
     g.add_argument(
         "--checkpoint-every",
@@ -166,7 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint every N epochs instead (with --checkpoint-seconds too: whichever comes first)",
     )
     g.add_argument("--no-figures", action="store_true", help="skip the figures")
-    g.add_argument("--landscape-grid", type=int, default=None, help="loss-landscape grid points per axis (default 11)")
+    g.add_argument(
+        "--landscape-grid",
+        type=int,
+        default=None,
+        help=f"loss-landscape grid points per axis (default {_default('landscape_grid')})",
+    )
     g.add_argument(
         "--devices",
         type=int,
@@ -182,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "theory",
         help="signal learning vs noise memorization, SGD vs SAM (synthetic data)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     t.add_argument("--out", default=None, help="output directory (default runs/theory-<timestamp>)")
     t.add_argument("--n", type=int, default=80, help="training examples")
@@ -192,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=300, help="gradient steps")
     t.add_argument("--lr", type=float, default=0.5, help="learning rate")
     t.add_argument("--rho", type=float, default=1.0, help="SAM radius")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
 
     sub.add_parser("methods", help="list the unlearning methods and their options")
     return p

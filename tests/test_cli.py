@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -146,6 +147,40 @@ def test_run_help_mentions_every_option_group_and_option(capsys):
     top = capsys.readouterr().out
     for cmd in ("run", "show", "methods", "theory"):
         assert cmd in top
+
+
+def test_run_help_states_the_job_defaults_and_never_none(capsys, monkeypatch):
+    """Each ``run`` option defaults to None on the command line (config files merge under it); the help must
+    show the job's real default, read from JobConfig, so a changed default cannot leave a stale help text."""
+    from jaxunlearn.runner import JobConfig
+
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps long words mid-word otherwise
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    # One segment per option: the help text re-wrapped onto one line, split before each "  --flag".
+    segments = re.split(r"\n\s{2}(?=--)", text)
+    lines = {seg.split()[0]: " ".join(seg.split()) for seg in segments if seg.startswith("--")}
+    defaults = JobConfig()
+    for flag, field in [
+        ("--pretrain-epochs", "pretrain_epochs"),
+        ("--unlearn-epochs", "unlearn_epochs"),
+        ("--batch-size", "batch_size"),
+        ("--pretrain-lr", "pretrain_lr"),
+        ("--mem-models", "mem_models"),
+    ]:
+        assert f"(default {getattr(defaults, field)})" in lines[flag], lines[flag]
+    assert f"(default {','.join(defaults.methods)})" in lines["--methods"]
+    assert f"(default {','.join(defaults.unlearn_optimizer)})" in lines["--unlearn-optimizer"]
+    monkeypatch.setattr(JobConfig.__dataclass_fields__["pretrain_epochs"], "default", 123)
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "(default 123)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["theory", "--help"])
+    theory = capsys.readouterr().out
+    assert "(default: None)" not in theory and "(default: 300)" in theory
 
 
 def test_methods_lists_every_registered_method(capsys):
