@@ -71,3 +71,12 @@ def test_quick_memory_and_job_sections(tmp_path):
         for name, secs in times.items():
             assert 0 <= results["job"]["variants_compile"][label][name] <= secs, (label, name)
     assert "without compilation" in text and "settings: Retrain trains" in text
+    # the same job at a longer pretraining, every method timed against its Retrain
+    long = results["job"]["papers_length"]
+    assert "error" not in long, long.get("error")
+    assert long["epochs"]["pretrain"] > results["job"]["epochs"]["pretrain"]
+    assert set(long["variants"]) == set(results["job"]["variants"])
+    for label, times in long["variants"].items():
+        assert set(times) == set(results["job"]["variants"][label])
+        assert all(0 <= long["variants_compile"][label][k] <= secs for k, secs in times.items())
+    assert "At the papers' pretraining length" in text and "at the papers' 2 pretraining epochs" in text
