@@ -286,6 +286,32 @@ def test_salun_mask_is_top_gradient_saliency(setup, random_case):
     assert scores[selected].min() >= scores[~selected].max()
 
 
+def test_summed_gradient_over_chunks_equals_one_gradient_of_the_sum(setup, random_case):
+    """Σ_i ∇CE_i computed in chunks of 7 (the last one padded with zero weight) equals the gradient of
+    the summed cross-entropy in one piece, with the set's labels or replacement labels."""
+    from jaxunlearn import objectives
+
+    fi = np.asarray(random_case["forget_idx"])[:40]
+    x, y = setup.data.x, setup.data.y
+    new_labels = (np.asarray(y)[fi] + 1) % 10
+
+    def direct(labels):
+        def loss(p):
+            logits, _ = setup.apply_fn(p, setup.model_state, x[fi], train=False)
+            return jnp.sum(objectives.per_example_cross_entropy(logits, jnp.asarray(labels)))
+
+        return jax.grad(loss)(setup.params)
+
+    for labels in (None, new_labels):
+        want = direct(np.asarray(y)[fi] if labels is None else labels)
+        for bs in (7, 256):
+            got = summed_gradient(
+                setup.apply_fn, setup.params, setup.model_state, x, y, fi, labels=labels, batch_size=bs
+            )
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------------
 # SAM and ASAM as the unlearning optimizer of a gradient method.
 # --------------------------------------------------------------------------------------------------

@@ -20,13 +20,16 @@ PyTree = Any
 
 @functools.lru_cache(maxsize=32)
 def _grad_sum_fn(apply_fn):
-    def f(params, model_state, x, y, idx, weights):
+    # ``total`` is None for the first chunk and the running sum after it: two programs at most, and the
+    # chunks are added inside the compiled program instead of by eager per-leaf operations.
+    def f(params, model_state, x, y, idx, weights, total):
         def loss(p):
             logits, _ = apply_fn(p, model_state, jnp.take(x, idx, axis=0), train=False)
             ell = objectives.per_example_cross_entropy(logits, jnp.take(y, idx, axis=0))
             return jnp.sum(weights * ell)
 
-        return jax.grad(loss)(params)
+        g = jax.grad(loss)(params)
+        return g if total is None else jax.tree.map(jnp.add, total, g)
 
     return jax.jit(f)
 
@@ -54,8 +57,7 @@ def summed_gradient(apply_fn, params, model_state, x, y, idx, *, labels=None, ba
         if chunk.size < bs:
             w[chunk.size :] = 0.0
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - chunk.size)])
-        g = fn(params, model_state, x, y, jnp.asarray(chunk, jnp.int32), jnp.asarray(w))
-        total = g if total is None else jax.tree.map(jnp.add, total, g)
+        total = fn(params, model_state, x, y, jnp.asarray(chunk, jnp.int32), jnp.asarray(w), total)
     return total
 
 
