@@ -80,6 +80,17 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, inner
     return out
 
 
+def _run_child(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python -c script args...`` in a fresh process from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(HERE),
+        timeout=timeout,
+    )
+
+
 def _random_data(n, shape, seed=0, classes=10):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, *shape)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32)
@@ -452,13 +463,7 @@ print(json.dumps({"grad_s": med["grad"], "hutchinson_s": med["hutchinson"], "hut
 def _hutchinson_one_device_process(cfg, probes: int) -> dict:
     """The library default timed in a fresh one-device process (gradient and Hutchinson interleaved): the
     cost ratio of the configuration without a mesh, free of the multi-device process's effects."""
-    p = subprocess.run(
-        [sys.executable, "-c", _HUTCH_CHILD, "1" if cfg.quick else "0", str(probes), str(max(2, cfg.repeats // 2))],
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(HERE),
-        timeout=1800,
-    )
+    p = _run_child(_HUTCH_CHILD, "1" if cfg.quick else "0", str(probes), str(max(2, cfg.repeats // 2)), timeout=1800)
     if p.returncode != 0:
         return {"error": p.stderr[-1000:]}
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -612,13 +617,7 @@ def bench_memory(cfg) -> dict:
     ]
     for fn, model, chunks in plan:
         for c in chunks:
-            p = subprocess.run(
-                [sys.executable, "-c", _MEM_CHILD, fn, model, str(c), "1" if cfg.quick else "0"],
-                capture_output=True,
-                text=True,
-                cwd=os.path.dirname(HERE),
-                timeout=1800,
-            )
+            p = _run_child(_MEM_CHILD, fn, model, str(c), "1" if cfg.quick else "0", timeout=1800)
             if p.returncode != 0:
                 runs.append({"fn": fn, "model": model, "chunk": c, "error": p.stderr[-500:]})
                 continue
@@ -736,13 +735,7 @@ def bench_long_job(cfg) -> dict:
     epochs = 2 if cfg.quick else PAPERS_PRETRAIN_EPOCHS
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "run")
-        p = subprocess.run(
-            [sys.executable, "-c", _LONG_JOB_CHILD, out, "1" if cfg.quick else "0", str(epochs)],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(HERE),
-            timeout=7200,
-        )
+        p = _run_child(_LONG_JOB_CHILD, out, "1" if cfg.quick else "0", str(epochs), timeout=7200)
         if p.returncode != 0:
             return {"error": p.stderr[-3000:]}
         r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -755,13 +748,7 @@ def bench_job(cfg) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "run")
         t = time.perf_counter()
-        p = subprocess.run(
-            [sys.executable, "-c", _JOB_CHILD, out, "1" if cfg.quick else "0"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(HERE),
-            timeout=7200,
-        )
+        p = _run_child(_JOB_CHILD, out, "1" if cfg.quick else "0", timeout=7200)
         total = time.perf_counter() - t
         r = {}
         for line in p.stdout.strip().splitlines():
