@@ -632,9 +632,7 @@ import dataclasses, json, resource, sys, time
 import numpy as np
 from jaxunlearn import engine, methods, models, data, runner
 from jaxunlearn.plan import OptimConfig
-out, quick = sys.argv[1], sys.argv[2] == "1"
-kw = dict(max_train=200, max_test=100, pretrain_epochs=1, unlearn_epochs=1, methods=("retrain", "ft", "neggrad"),
-          pretrain=("sgd",), unlearn_optimizer=("sgd",), figures=False, mem_models=2) if quick else {}
+out, kw = sys.argv[1], json.loads(sys.argv[2])
 counts = {}
 orig_unlearn = engine.unlearn
 def counted(method, ctx, **k):
@@ -699,6 +697,25 @@ print(json.dumps({"steady": steady, "peak_rss_after_steady": peak2}))
 """
 
 
+# The job children's JobConfig settings with --quick (tiny data, three methods, one variant); empty otherwise.
+_QUICK_JOB = dict(
+    max_train=200,
+    max_test=100,
+    pretrain_epochs=1,
+    unlearn_epochs=1,
+    methods=["retrain", "ft", "neggrad"],
+    pretrain=["sgd"],
+    unlearn_optimizer=["sgd"],
+    figures=False,
+    mem_models=2,
+)
+
+
+def _job_settings(cfg, **override) -> str:
+    """The JobConfig settings a job child runs with, as its JSON argument."""
+    return json.dumps({**(_QUICK_JOB if cfg.quick else {}), **override})
+
+
 # The papers pretrain for about 200 epochs and unlearn for 10: the job's speed-ups over Retrain are also
 # measured at that pretraining length (everything else default), where Retrain costs what it costs in the papers.
 PAPERS_PRETRAIN_EPOCHS = 200
@@ -706,11 +723,9 @@ PAPERS_PRETRAIN_EPOCHS = 200
 _LONG_JOB_CHILD = r"""
 import json, sys, time
 from jaxunlearn import runner
-out, quick, epochs = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
-kw = dict(max_train=200, max_test=100, unlearn_epochs=1, methods=("retrain", "ft", "neggrad"),
-          pretrain=("sgd",), unlearn_optimizer=("sgd",), mem_models=2) if quick else {}
+out, kw = sys.argv[1], json.loads(sys.argv[2])
 t = time.perf_counter()
-runner.run_job(runner.JobConfig(out=out, progress=False, figures=False, pretrain_epochs=epochs, **kw))
+runner.run_job(runner.JobConfig(out=out, progress=False, **kw))
 print(json.dumps({"wall_s": time.perf_counter() - t}))
 """
 
@@ -735,7 +750,7 @@ def bench_long_job(cfg) -> dict:
     epochs = 2 if cfg.quick else PAPERS_PRETRAIN_EPOCHS
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "run")
-        p = _run_child(_LONG_JOB_CHILD, out, "1" if cfg.quick else "0", str(epochs), timeout=7200)
+        p = _run_child(_LONG_JOB_CHILD, out, _job_settings(cfg, pretrain_epochs=epochs, figures=False), timeout=7200)
         if p.returncode != 0:
             return {"error": p.stderr[-3000:]}
         r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -748,7 +763,7 @@ def bench_job(cfg) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "run")
         t = time.perf_counter()
-        p = _run_child(_JOB_CHILD, out, "1" if cfg.quick else "0", timeout=7200)
+        p = _run_child(_JOB_CHILD, out, _job_settings(cfg), timeout=7200)
         total = time.perf_counter() - t
         r = {}
         for line in p.stdout.strip().splitlines():
