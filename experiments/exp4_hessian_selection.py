@@ -109,7 +109,7 @@ def main(argv=None):
                         options=opts,
                         corrected=(ds.x_train[z], ds.y_train[z]),
                     )
-                    res = engine.unlearn("hessian_select", ctx, progress=args.progress)
+                    res = methods.unlearn("hessian_select", ctx, progress=args.progress)
                     e = m(res.params, res.model_state)
                     e["seconds"] = res.seconds
                     e["diverged"] = res.diverged is not None

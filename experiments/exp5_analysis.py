@@ -83,11 +83,11 @@ def main(argv=None):
                 pretrain_epochs=s["pretrain_epochs"],
             )
             if pre == "sgd":
-                r = engine.unlearn("retrain", methods.Context(**ctx_kw), progress=args.progress)
+                r = methods.unlearn("retrain", methods.Context(**ctx_kw), progress=args.progress)
                 models_["retrain"] = (r.params, r.model_state, r.seconds)
             for name, un in (("neggrad", "sgd"), ("sharp_minmax", "sam")):
                 ctx = methods.Context(optimizer=common.unlearn_optimizer(s, un), **ctx_kw)
-                r = engine.unlearn(name, ctx, progress=args.progress)
+                r = methods.unlearn(name, ctx, progress=args.progress)
                 models_[f"{pre} / {name}"] = (r.params, r.model_state, r.seconds)
         ref = None
         entries = {}

@@ -31,6 +31,8 @@ __all__ = [
     "cpu_devices_settable",
     "usable_cores",
     "make_mesh",
+    "data_axis",
+    "data_size",
     "batch_sharding",
     "replicated",
     "shard_data",
@@ -81,18 +83,24 @@ def make_mesh(num_devices: int | None = None, axis: str | tuple[str, ...] = DATA
     return Mesh(np.asarray(devices[:n]).reshape(shape), axes, axis_types=types)
 
 
-def _data_axis(mesh: Mesh) -> str:
+def data_axis(mesh: Mesh) -> str:
+    """The mesh axis batches are split over: ``"data"`` when the mesh has it, else its first axis.
+
+    Example:
+        >>> data_axis(make_mesh(1))
+        'data'
+    """
     return DATA if DATA in mesh.axis_names else mesh.axis_names[0]
 
 
 def data_size(mesh: Mesh) -> int:
     """Number of devices along the mesh's ``data`` axis (the data-parallel degree)."""
-    return int(mesh.shape[_data_axis(mesh)])
+    return int(mesh.shape[data_axis(mesh)])
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of a batch: first axis over ``data``, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(_data_axis(mesh)))
+    return NamedSharding(mesh, PartitionSpec(data_axis(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,25 +1,39 @@
-"""Plans: what the engine runs. Optimizer settings, phases (a loss, its batches, a mask, a SAM sign).
+"""Plans: what the engine runs. Optimizers, phases (a loss, its batches, a mask, a SAM sign), step facts.
 
 A method (``jaxunlearn.methods``) describes itself as a :class:`Plan`; the engine
 (``jaxunlearn.engine``) executes plans. This module sits below both, so methods never import the engine.
 
+Wherever an optimizer is accepted (:class:`Plan`, :class:`Phase`, ``methods.Context``, ``engine.run`` /
+``train`` / ``train_many``), it may be an :class:`OptimConfig`, any ``optax.GradientTransformation``, or a
+factory ``total_steps -> GradientTransformation``; :func:`as_optim_config` turns the last two into an
+``OptimConfig`` whose ``base`` is the user's optimizer, so SAM, ASAM and sharpness maximization wrap it
+through :func:`jaxunlearn.transforms.sam` exactly as they wrap the built-in ones.
+
 Example:
+    >>> import optax
     >>> plan = Plan(phases=(Phase("train", supervised_loss),), optimizer=OptimConfig(sam="sam"), epochs=5)
+    >>> plan.optimizer.sam
+    'sam'
+    >>> Plan(phases=(Phase("train", supervised_loss),), optimizer=optax.sgd(0.1)).optimizer.base is not None
+    True
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxunlearn import _validate, objectives, transforms
 
 __all__ = [
     "OptimConfig",
+    "StepInfo",
+    "as_optim_config",
     "Phase",
     "Plan",
     "build_optimizer",
@@ -49,9 +63,21 @@ class OptimConfig:
     Defaults are the papers' pretraining recipe (SGD lr 0.1, momentum 0.9, wd 5e-4, cosine);
     :data:`UNLEARN_DEFAULT` is the unlearning one (AdamW lr 0.01, wd 5e-4).
 
+    ``base``: a user's optimizer instead of the built-in one: an ``optax.GradientTransformation``, or a
+    factory ``total_steps -> GradientTransformation`` (called with the run's schedule length, a Python
+    int, so a schedule such as ``optax.cosine_decay_schedule(lr, total_steps)`` can be built; each run
+    length then compiles its own step). With ``base`` set, ``name``, ``lr``, ``momentum``,
+    ``weight_decay`` and ``schedule`` are unused; the SAM fields apply as usual and ``scale`` multiplies
+    the base's updates (``scaled`` sets it: for optimizers whose last step multiplies by the learning rate,
+    as Optax's SGD, Adam and AdamW, that is the same as scaling the learning rate). Passing the same
+    ``base`` object again reuses compiled steps; a fresh ``optax.adamw(...)`` per call compiles anew.
+
     Example:
         >>> OptimConfig(sam="sam", rho=0.1).with_sam("asam").sam
         'asam'
+        >>> import optax
+        >>> OptimConfig(base=optax.adamw(1e-3), sam="sam", rho=0.05).uses_base
+        True
     """
 
     name: str = "sgd"
@@ -63,8 +89,16 @@ class OptimConfig:
     rho: float = 0.1
     lamb: float = 1.0
     eta: float = 0.01
+    base: Any = None
+    scale: float = 1.0
 
     def __post_init__(self):
+        if self.base is not None and not (_is_transform(self.base) or callable(self.base)):
+            raise ValueError(
+                f"OptimConfig(base=...) must be an optax.GradientTransformation or a function total_steps -> "
+                f"GradientTransformation, got {type(self.base).__name__}."
+            )
+        _validate.positive("scale", self.scale)
         _validate.choice("optimizer", self.name, OPTIMIZERS)
         _validate.choice("sam", self.sam, SAM_KINDS)
         _validate.choice("schedule", self.schedule, SCHEDULES)
@@ -78,6 +112,67 @@ class OptimConfig:
     def with_sam(self, kind: str, **kw) -> OptimConfig:
         """A copy with ``sam=kind`` (and e.g. ``rho=``)."""
         return dataclasses.replace(self, sam=kind, **kw)
+
+    @property
+    def uses_base(self) -> bool:
+        """Whether the optimizer is the user's ``base`` rather than the built-in ``name``."""
+        return self.base is not None
+
+    @property
+    def static_total(self) -> bool:
+        """Whether building the optimizer needs the schedule length as a Python int (a ``base`` factory):
+        the engine then compiles one step per run length instead of tracing the length."""
+        return self.base is not None and not _is_transform(self.base)
+
+
+def _is_transform(x) -> bool:
+    return isinstance(x, optax.GradientTransformation)
+
+
+def as_optim_config(optimizer, *, name: str = "optimizer") -> OptimConfig:
+    """The :class:`OptimConfig` of any accepted optimizer: an ``OptimConfig`` as is; an
+    ``optax.GradientTransformation`` or a factory ``total_steps -> GradientTransformation`` as
+    ``OptimConfig(base=optimizer)`` (no SAM; add it with ``.with_sam("sam", rho=...)``).
+
+    Any other type raises a one-line ``ValueError`` naming what is accepted.
+
+    Example:
+        >>> import optax
+        >>> cfg = as_optim_config(optax.adamw(1e-3)).with_sam("sam", rho=0.05)
+        >>> cfg.sam, cfg.uses_base
+        ('sam', True)
+        >>> as_optim_config(lambda total: optax.sgd(optax.cosine_decay_schedule(0.1, total))).static_total
+        True
+    """
+    if isinstance(optimizer, OptimConfig):
+        return optimizer
+    if _is_transform(optimizer) or (callable(optimizer) and not isinstance(optimizer, type)):
+        return OptimConfig(base=optimizer)
+    raise ValueError(
+        f"{name} must be an OptimConfig, an optax.GradientTransformation or a function total_steps -> "
+        f"GradientTransformation, got {type(optimizer).__name__}."
+    )
+
+
+class StepInfo(NamedTuple):
+    """Facts about the current step that a phase loss may read (int32 scalars, traced: changing them never
+    recompiles): ``epoch`` (from 0), ``epochs`` (of the run) and ``total_steps`` (the schedule's length,
+    ``epochs · steps per epoch``). The number of updates applied so far is ``TrainState.step``.
+
+    Example:
+        >>> info = StepInfo.at(epoch=1, epochs=4, total_steps=40)
+        >>> int(info.epoch), int(info.total_steps)
+        (1, 40)
+    """
+
+    epoch: Any
+    epochs: Any
+    total_steps: Any
+
+    @classmethod
+    def at(cls, *, epoch: int = 0, epochs: int = 1, total_steps: int = 1) -> StepInfo:
+        """A ``StepInfo`` of int32 numpy scalars."""
+        return cls(*(np.int32(v) for v in (epoch, epochs, total_steps)))
 
 
 PRETRAIN_DEFAULT = OptimConfig()
@@ -105,6 +200,13 @@ def cosine_schedule(lr: float, total_steps) -> optax.Schedule:
 
 
 def _base_optimizer(cfg: OptimConfig, total_steps) -> optax.GradientTransformation:
+    if cfg.base is not None:
+        tx = cfg.base if _is_transform(cfg.base) else cfg.base(total_steps)
+        if not _is_transform(tx):
+            raise ValueError(
+                f"the optimizer factory must return an optax.GradientTransformation, got {type(tx).__name__}."
+            )
+        return tx if cfg.scale == 1.0 else optax.chain(tx, optax.scale(cfg.scale))
     lr = cosine_schedule(cfg.lr, total_steps) if cfg.schedule == "cosine" else cfg.lr
     if cfg.name == "sgd":
         parts = []
@@ -134,9 +236,14 @@ def build_optimizer(
     * ``sign="max"`` (sharpness maximization) needs SAM; without SAM the sign has no effect.
 
     Example:
+        >>> import jax
+        >>> loss = lambda w: jnp.sum(w ** 2)
+        >>> params = jnp.ones(3)
         >>> opt = build_optimizer(OptimConfig(sam="sam"), 100)
         >>> state = opt.init(params)
-        >>> upd, state = opt.update(g, state, params, grad_fn=lambda p: jax.grad(loss)(p, batch))
+        >>> upd, state = opt.update(jax.grad(loss)(params), state, params, grad_fn=jax.grad(loss))
+        >>> upd.shape
+        (3,)
     """
     _validate.choice("mask_reading", mask_reading, MASK_READINGS)
     base = _base_optimizer(cfg, total_steps)
@@ -163,18 +270,26 @@ def build_optimizer(
     return optax.chain(*parts)
 
 
-def supervised_loss(apply_fn, params, model_state, batch, hp):
+def supervised_loss(apply_fn, params, model_state, batch, hp, info):
     """Cross-entropy on the retain batch, ``CE(f(x_r), y_r)``: pretraining, Retrain and fine-tuning.
 
     Every phase loss has this signature:
-    ``loss(apply_fn, params, model_state, batch, hp) -> (loss, new_model_state)`` with ``batch`` a dict
-    of ``x_r, y_r, i_r`` (retain inputs, labels, train indices) and ``x_f, y_f, i_f`` (forget).
+    ``loss(apply_fn, params, model_state, batch, hp, info) -> (loss, new_model_state)``, where ``batch``
+    is ``{"retain": R, "forget": F}`` with R and F the batch pytrees the engine's batch source gives for
+    the step's retain and forget indices (for classification arrays ``{"x", "y", "index"}``), ``hp`` the
+    plan's run-time hyperparameters and ``info`` a :class:`StepInfo`.
 
     Example:
-        >>> loss, state = supervised_loss(apply_fn, params, state, {"x_r": x, "y_r": y}, {})
+        >>> import jax, jax.numpy as jnp
+        >>> apply_fn = lambda p, s, x, train=False: (x @ p, s)
+        >>> batch = {"retain": {"x": jnp.eye(2), "y": jnp.array([0, 1])}}
+        >>> loss, _ = supervised_loss(apply_fn, jnp.eye(2) * 10, {}, batch, {}, StepInfo.at())
+        >>> round(float(loss), 6)
+        0.0
     """
-    logits, new_state = apply_fn(params, model_state, batch["x_r"], train=True)
-    return objectives.cross_entropy(logits, batch["y_r"]), new_state
+    r = batch["retain"]
+    logits, new_state = apply_fn(params, model_state, r["x"], train=True)
+    return objectives.cross_entropy(logits, r["y"]), new_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,13 +298,18 @@ class Phase:
 
     Attributes:
         name: shown in histories.
-        loss: ``loss(apply_fn, params, model_state, batch, hp) -> (loss, new_model_state)``; a
-            module-level function, so compiled steps are shared between runs.
+        loss: ``loss(apply_fn, params, model_state, batch, hp, info) -> (loss, new_model_state)`` (see
+            :func:`supervised_loss`); a module-level function, so compiled steps are shared between runs.
         uses: which batches the loss reads: ``("retain",)``, ``("forget",)`` or both.
         sign: ``"min"`` (SAM) or ``"max"`` (sharpness maximization) when the optimizer uses SAM.
         mask_key: name of a boolean mask pytree in ``hp`` restricting this phase's updates, or None.
         active: ``epoch -> bool`` (e.g. SCRUB's max steps only in the first epochs); None = always.
-        optimizer: overrides the plan's optimizer for this phase.
+        optimizer: overrides the plan's optimizer for this phase (any optimizer :func:`as_optim_config`
+            accepts).
+
+    Example:
+        >>> Phase("forget", supervised_loss, uses=("forget",), sign="max").is_active(0)
+        True
     """
 
     name: str
@@ -198,7 +318,13 @@ class Phase:
     sign: str = "min"
     mask_key: str | None = None
     active: Callable[[int], bool] | None = None
-    optimizer: OptimConfig | None = None
+    optimizer: Any = None
+
+    def __post_init__(self):
+        if self.optimizer is not None:
+            object.__setattr__(
+                self, "optimizer", as_optim_config(self.optimizer, name=f"phase {self.name!r} optimizer")
+            )
 
     def is_active(self, epoch: int) -> bool:
         return True if self.active is None else bool(self.active(epoch))
@@ -206,10 +332,17 @@ class Phase:
 
 @dataclasses.dataclass
 class Plan:
-    """What :func:`run` executes. See the module docstring."""
+    """What ``engine.run`` executes: the phases, the optimizer (any optimizer :func:`as_optim_config` accepts),
+    ``epochs`` passes over the retain set (``epoch_over="retain"``) or the forget set, the batch size, and
+    ``hp``, run-time hyperparameters (arrays: changing a value never recompiles).
+
+    Example:
+        >>> Plan((Phase("train", supervised_loss),), epochs=3).optimizer.name
+        'adamw'
+    """
 
     phases: tuple[Phase, ...]
-    optimizer: OptimConfig = UNLEARN_DEFAULT
+    optimizer: Any = UNLEARN_DEFAULT
     epochs: int = 10
     batch_size: int = 64
     epoch_over: str = "retain"
@@ -220,6 +353,8 @@ class Plan:
     def __post_init__(self):
         if not self.phases:
             raise ValueError("a Plan needs at least one Phase.")
+        self.phases = tuple(self.phases)
+        self.optimizer = as_optim_config(self.optimizer, name="Plan.optimizer")
         _validate.positive_int("epochs", self.epochs)
         _validate.positive_int("batch_size", self.batch_size)
         _validate.choice("epoch_over", self.epoch_over, ("retain", "forget"))

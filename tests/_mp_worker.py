@@ -74,8 +74,8 @@ def dp() -> dict:
     # 2. unlearning (Sharp MinMax with SAM: two phases, masks, forget batches)
     ctx_kw = dict(num_classes=10, optimizer=engine.UNLEARN_DEFAULT.with_sam("sam"), epochs=1, batch_size=32)
     ctx = methods.Context(apply_fn, params, state, x, y, np.arange(32, 256), np.arange(32), **ctx_kw)
-    u1 = engine.unlearn("sharp_minmax", ctx, progress=False)
-    u8 = engine.unlearn("sharp_minmax", ctx, progress=False, mesh=mesh)
+    u1 = methods.unlearn("sharp_minmax", ctx, progress=False)
+    u8 = methods.unlearn("sharp_minmax", ctx, progress=False, mesh=mesh)
     out["unlearn_maxdiff"] = maxdiff(u1.params, u8.params)
     out["unlearn_moved"] = maxdiff(u1.params, params)
 
@@ -86,7 +86,7 @@ def dp() -> dict:
     kw = dict(optimizer=opt, epochs=1, batch_size=bs, train_idx=pool, progress=False, seed=3)
     glob = engine.train(apply_fn, params, state, dev, mesh=mesh, **kw).params
     perdev = engine.train(apply_fn, params, state, dev, mesh=mesh, sam_mode="per_device", **kw).params
-    idx = engine._epoch_indices(np.random.default_rng([3, 0]), pool, 1, bs)[0]
+    idx = engine.epoch_indices(np.random.default_rng([3, 0]), pool, 1, bs)[0]
 
     def loss(p, xb, yb):
         logits, _ = apply_fn(p, state, xb, train=True)
@@ -145,8 +145,8 @@ def dp() -> dict:
     out["fsdp_train_maxdiff"] = maxdiff(f1.params, f8.params)
     out["fsdp_train_spec"] = str(max(jax.tree.leaves(f8.params), key=lambda a: a.size).sharding.spec)
     bctx = methods.Context(big_apply, big_params, big_state, x, y, np.arange(32, 256), np.arange(32), **ctx_kw)
-    ub1 = engine.unlearn("sharp_minmax", bctx, progress=False)
-    ubf = engine.unlearn("sharp_minmax", bctx, progress=False, mesh=mesh2, param_sharding="fsdp")
+    ub1 = methods.unlearn("sharp_minmax", bctx, progress=False)
+    ubf = methods.unlearn("sharp_minmax", bctx, progress=False, mesh=mesh2, param_sharding="fsdp")
     out["fsdp_unlearn_maxdiff"] = maxdiff(ub1.params, ubf.params)
 
     # 8. train_many with its K = 8 models split over the 8 devices (one model each) vs one device
@@ -201,7 +201,7 @@ def mp_job() -> dict:
         apply_fn, params, state, x, y, np.arange(32, 256), np.arange(32), 10, optimizer=opt, epochs=2, batch_size=32
     )
     t0 = time.perf_counter()
-    res = engine.unlearn("sharp_minmax", ctx, progress=False, mesh=mesh, sam_mode="per_device")
+    res = methods.unlearn("sharp_minmax", ctx, progress=False, mesh=mesh, sam_mode="per_device")
     acc = engine.evaluate(apply_fn, res.params, res.model_state, x, y, mesh=mesh)["accuracy"]
     p = host(res.params)
     flat = np.concatenate([a.ravel() for a in jax.tree.leaves(p)])

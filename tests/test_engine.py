@@ -73,18 +73,19 @@ def step_compilations():
         logger.removeHandler(handler)
 
 
-def forget_ce_loss(apply_fn, params, model_state, batch, hp):
+def forget_ce_loss(apply_fn, params, model_state, batch, hp, info):
     """Gradient-ascent style loss on the forget batch (a phase that reads the forget set)."""
-    logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
-    ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch["y_f"][:, None], axis=1))
+    f = batch["forget"]
+    logits, new_state = apply_fn(params, model_state, f["x"], train=True)
+    ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), f["y"][:, None], axis=1))
     return -ce, new_state
 
 
-def exploding_loss(apply_fn, params, model_state, batch, hp):
-    """Cross-entropy, scaled by 1e30 from the third epoch (``hp['_epoch'] >= 2``): the parameters
+def exploding_loss(apply_fn, params, model_state, batch, hp, info):
+    """Cross-entropy, scaled by 1e30 from the third epoch (``info.epoch >= 2``): the parameters
     overflow to inf/NaN within that epoch, while epochs 1 and 2 are ordinary."""
-    loss, new_state = engine.supervised_loss(apply_fn, params, model_state, batch, hp)
-    return loss * jnp.where(hp["_epoch"] >= 2, 1e30, 1.0), new_state
+    loss, new_state = engine.supervised_loss(apply_fn, params, model_state, batch, hp, info)
+    return loss * jnp.where(info.epoch >= 2, 1e30, 1.0), new_state
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,12 +263,18 @@ def test_checkpoint_schedule(small, tmp_path, monkeypatch, every, seconds, expec
 
 def test_checkpoint_seconds_follows_the_clock(monkeypatch):
     """The time rule compares the time since the last save with ``checkpoint_seconds``."""
+    from jaxunlearn.engine import hooks
+
     now = [1000.0]
-    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
-    assert not engine._save_now(3, 5, None, 30.0, last_save=980.0)  # 20 s since the last save
-    assert engine._save_now(3, 5, None, 30.0, last_save=970.0)  # 30 s
-    assert engine._save_now(5, 5, None, 30.0, last_save=999.0)  # the last epoch always
-    assert engine._save_now(4, 5, 2, 30.0, last_save=999.0)  # every 2 epochs, whatever the clock
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: now[0])
+    ck = engine.Checkpointing(None, every=None, seconds=30.0)
+    ck.last_save = 980.0
+    assert not ck.due(3, 5)  # 20 s since the last save
+    ck.last_save = 970.0
+    assert ck.due(3, 5)  # 30 s
+    ck.last_save = 999.0
+    assert ck.due(5, 5)  # the last epoch always
+    assert engine.Checkpointing(None, every=2, seconds=30.0).due(4, 5)  # every 2 epochs, whatever the clock
 
 
 def test_unsaved_epochs_are_recomputed_on_resume(small, tmp_path):
@@ -394,13 +401,13 @@ def test_no_recompilation_between_epochs_or_runs(small):
 def test_compile_seconds_count_nested_events_once():
     """JAX reports a jit traced inside another one's trace before the outer one (both end-stamped): the
     counted time is the union of the spans, not their sum."""
-    c = engine._CompileCounter(listen=False)
-    c._add_span(10.0, 1.0)  # inner: [9, 10]
-    c._add_span(12.0, 7.0)  # outer: [5, 12] holds it
+    c = engine.CompileCounter(listen=False)
+    c.add_span(10.0, 1.0)  # inner: [9, 10]
+    c.add_span(12.0, 7.0)  # outer: [5, 12] holds it
     assert c.seconds == pytest.approx(7.0)
-    c._add_span(21.0, 1.0)  # a later, separate compilation
+    c.add_span(21.0, 1.0)  # a later, separate compilation
     assert c.seconds == pytest.approx(8.0)
-    c._add_span(22.0, 1.5)  # overlaps the previous span by 0.5
+    c.add_span(22.0, 1.5)  # overlaps the previous span by 0.5
     assert c.seconds == pytest.approx(9.0)
 
 
@@ -492,9 +499,9 @@ def test_train_many_validation(small):
 def test_train_many_default_mode():
     """Unrolled model steps on CPU up to MAX_UNROLL_MODELS per device, vmap beyond (and on accelerators)."""
     cpu = jax.default_backend() == "cpu"
-    assert engine._default_model_mode(8) == ("unroll" if cpu else "vmap")
-    assert engine._default_model_mode(engine.MAX_UNROLL_MODELS) == ("unroll" if cpu else "vmap")
-    assert engine._default_model_mode(engine.MAX_UNROLL_MODELS + 1) == "vmap"
+    assert engine.default_model_mode(8) == ("unroll" if cpu else "vmap")
+    assert engine.default_model_mode(engine.MAX_UNROLL_MODELS) == ("unroll" if cpu else "vmap")
+    assert engine.default_model_mode(engine.MAX_UNROLL_MODELS + 1) == "vmap"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from _digits_setup import all_finite, make_ctx, pretrained, train_setup
 
-from jaxunlearn import data, engine, selection
+from jaxunlearn import data, engine, methods, selection
 
 TARGET = 0
 POISON_FRACTION = 0.1
@@ -67,7 +67,7 @@ def bd():
 def _unlearn(bd, options, epochs=EPOCHS):
     model = bd["model"]
     ctx = make_ctx(model, bd["idx"], epochs=epochs, corrected=bd["corrected"], options=options)
-    res = engine.unlearn("hessian_select", ctx, progress=False)
+    res = methods.unlearn("hessian_select", ctx, progress=False)
     assert res.diverged is None and all_finite(res.params)
     return res, bd["asr"](res.params), model.test_accuracy(res.params)
 

@@ -40,7 +40,7 @@ def setup():
 
 
 def _case(setup, forget_idx):
-    retrain = engine.unlearn("retrain", make_ctx(setup, forget_idx), progress=False)
+    retrain = methods.unlearn("retrain", make_ctx(setup, forget_idx), progress=False)
     return {
         "forget_idx": forget_idx,
         "fa_original": setup.forget_accuracy(setup.params, forget_idx),
@@ -82,7 +82,7 @@ def test_reference_models(setup, random_case, class_case):
 @pytest.mark.parametrize("method", DELETION_METHODS)
 def test_random_forget_moves_toward_retrain(setup, random_case, method):
     fi = random_case["forget_idx"]
-    res = engine.unlearn(method, make_ctx(setup, fi, epochs=UNLEARN_EPOCHS), progress=False)
+    res = methods.unlearn(method, make_ctx(setup, fi, epochs=UNLEARN_EPOCHS), progress=False)
     assert res.diverged is None
     assert all_finite(res.params)
     fa = setup.forget_accuracy(res.params, fi)
@@ -106,7 +106,7 @@ def test_random_forget_moves_toward_retrain(setup, random_case, method):
 def test_class_forget(setup, class_case, method):
     fi = class_case["forget_idx"]
     ctx = make_ctx(setup, fi, epochs=UNLEARN_EPOCHS, options=CLASS_OPTIONS.get(method, {}))
-    res = engine.unlearn(method, ctx, progress=False)
+    res = methods.unlearn(method, ctx, progress=False)
     assert res.diverged is None
     fa = setup.forget_accuracy(res.params, fi)
     assert fa < 0.1, f"{method}: forget accuracy on class {FORGET_CLASS} is still {fa:.3f}"
@@ -135,7 +135,7 @@ def test_masked_methods_change_only_masked_parameters(setup, random_case, method
     assert recipe.info["mask_size"] == k == selection.mask_size(mask)
     assert all(ph.mask_key == mask_key for ph in recipe.plan.phases)
 
-    # What engine.unlearn does for a recipe with a plan (no corrected examples).
+    # What methods.unlearn does for a recipe with a plan (no corrected examples).
     res = engine.run(
         recipe.plan,
         ctx.apply_fn,
@@ -168,7 +168,7 @@ def minmax(setup, random_case):
     ctx = make_ctx(setup, fi, epochs=1, options={"fraction": 0.3})
     recipe = methods.get("sharp_minmax").recipe(ctx)
     batch_idx = fi[:64]
-    batch = {"x_f": setup.data.x[batch_idx], "y_f": setup.data.y[batch_idx], "i_f": jnp.asarray(batch_idx)}
+    batch = {"forget": engine.ArraySource.gather(setup.data.arrays, jnp.asarray(batch_idx))}
     return ctx, recipe, batch
 
 
@@ -195,7 +195,7 @@ def _forget_step(setup, recipe, batch, rho, mask_reading):
     hp = recipe.plan.hp
 
     def loss(p):
-        return forget_phase.loss(setup.apply_fn, p, setup.model_state, batch, hp)[0]
+        return forget_phase.loss(setup.apply_fn, p, setup.model_state, batch, hp, plan_mod.StepInfo.at())[0]
 
     cfg = engine.OptimConfig(
         name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant", sam="sam", rho=rho, lamb=1.0
@@ -322,7 +322,7 @@ def test_neggrad_with_sam_and_asam(setup, random_case):
     out = {}
     for kind in ("none", "sam", "asam"):
         ctx = make_ctx(setup, fi, epochs=2, optimizer=engine.UNLEARN_DEFAULT.with_sam(kind))
-        res = engine.unlearn("neggrad", ctx, progress=False)
+        res = methods.unlearn("neggrad", ctx, progress=False)
         assert res.diverged is None and all_finite(res.params)
         out[kind] = res.params
         ta = setup.test_accuracy(res.params)

@@ -76,7 +76,7 @@ def test_every_method_runs_with_plain_sam_and_asam(small, name):
         if name == "retrain":  # Retrain repeats the pretraining recipe: that is where SAM goes.
             kw = {"pretrain_optimizer": engine.PRETRAIN_DEFAULT.with_sam(kind)}
         ctx = make_ctx(setup, forget, epochs=1, options=SHORT.get(name, {}), **PRETRAIN_KW, **kw)
-        res = engine.unlearn(name, ctx, progress=False)
+        res = methods.unlearn(name, ctx, progress=False)
         assert res.diverged is None, f"{name}/{kind} diverged"
         assert _structure(res.params) == _structure(setup.params)
         assert all_finite(res.params), f"{name}/{kind}: non-finite parameters"
@@ -104,11 +104,11 @@ def test_retrain_starts_from_init_fn_not_from_the_model(small):
     assert leaves_equal(start_params, setup.init_fn(ctx.seed + 1000)[0])
     assert recipe.plan.optimizer == ctx.pretrain_optimizer and recipe.plan.epochs == ctx.pretrain_epochs
     # The trained model is never read: Retrain from a zeroed "original" gives the same model.
-    res = engine.unlearn("retrain", ctx, progress=False)
+    res = methods.unlearn("retrain", ctx, progress=False)
     zeros = jax.tree.map(np.zeros_like, setup.params)
-    res0 = engine.unlearn("retrain", make_ctx(setup, forget, params=zeros, **PRETRAIN_KW), progress=False)
+    res0 = methods.unlearn("retrain", make_ctx(setup, forget, params=zeros, **PRETRAIN_KW), progress=False)
     assert leaves_equal(res.params, res0.params)
-    other = engine.unlearn("retrain", make_ctx(setup, forget, options={"init_seed": 7}, **PRETRAIN_KW), progress=False)
+    other = methods.unlearn("retrain", make_ctx(setup, forget, options={"init_seed": 7}, **PRETRAIN_KW), progress=False)
     assert not leaves_equal(res.params, other.params)
 
 
@@ -118,7 +118,7 @@ def test_unknown_method_suggests_close_names(small):
         methods.get("neggrd")
     assert "Did you mean" in str(err.value)
     with pytest.raises(ValueError, match="sharp_minmax"):
-        engine.unlearn("sharp_minmx", make_ctx(setup, forget), progress=False)
+        methods.unlearn("sharp_minmx", make_ctx(setup, forget), progress=False)
     with pytest.raises(ValueError, match="Known methods"):
         methods.get("no_such_thing")
 
@@ -126,7 +126,7 @@ def test_unknown_method_suggests_close_names(small):
 def test_unknown_option_lists_valid_options(small):
     setup, forget = small
     with pytest.raises(ValueError) as err:
-        engine.unlearn("ft", make_ctx(setup, forget, options={"lr": 0.1}), progress=False)
+        methods.unlearn("ft", make_ctx(setup, forget, options={"lr": 0.1}), progress=False)
     msg = str(err.value)
     assert "'lr'" in msg and "lr_scale" in msg and "epochs" in msg
     with pytest.raises(ValueError) as err:
@@ -210,12 +210,12 @@ def test_direct_edit_to_non_finite_parameters_is_reported_and_not_returned(small
     setup, forget = small
     x_t, y_t = setup.ds.x_train[forget], (setup.ds.y_train[forget] + 1) % setup.ds.num_classes
     opts = {"scores": "all", "update": "first_order", "steps": 3}
-    ok = engine.unlearn("hessian_select", make_ctx(setup, forget, corrected=(x_t, y_t), options=opts), progress=False)
+    ok = methods.unlearn("hessian_select", make_ctx(setup, forget, corrected=(x_t, y_t), options=opts), progress=False)
     assert ok.diverged is None and all_finite(ok.params) and not leaves_equal(ok.params, setup.params)
     opts["tau"] = 1e38  # θ - τ·Δ overflows float32
     ctx = make_ctx(setup, forget, corrected=(x_t, y_t), options=opts)
     assert not all_finite(methods.get("hessian_select").recipe(ctx).params)
-    res = engine.unlearn("hessian_select", ctx, progress=False)
+    res = methods.unlearn("hessian_select", ctx, progress=False)
     assert res.diverged is not None and res.diverged["epoch"] == 0
     assert "non-finite" in res.diverged["reason"]
     assert leaves_equal(res.params, setup.params) and leaves_equal(res.model_state, setup.model_state)
@@ -257,7 +257,7 @@ def test_hessian_select_closed_form_updates_follow_their_formulas(small, update,
     opts = {"scores": "gradient", "fraction": fraction, "update": update, "tau": tau, "steps": steps}
     opts["damping"] = damping
     ctx = make_ctx(setup, forget, corrected=(x_t, y_t), options=opts)
-    res = engine.unlearn("hessian_select", ctx, progress=False)
+    res = methods.unlearn("hessian_select", ctx, progress=False)
     mask = hs.selection_mask(ctx, "gradient", fraction)
 
     flat, unravel, loss_bad = _flat_mean_ce(setup, x[forget], y[forget])

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from jaxunlearn import cli, engine, report
+from jaxunlearn import cli, engine, methods, report
 
 TINY = ["--max-train", "200", "--max-test", "100", "--model", "mlp", "--width", "16"]
 TINY += ["--pretrain-epochs", "2", "--unlearn-epochs", "1", "--pretrain", "sgd", "--unlearn-optimizer", "sgd"]
@@ -103,7 +103,7 @@ def test_divergence_guard_keeps_finite_parameters():
         apply_fn, params, state, dd.x, dd.y, np.arange(20, len(ds.y_train)), forget, 10,
         options={"lr_scale": 1e30, "epochs": 4}, batch_size=16,
     )  # fmt: skip
-    res = engine.unlearn("ga", ctx, progress=False)
+    res = methods.unlearn("ga", ctx, progress=False)
     assert res.diverged is not None and res.diverged["epoch"] <= 4
     assert all(bool(np.isfinite(np.asarray(a)).all()) for a in jax.tree.leaves(res.params))
     assert res.history[-1].get("diverged") is True

@@ -2,7 +2,7 @@
 
 Registry names: ``retrain``, ``ft``, ``ga``, ``neggrad``, ``rl``, ``scrub``, ``salun``, ``l1_sparse``,
 ``sharp_minmax``, ``ssd``, ``hessian_select``. Each gradient method runs with the unlearning optimizer of
-the :class:`Context` (plain AdamW/SGD, SAM or ASAM).
+the :class:`Context` (plain AdamW/SGD, SAM or ASAM, or any Optax optimizer); :func:`unlearn` runs one.
 
 Example:
     >>> from jaxunlearn import methods
@@ -23,6 +23,7 @@ from jaxunlearn.methods import (  # noqa: F401  (registration side effects)
     sharp_minmax,
     ssd,
 )
+from jaxunlearn.methods.adapter import unlearn
 from jaxunlearn.methods.base import (
     METHODS,
     VARIANT_SEP,
@@ -34,4 +35,4 @@ from jaxunlearn.methods.base import (
     resolve_options,
 )
 
-__all__ = ["METHODS", "VARIANT_SEP", "Context", "Method", "Recipe", "get", "register", "resolve_options"]
+__all__ = ["METHODS", "VARIANT_SEP", "Context", "Method", "Recipe", "get", "register", "resolve_options", "unlearn"]

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.plan import PRETRAIN_DEFAULT, UNLEARN_DEFAULT, OptimConfig, Plan
+from jaxunlearn.plan import PRETRAIN_DEFAULT, UNLEARN_DEFAULT, OptimConfig, Plan, as_optim_config
 
 __all__ = [
     "Context",
@@ -52,11 +52,13 @@ class Context:
         x, y: all training inputs/labels, on the device (``x[retain_idx]`` is the retain set).
         retain_idx, forget_idx: disjoint 1-D integer index arrays into ``x``.
         num_classes: number of classes.
-        optimizer: the unlearning optimizer (plain, SAM or ASAM), default AdamW(0.01, wd 5e-4).
+        optimizer: the unlearning optimizer (plain, SAM or ASAM), default AdamW(0.01, wd 5e-4): an
+            ``OptimConfig``, an ``optax.GradientTransformation`` or a factory ``total_steps -> tx``.
         epochs, batch_size, seed: unlearning schedule.
         options: method-specific settings overriding the method's defaults.
         init_fn: ``seed -> (params, model_state)`` fresh initialisation (for Retrain).
-        pretrain_optimizer, pretrain_epochs: the recipe Retrain repeats on the retain set.
+        pretrain_optimizer, pretrain_epochs: the recipe Retrain repeats on the retain set (any optimizer, as
+            ``optimizer``).
         corrected: for feature/label unlearning, ``(x_tilde, y_tilde)``: the corrected versions of the
             forget examples ``x[forget_idx]`` (same order), or None for plain sample deletion.
     """
@@ -69,17 +71,19 @@ class Context:
     retain_idx: np.ndarray
     forget_idx: np.ndarray
     num_classes: int
-    optimizer: OptimConfig = UNLEARN_DEFAULT
+    optimizer: Any = UNLEARN_DEFAULT
     epochs: int = 10
     batch_size: int = 64
     seed: int = 0
     options: dict = dataclasses.field(default_factory=dict)
     init_fn: Callable[[int], tuple[PyTree, PyTree]] | None = None
-    pretrain_optimizer: OptimConfig = PRETRAIN_DEFAULT
+    pretrain_optimizer: Any = PRETRAIN_DEFAULT
     pretrain_epochs: int = 30
     corrected: tuple[Any, Any] | None = None
 
     def __post_init__(self):
+        self.optimizer = as_optim_config(self.optimizer, name="Context.optimizer")
+        self.pretrain_optimizer = as_optim_config(self.pretrain_optimizer, name="Context.pretrain_optimizer")
         n = int(np.shape(self.x)[0]) if np.ndim(self.x) else 0
         if n == 0 or np.shape(self.y) != (n,):
             raise ValueError(
@@ -117,9 +121,13 @@ class Context:
 class Recipe:
     """A method's output: a plan to run (from ``start`` or the original parameters), or final parameters.
 
-    ``retain_idx``/``forget_idx`` override the context's index sets for the run (feature unlearning's
-    corrected examples are added by the engine from ``ctx.corrected``); ``info`` is copied into the
-    results (mask sizes, ...).
+    ``retain_idx``/``forget_idx`` override the context's index sets for the run; ``corrected``
+    ``(x̃, ỹ)``: examples that join the retain set for the run (feature or label unlearning; filled from
+    ``ctx.corrected`` when a plan leaves it unset); ``info`` is copied into the results (mask sizes, ...).
+
+    Example:
+        >>> Recipe(params={"w": 0.0}).plan is None
+        True
     """
 
     plan: Plan | None = None
@@ -128,6 +136,7 @@ class Recipe:
     model_state: PyTree | None = None
     retain_idx: np.ndarray | None = None
     forget_idx: np.ndarray | None = None
+    corrected: tuple[Any, Any] | None = None
     info: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -146,7 +155,12 @@ class Method:
     gradient_based: bool = True
 
     def recipe(self, ctx: Context) -> Recipe:
-        return self.recipe_fn(ctx, resolve_options(self, ctx.options))
+        """The method's recipe for ``ctx`` (its options merged over the defaults); a plan's ``corrected``
+        examples default to ``ctx.corrected``."""
+        recipe = self.recipe_fn(ctx, resolve_options(self, ctx.options))
+        if recipe.plan is not None and recipe.corrected is None and ctx.corrected is not None:
+            recipe = dataclasses.replace(recipe, corrected=ctx.corrected)
+        return recipe
 
     @property
     def base(self) -> str:
@@ -241,5 +255,15 @@ def method_plan(ctx: Context, opts: dict, name: str, *phases, **kw) -> Plan:
 
 
 def scaled(cfg: OptimConfig, lr_scale: float) -> OptimConfig:
-    """``cfg`` with its learning rate multiplied by ``lr_scale``."""
-    return dataclasses.replace(cfg, lr=cfg.lr * lr_scale) if lr_scale != 1.0 else cfg
+    """``cfg`` with its learning rate multiplied by ``lr_scale`` (a user's ``base`` optimizer: its updates
+    multiplied by ``lr_scale``, see :class:`~jaxunlearn.plan.OptimConfig`).
+
+    Example:
+        >>> scaled(UNLEARN_DEFAULT, 0.1).lr
+        0.001
+    """
+    if lr_scale == 1.0:
+        return cfg
+    if cfg.uses_base:
+        return dataclasses.replace(cfg, scale=cfg.scale * lr_scale)
+    return dataclasses.replace(cfg, lr=cfg.lr * lr_scale)

@@ -95,12 +95,6 @@ class MeanCE:
         )
 
 
-def forget_ce(apply_fn, params, model_state, batch, hp):
-    """``CE(f(x_f), y_f)`` on the forget batch (train mode)."""
-    logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
-    return objectives.cross_entropy(logits, batch["y_f"]), new_state
-
-
 def forget_saliency_mask(ctx, fraction: float, *, largest: bool = True) -> PyTree:
     """``M``: the top (or, ``largest=False``, bottom) ``fraction`` of ``|Σ_{i∈F} ∇CE_i|`` over all parameters,
     ranked globally (SalUn's and Sharp MinMax's mask; ``|Σ∇(−CE)| = |Σ∇CE|``).

@@ -9,10 +9,10 @@ from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.plan import Phase
 
 
-def ga_loss(apply_fn, params, model_state, batch, hp):
+def ga_loss(apply_fn, params, model_state, batch, hp, info):
     """``−CE(f(x_f), y_f)``."""
-    logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
-    return objectives.negated_cross_entropy(logits, batch["y_f"]), new_state
+    logits, new_state = apply_fn(params, model_state, batch["forget"]["x"], train=True)
+    return objectives.negated_cross_entropy(logits, batch["forget"]["y"]), new_state
 
 
 @register("ga", "gradient ascent on the forget set: min -CE(F)", {"lr_scale": 0.01, "epochs": 2})

@@ -10,11 +10,13 @@ from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.plan import Phase
 
 
-def l1_loss(apply_fn, params, model_state, batch, hp):
+def l1_loss(apply_fn, params, model_state, batch, hp, info):
     """``CE(R) + γ·(1 − epoch/epochs)·‖w‖₁``."""
-    logits, new_state = apply_fn(params, model_state, batch["x_r"], train=True)
-    decay = 1.0 - hp["_epoch"].astype(jnp.float32) / hp["_epochs"].astype(jnp.float32)
-    return objectives.cross_entropy(logits, batch["y_r"]) + hp["gamma"] * decay * objectives.l1_norm(params), new_state
+    logits, new_state = apply_fn(params, model_state, batch["retain"]["x"], train=True)
+    decay = 1.0 - info.epoch.astype(jnp.float32) / info.epochs.astype(jnp.float32)
+    return objectives.cross_entropy(logits, batch["retain"]["y"]) + hp["gamma"] * decay * objectives.l1_norm(
+        params
+    ), new_state
 
 
 @register("l1_sparse", "fine-tune + linearly decaying L1 penalty", {"gamma": 5e-5, "lr_scale": 1.0, "epochs": None})

@@ -7,12 +7,14 @@ from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.plan import Phase
 
 
-def neggrad_loss(apply_fn, params, model_state, batch, hp):
+def neggrad_loss(apply_fn, params, model_state, batch, hp, info):
     """``α·CE(R) − (1−α)·CE(F)``; one forward pass over the concatenated batches."""
-    n_r = batch["x_r"].shape[0]
-    logits, new_state = apply_fn(params, model_state, jnp.concatenate([batch["x_r"], batch["x_f"]]), train=True)
-    ce_r = objectives.cross_entropy(logits[:n_r], batch["y_r"])
-    ce_f = objectives.cross_entropy(logits[n_r:], batch["y_f"])
+    n_r = batch["retain"]["x"].shape[0]
+    logits, new_state = apply_fn(
+        params, model_state, jnp.concatenate([batch["retain"]["x"], batch["forget"]["x"]]), train=True
+    )
+    ce_r = objectives.cross_entropy(logits[:n_r], batch["retain"]["y"])
+    ce_f = objectives.cross_entropy(logits[n_r:], batch["forget"]["y"])
     a = hp["alpha"]
     return a * ce_r - (1.0 - a) * ce_f, new_state
 

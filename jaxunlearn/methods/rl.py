@@ -13,13 +13,13 @@ from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.plan import Phase
 
 
-def rl_loss(apply_fn, params, model_state, batch, hp):
+def rl_loss(apply_fn, params, model_state, batch, hp, info):
     """``(1−w)·CE(x_r, y_r) + w·CE(x_f, ỹ_f)``, ``ỹ`` the fixed random labels, ``w = hp["forget_weight"]``."""
-    n_r = batch["x_r"].shape[0]
-    x = jnp.concatenate([batch["x_r"], batch["x_f"]])
+    n_r = batch["retain"]["x"].shape[0]
+    x = jnp.concatenate([batch["retain"]["x"], batch["forget"]["x"]])
     logits, new_state = apply_fn(params, model_state, x, train=True)
-    ce_r = objectives.cross_entropy(logits[:n_r], batch["y_r"])
-    ce_f = objectives.cross_entropy(logits[n_r:], jnp.take(hp["random_labels"], batch["i_f"]))
+    ce_r = objectives.cross_entropy(logits[:n_r], batch["retain"]["y"])
+    ce_f = objectives.cross_entropy(logits[n_r:], jnp.take(hp["random_labels"], batch["forget"]["index"]))
     w = hp["forget_weight"]
     return (1.0 - w) * ce_r + w * ce_f, new_state
 

@@ -4,7 +4,6 @@ Saliency ``s = |Σ_{i∈F} ∇ CE(x_i, y_i)|``; the mask keeps the top ``fractio
 (global rank), and RL's updates are masked with it.
 """
 
-
 from jaxunlearn import selection
 from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.methods.common import forget_saliency_mask

@@ -12,19 +12,19 @@ from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.plan import Phase
 
 
-def scrub_max_loss(apply_fn, params, model_state, batch, hp):
+def scrub_max_loss(apply_fn, params, model_state, batch, hp, info):
     """``−KL_T(teacher(x_f) ‖ student(x_f))``."""
-    s, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
-    t, _ = apply_fn(hp["teacher"], hp["teacher_state"], batch["x_f"], train=False)
+    s, new_state = apply_fn(params, model_state, batch["forget"]["x"], train=True)
+    t, _ = apply_fn(hp["teacher"], hp["teacher_state"], batch["forget"]["x"], train=False)
     return -objectives.kl_distillation(s, t, hp["kd_T"]), new_state
 
 
-def scrub_min_loss(apply_fn, params, model_state, batch, hp):
+def scrub_min_loss(apply_fn, params, model_state, batch, hp, info):
     """``γ·CE(R) + β·KL_T(teacher(x_r) ‖ student(x_r))``."""
-    s, new_state = apply_fn(params, model_state, batch["x_r"], train=True)
-    t, _ = apply_fn(hp["teacher"], hp["teacher_state"], batch["x_r"], train=False)
+    s, new_state = apply_fn(params, model_state, batch["retain"]["x"], train=True)
+    t, _ = apply_fn(hp["teacher"], hp["teacher_state"], batch["retain"]["x"], train=False)
     kl = objectives.kl_distillation(s, t, hp["kd_T"])
-    return hp["gamma"] * objectives.cross_entropy(s, batch["y_r"]) + hp["beta"] * kl, new_state
+    return hp["gamma"] * objectives.cross_entropy(s, batch["retain"]["y"]) + hp["beta"] * kl, new_state
 
 
 @register(

@@ -25,16 +25,16 @@ from jaxunlearn.methods.common import forget_saliency_mask
 from jaxunlearn.plan import Phase, Plan
 
 
-def retain_loss(apply_fn, params, model_state, batch, hp):
+def retain_loss(apply_fn, params, model_state, batch, hp, info):
     """``α·CE(R)``."""
-    logits, new_state = apply_fn(params, model_state, batch["x_r"], train=True)
-    return hp["alpha"] * objectives.cross_entropy(logits, batch["y_r"]), new_state
+    logits, new_state = apply_fn(params, model_state, batch["retain"]["x"], train=True)
+    return hp["alpha"] * objectives.cross_entropy(logits, batch["retain"]["y"]), new_state
 
 
-def forget_loss(apply_fn, params, model_state, batch, hp):
+def forget_loss(apply_fn, params, model_state, batch, hp, info):
     """``−(1−α)·CE(F)``."""
-    logits, new_state = apply_fn(params, model_state, batch["x_f"], train=True)
-    return -(1.0 - hp["alpha"]) * objectives.cross_entropy(logits, batch["y_f"]), new_state
+    logits, new_state = apply_fn(params, model_state, batch["forget"]["x"], train=True)
+    return -(1.0 - hp["alpha"]) * objectives.cross_entropy(logits, batch["forget"]["y"]), new_state
 
 
 @register(
