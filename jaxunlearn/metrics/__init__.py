@@ -8,12 +8,14 @@
 * :mod:`~jaxunlearn.metrics.features` — 2-D projections and before/after feature plots.
 * :mod:`~jaxunlearn.metrics.landscape` — filter-normalized loss landscapes and their sharpness summary.
 * :mod:`~jaxunlearn.metrics.relearn` — the relearning attack.
+* :mod:`~jaxunlearn.metrics.population` — over populations of unlearned and retrained models: the NeurIPS 2023
+  unlearning challenge's forgetting-quality ε-score and the per-example U-LiRA attack.
 
 Convention: ``logits_fn(params, x) -> logits`` (pure, jit-able); anything that needs training takes a
 ``train_fn(masks: bool[K, N]) -> stacked params`` supplied by the engine.
 """
 
-from jaxunlearn.metrics import accuracy, entanglement, features, landscape, memorization, mia, relearn
+from jaxunlearn.metrics import accuracy, entanglement, features, landscape, memorization, mia, population, relearn
 from jaxunlearn.metrics.accuracy import (
     accuracy as accuracy_score,
 )
@@ -47,6 +49,16 @@ from jaxunlearn.metrics.mia import (
     mia_features,
     tpr_at_fpr,
 )
+from jaxunlearn.metrics.population import (
+    challenge_epsilons,
+    challenge_forget_score,
+    challenge_logit_confidence,
+    challenge_points,
+    challenge_score,
+    challenge_score_from_confidence,
+    ulira_attack,
+    ulira_scores,
+)
 from jaxunlearn.metrics.relearn import recovery_summary, relearn_attack
 
 __all__ = [
@@ -56,7 +68,16 @@ __all__ = [
     "landscape",
     "memorization",
     "mia",
+    "population",
     "relearn",
+    "challenge_epsilons",
+    "challenge_forget_score",
+    "challenge_logit_confidence",
+    "challenge_points",
+    "challenge_score",
+    "challenge_score_from_confidence",
+    "ulira_attack",
+    "ulira_scores",
     "entanglement_from_features",
     "entanglement_score",
     "plot_features",
