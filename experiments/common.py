@@ -9,10 +9,11 @@ Sweeps over a method's options (Sharp MinMax's mask fraction) run each setting a
 ``NAME@TAG`` (e.g. ``sharp_minmax@f0.1-largest``) with its options in ``JobConfig.method_options``. All
 the variants then share one job: the same pretrained models, forget sets and Retrain references.
 
-Memorization scores: ``run_job`` recomputes the Feldman–Zhang scores (``mem_models`` vmapped models)
+Memorization scores: ``run_job`` computes the Feldman–Zhang scores (``mem_models`` vmapped models)
 for every job, although they depend only on the data, the seed and the training recipe.
-:func:`cache_memorization` memoizes them in-process and on disk so that one experiment running several
-forget levels (high / mid / low / mix) trains the memorization models once per seed.
+:func:`cache_memorization` returns a cached ``memorization_fn`` (in-process and on disk) for ``run_job``, so
+that one experiment running several forget levels (high / mid / low / mix) trains the memorization models
+once per seed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -145,9 +147,10 @@ def job_config(args, s: dict, out: str, **kw) -> JobConfig:
 _MEM_CACHE: dict[str, np.ndarray] = {}
 
 
-def cache_memorization(cache_dir: str) -> None:
-    """Memoize ``runner.memorization_scores`` by (dataset, sizes, recipe, seed) in memory and in ``cache_dir``."""
-    orig = getattr(runner.memorization_scores, "__wrapped_original__", runner.memorization_scores)
+def cache_memorization(cache_dir: str) -> Callable[..., np.ndarray]:
+    """``runner.memorization_scores`` memoized by (dataset, sizes, recipe, seed) in memory and in ``cache_dir``:
+    the ``memorization_fn`` to pass to ``runner.run_job`` (through :func:`run_or_collect`)."""
+    orig = runner.memorization_scores
     os.makedirs(cache_dir, exist_ok=True)
 
     def cached(cfg, ds, apply_fn, params, state, dd, seed):
@@ -180,13 +183,7 @@ def cache_memorization(cache_dir: str) -> None:
         _MEM_CACHE[key] = scores
         return scores
 
-    cached.__wrapped_original__ = orig
-    runner.memorization_scores = cached
-
-
-def run_job(cfg: JobConfig) -> dict:
-    """``runner.run_job`` timed; returns the results object with ``settings.seconds``."""
-    return runner.run_job(cfg)
+    return cached
 
 
 def entry_value(v) -> tuple[float, float]:
@@ -309,29 +306,31 @@ def aggregate(per_seed: list[dict]) -> dict:
 def collect_progress(cfg: JobConfig) -> dict:
     """Variants of an unfinished ``run_job`` from its ``progress.json``: per variant, the seeds whose
     entries are all done, aggregated like ``run_job`` does (``{label: {"methods", "seeds_run"}}``)."""
-    with open(os.path.join(cfg.out, "progress.json")) as f:
-        done = json.load(f)["entries"]
+    done = runner.Progress.read(cfg.out)
+    key = runner.Progress.key
     method_list = [m for m in cfg.methods if m != "retrain"]
     per_variant: dict[str, list] = {}
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         for pre in cfg.pretrain:
-            key_r = f"{seed}/{pre}/retrain"
-            if key_r not in done or f"{seed}/{pre}/original" not in done:
+            key_r = key(seed, pre, "retrain")
+            if key_r not in done or key(seed, pre, "original") not in done:
                 continue
             for un in cfg.unlearn_optimizer:
-                if all(f"{seed}/{pre}/{un}/{m}" in done for m in method_list):
+                if all(key(seed, pre, m, un) in done for m in method_list):
                     per_variant.setdefault(runner.variant_label(pre, un), []).append(
                         runner.variant_entries(done, seed, pre, un, method_list, done[key_r])
                     )
     return {lab: {"methods": aggregate(v), "seeds_run": len(v)} for lab, v in per_variant.items()}
 
 
-def run_or_collect(args, cfg: JobConfig) -> tuple[dict, float | str]:
-    """``run_job(cfg)`` → (variants, seconds), or with ``--collect`` the finished part of its progress."""
+def run_or_collect(args, cfg: JobConfig, *, memorization_fn=None) -> tuple[dict, float | str]:
+    """``run_job(cfg)`` → (variants, seconds), or with ``--collect`` the finished part of its progress.
+
+    ``memorization_fn`` (e.g. from :func:`cache_memorization`) is passed to ``runner.run_job``."""
     if getattr(args, "collect", False):
         V = collect_progress(cfg)
         return V, "partial: " + ", ".join(f"{k}: {v['seeds_run']} seeds" for k, v in V.items())
-    res = runner.run_job(cfg)
+    res = runner.run_job(cfg, memorization_fn=memorization_fn)
     for v in res["variants"].values():
         v["seeds_run"] = v["settings"]["seeds_run"]
     return res["variants"], round(res["settings"]["seconds"], 1)

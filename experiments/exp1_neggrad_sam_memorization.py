@@ -28,7 +28,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     s = common.settings(args)
     out = common.out_dir(args, NAME)
-    common.cache_memorization(args.mem_cache or os.path.join(out, "memorization_cache"))
+    memorization_fn = common.cache_memorization(args.mem_cache or os.path.join(out, "memorization_cache"))
     levels = [k for k in args.levels.split(",") if k]
     opts = tuple(o for o in args.optimizers.split(",") if o)
     variants = [(a, b) for a in opts for b in opts]
@@ -45,7 +45,7 @@ def main(argv=None):
         )
         if args.collect and not os.path.exists(os.path.join(cfg.out, "progress.json")):
             continue
-        V, seconds[level] = common.run_or_collect(args, cfg)
+        V, seconds[level] = common.run_or_collect(args, cfg, memorization_fn=memorization_fn)
         data[level] = {lab: v["methods"] for lab, v in V.items()}
         _write(out, s, levels, data, variants, seconds)
 

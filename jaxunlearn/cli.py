@@ -4,6 +4,7 @@
                       evaluate and write ``results.json``, markdown tables and figures.
 ``jaxunlearn show``   print the tables of a finished run directory.
 ``jaxunlearn theory`` the synthetic signal/noise experiment of the theory (SGD vs SAM).
+``jaxunlearn methods`` list the unlearning methods and their options.
 
 User errors (bad option values, missing data, a mismatched checkpoint) end with one line on stderr
 and exit status 2, without a traceback.
@@ -12,6 +13,7 @@ and exit status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -88,7 +90,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: X)`` to an option's help unless the help states its default or there is none.
 
     The ``run`` options default to ``None`` on the command line (so that ``--config`` files can be merged
-    under them) and state the job's real default, read from :class:`~jaxunlearn.runner.JobConfig`.
+    under them); their help states the job's real default, read from :class:`~jaxunlearn.runner.JobConfig`.
     """
 
     def _get_help_string(self, action):
@@ -98,19 +100,44 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _default(name: str) -> str:
-    """The job's default for ``JobConfig.<name>`` as the help text shows it (tuples comma-joined)."""
-    from jaxunlearn.runner import JobConfig
+def _add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """One option per :class:`~jaxunlearn.runner.JobConfig` setting (``runner.job_options``), in argument groups.
 
-    value = JobConfig.__dataclass_fields__[name].default
-    if isinstance(value, tuple):
-        return ",".join(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    Every option defaults to ``None`` (not given), so ``--config`` values can be merged under the flags; a
+    ``bool`` setting's switch stores the opposite of its default, a comma list is split, method options are
+    repeated ``METHOD.KEY=VALUE`` items. Returns the last group (``run``).
+    """
+    from jaxunlearn.runner import job_options
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in job_options():
+        group = groups.get(opt.group) or groups.setdefault(opt.group, parser.add_argument_group(opt.group))
+        kw: dict = {"dest": opt.name, "help": opt.help}
+        if opt.type is bool:
+            kw.update(action="store_const", const=not opt.default, default=None)
+        elif opt.type is dict:
+            kw.update(action="append", default=[], metavar=opt.metavar)
+        else:
+            kw.update(type=_csv if opt.type is tuple else opt.type, default=None, metavar=opt.metavar)
+        group.add_argument(opt.flag, **kw)
+    return group
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxunlearn`` argument parser: the subcommands ``run`` (one option per
+    :class:`~jaxunlearn.runner.JobConfig` setting, plus ``--config``), ``show``, ``theory`` and ``methods``.
+
+    The ``run`` options left out are ``None`` (a ``--option`` list is empty), so the values of a ``--config``
+    file, then the job's defaults, fill them in.
+
+    Example:
+        >>> args = build_parser().parse_args(["run", "--methods", "ft,ga", "--rho", "0.05", "--quiet",
+        ...                                   "--option", "ga.epochs=1"])
+        >>> args.command, args.methods, args.rho, args.progress, args.method_options, args.seeds
+        ('run', ('ft', 'ga'), 0.05, False, ['ga.epochs=1'], None)
+        >>> build_parser().parse_args(["theory", "--steps", "50"]).steps
+        50
+    """
     p = argparse.ArgumentParser(
         prog="jaxunlearn",
         description="Sharpness-aware machine unlearning in JAX.",
@@ -121,131 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="pretrain, unlearn with every method, evaluate, report",
         formatter_class=_HelpFormatter,
-        description="Defaults: digits, small CNN, pretrain with SGD and SAM, random 10%% forget set, all methods "
+        description="Defaults: digits, small CNN, pretrain with SGD and SAM, random 10% forget set, all methods "
         "with plain and SAM unlearning optimizers. Writes runs/<timestamp>/results.json, table.md and figures.",
     )
-    g = r.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        default=None,
-        help=f"digits | fashion_mnist | synthetic | tfds:NAME (default {_default('dataset')})",
-    )
-    g.add_argument("--data-dir", default=None, help="directory with the data (Fashion-MNIST IDX files, TFDS data_dir)")
-    g.add_argument("--max-train", type=int, default=None, help="use at most this many training examples")
-    g.add_argument("--max-test", type=int, default=None, help="use at most this many test examples")
-    g.add_argument("--forget", default=None, help="forget set: random | class | high | low | mid | mix (memorization)")
-    g.add_argument(
-        "--forget-size",
-        type=float,
-        default=None,
-        help=f"whole count >= 1, or fraction in (0, 1) (default {_default('forget_size')})",
-    )
-    g.add_argument("--forget-class", type=int, default=None, help="the class to forget with --forget class")
-    g.add_argument(
-        "--mem-models",
-        type=int,
-        default=None,
-        help=f"models for memorization scores (default {_default('mem_models')})",
-    )
-    g = r.add_argument_group("model and training")
-    g.add_argument(
-        "--model", default=None, help="cnn | mlp | resnet18 | theory_cnn (default: cnn; theory_cnn for synthetic)"
-    )
-    g.add_argument(
-        "--width",
-        type=int,
-        default=None,
-        help="base width: cnn first conv channels (32), mlp first hidden layer (256), resnet18 stem channels (64), "
-        "theory_cnn filters (10)",
-    )
-    g.add_argument(
-        "--pretrain", type=_csv, default=None, help=f"comma list of sgd | sam | asam (default {_default('pretrain')})"
-    )
-    g.add_argument(
-        "--pretrain-lr",
-        type=float,
-        default=None,
-        help=f"SGD learning rate for pretraining (default {_default('pretrain_lr')})",
-    )
-    g.add_argument(
-        "--pretrain-epochs",
-        type=int,
-        default=None,
-        help=f"pretraining (and Retrain) epochs (default {_default('pretrain_epochs')})",
-    )
-    g.add_argument(
-        "--pretrain-rho",
-        type=float,
-        default=None,
-        help=f"SAM/ASAM radius when pretraining (default {_default('pretrain_rho')})",
-    )
-    g.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {_default('batch_size')})")
-    g = r.add_argument_group("unlearning")
-    g.add_argument("--methods", type=_csv, default=None, help=f"comma list (default {_default('methods')})")
-    g.add_argument(
-        "--unlearn-optimizer",
-        type=_csv,
-        default=None,
-        help=f"comma list of sgd (plain AdamW) | sam | asam (default {_default('unlearn_optimizer')})",
-    )
-    g.add_argument(
-        "--unlearn-lr",
-        type=float,
-        default=None,
-        help=f"AdamW learning rate for unlearning (default {_default('unlearn_lr')})",
-    )
-    g.add_argument(
-        "--unlearn-epochs", type=int, default=None, help=f"unlearning epochs (default {_default('unlearn_epochs')})"
-    )
-    g.add_argument(
-        "--rho", type=float, default=None, help=f"SAM/ASAM radius when unlearning (default {_default('rho')})"
-    )
-    g.add_argument(
-        "--lamb", type=float, default=None, help=f"lambda in g + s*lambda*(g' - g) (default {_default('lamb')})"
-    )
-    g.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="METHOD.KEY=VALUE",
-        help="method option, e.g. sharp_minmax.fraction=0.1 (repeatable; see `jaxunlearn methods`); a variant "
-        "METHOD@TAG in --methods takes its own options, e.g. --methods ft,ft@long --option ft@long.epochs=10",
-    )
-    g = r.add_argument_group("run")
-    g.add_argument(
-        "--seeds", type=int, default=None, help=f"number of seeds; tables show mean ± std (default {_default('seeds')})"
-    )
-    g.add_argument("--seed", type=int, default=None, help=f"first seed (default {_default('seed')})")
-    g.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    g.add_argument(
-        "--checkpoint-seconds",
-        type=float,
-        default=None,
-        help="checkpoint a training run after the epoch that ends this many seconds after its last save, and at "
-        f"its end (default {_default('checkpoint_seconds')}; 0 = after every epoch)",
-    )
-    g.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=None,
-        help="checkpoint every N epochs instead (with --checkpoint-seconds too: whichever comes first)",
-    )
-    g.add_argument("--no-figures", action="store_true", help="skip the figures")
-    g.add_argument(
-        "--landscape-grid",
-        type=int,
-        default=None,
-        help=f"loss-landscape grid points per axis (default {_default('landscape_grid')})",
-    )
-    g.add_argument(
-        "--devices",
-        type=int,
-        default=None,
-        help="data-parallel over this many devices (one mesh; all processes' devices in multi-host runs)",
-    )
+    g = _add_job_options(r)
     g.add_argument("--config", default=None, help="JSON or TOML file with the same settings (options override it)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
 
     s = sub.add_parser("show", help="print the tables of a finished run")
     s.add_argument("dir", help="run directory (or results.json)")
@@ -271,62 +178,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _job_config(args) -> JobConfig:  # noqa: F821
+    """The job's settings: the ``--config`` file's values, overridden by the flags given."""
     from jaxunlearn.runner import JobConfig
 
-    values: dict = {}
-    if args.config:
-        values.update(_load_config(args.config))
-    mapping = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "max_train": args.max_train,
-        "max_test": args.max_test,
-        "forget": args.forget,
-        "forget_size": args.forget_size,
-        "forget_class": args.forget_class,
-        "mem_models": args.mem_models,
-        "model": args.model,
-        "width": args.width,
-        "pretrain": args.pretrain,
-        "pretrain_lr": args.pretrain_lr,
-        "pretrain_epochs": args.pretrain_epochs,
-        "pretrain_rho": args.pretrain_rho,
-        "batch_size": args.batch_size,
-        "methods": args.methods,
-        "unlearn_optimizer": args.unlearn_optimizer,
-        "unlearn_lr": args.unlearn_lr,
-        "unlearn_epochs": args.unlearn_epochs,
-        "rho": args.rho,
-        "lamb": args.lamb,
-        "seeds": args.seeds,
-        "seed": args.seed,
-        "out": args.out,
-        "landscape_grid": args.landscape_grid,
-        "devices": args.devices,
-        "checkpoint_every": args.checkpoint_every,
-        "checkpoint_seconds": args.checkpoint_seconds,
-    }
-    values.update({k: v for k, v in mapping.items() if v is not None})
+    values: dict = _load_config(args.config) if args.config else {}
+    known = {f.name for f in dataclasses.fields(JobConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"--config has unknown setting(s) {sorted(unknown)}; known: {sorted(known)}.")
+    given = {k: getattr(args, k) for k in known - {"method_options"} if getattr(args, k) is not None}
+    values.update(given)
     if values.get("checkpoint_every") is not None and "checkpoint_seconds" not in values:
         values["checkpoint_seconds"] = None  # checkpoint_every alone (flag or config): by epochs only
     opts = values.pop("method_options", {}) or {}
     if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
         raise ValueError("--config: method_options must be a table of {method: {key: value}}.")
     opts = {name: dict(kv) for name, kv in opts.items()}
-    for name, kv in _method_options(args.option).items():
+    for name, kv in _method_options(args.method_options).items():
         opts.setdefault(name, {}).update(kv)
-    known = set(JobConfig.__dataclass_fields__)
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"--config has unknown setting(s) {sorted(unknown)}; known: {sorted(known)}.")
     for k in ("pretrain", "unlearn_optimizer", "methods"):
         if isinstance(values.get(k), list):
             values[k] = tuple(values[k])
-    cfg = JobConfig(**values, method_options=opts)
-    cfg.resume = args.resume or cfg.resume is True
-    cfg.figures = not args.no_figures and cfg.figures is not False
-    cfg.progress = not args.quiet and cfg.progress is not False
-    return cfg
+    return JobConfig(**values, method_options=opts)
 
 
 def _cpu_devices_for(devices: int | None) -> None:
@@ -424,6 +297,17 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: 0 on success, 2 for a user error (one line on stderr, no traceback; argparse's own
     errors too), 130 when interrupted (the run can be continued with ``--resume``).
+
+    Example:
+        >>> main(["methods"])
+        ft              fine-tune on the retain set: min CE(R)
+                        options: lr_scale=1.0, epochs=None
+        ga              gradient ascent on the forget set: min -CE(F)
+                        options: lr_scale=0.01, epochs=2
+        ...
+        0
+        >>> main(["show", "no/such/run"])  # a user error: one line on stderr, no traceback
+        2
     """
     parser = build_parser()
     args = parser.parse_args(argv)

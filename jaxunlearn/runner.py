@@ -7,21 +7,28 @@ Results per variant follow the ``results.json`` contract of ``docs/CONTRACTS.md`
 run directory's top-level ``results.json`` holds the first variant under ``methods`` and every variant
 under ``variants``.
 
+Each setting of a job is one :class:`JobConfig` field whose metadata holds its help text, choices, command-line
+flag and check; :func:`job_options` reads them, and the ``jaxunlearn run`` parser is generated from it.
+
 Never lose work: each finished (variant, seed, method) entry is appended to ``progress.json``
-(atomically) and models are checkpointed with Orbax, so ``--resume`` skips what is done and resumes
-unfinished training from its last checkpoint: by default every ``checkpoint_seconds`` = 30 s of training
-and at the end of each training run (``checkpoint_every`` = N saves every N epochs instead; neither
-is part of the settings a ``--resume`` must match). ``progress.json`` is written before any checkpoint and holds
-the settings, so a ``--resume`` with other settings is refused instead of mixing two runs.
+(atomically, by :class:`Progress`) and models are checkpointed with Orbax, so ``--resume`` skips what is
+done and resumes unfinished training from its last checkpoint: by default every ``checkpoint_seconds`` = 30 s
+of training and at the end of each training run (``checkpoint_every`` = N saves every N epochs instead;
+neither is part of the settings a ``--resume`` must match). ``progress.json`` is written before any checkpoint
+and holds the settings, so a ``--resume`` with other settings is refused instead of mixing two runs.
 
 Divergence: a method whose loss or parameters stop being finite is stopped by the engine (last finite
 parameters kept) and its entry's ``diverged`` is ``{"epoch", "reason"}`` (``null`` otherwise; a list per
 seed with several seeds); non-finite outputs of the returned parameters are clipped for the metrics and
 reported there too, so ``results.json`` always holds finite numbers and the other methods still run.
 
-Example:
-    >>> cfg = JobConfig(methods=("ft", "sharp_minmax"), seeds=1, out="runs/demo")
-    >>> results = run_job(cfg)
+A caller can pass the memorization scores and the unlearning of each method in (``run_job(cfg,
+memorization_fn=..., unlearn_fn=...)``), e.g. to cache the scores across jobs or to count compilations per method.
+
+Example (the settings of a small job and its variants; ``run_job(cfg)`` would train them and write ``runs/demo``):
+    >>> cfg = JobConfig(methods=("ft", "sharp_minmax"), pretrain=("sam",), out="runs/demo").validate()
+    >>> [variant_label(pre, un) for pre in cfg.pretrain for un in cfg.unlearn_optimizer]
+    ['pretrain-sam_unlearn-sgd', 'pretrain-sam_unlearn-sam']
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ import json
 import numbers
 import os
 import time
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -56,7 +65,16 @@ from jaxunlearn import (
 from jaxunlearn.methods.common import MeanCE
 from jaxunlearn.plan import OptimConfig
 
-__all__ = ["JobConfig", "run_job", "variant_label", "UNLEARN_CHOICES", "PRETRAIN_CHOICES"]
+__all__ = [
+    "JobConfig",
+    "JobOption",
+    "Progress",
+    "job_options",
+    "run_job",
+    "variant_label",
+    "UNLEARN_CHOICES",
+    "PRETRAIN_CHOICES",
+]
 
 PRETRAIN_CHOICES = ("sgd", "sam", "asam")
 UNLEARN_CHOICES = ("sgd", "sam", "asam")
@@ -75,83 +93,209 @@ DEFAULT_METHODS = (
 )
 
 
+# ------------------------------------------------------------------------------------- per-setting checks
+# ``check(flag, value)`` of a setting: run by JobConfig.validate on a value of the right type (never on None).
+
+
+def _check_dataset(flag: str, value: str) -> None:
+    if value.strip().lower().startswith("tfds:"):
+        if not value.strip()[5:].strip():
+            raise ValueError(f"{flag} tfds:NAME needs a dataset name, e.g. {flag} tfds:mnist.")
+        return
+    key = value.strip().lower().replace("-", "_")
+    local = tuple(d for d in data.DATASETS if not d.startswith("tfds:"))
+    if key not in local:
+        close = difflib.get_close_matches(key, local, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{flag} must be one of {', '.join(data.DATASETS)}, got {value!r}.{hint}")
+
+
+def _check_directory(flag: str, value) -> None:
+    if not os.path.isdir(os.path.expanduser(value)):
+        raise FileNotFoundError(f"{flag} {value}: no such directory; pass the directory that holds the data files.")
+
+
+def _check_methods(flag: str, names: tuple[str, ...]) -> None:
+    if not names:
+        raise ValueError(f"{flag} is empty; name at least one method, e.g. {flag} ft,sharp_minmax.")
+    for m in names:
+        if m != "retrain" and methods.get(m).base == "retrain":
+            raise ValueError(
+                f"{flag} {m}: Retrain is the job's reference, run once per pretraining; "
+                "variants of it are not supported in a job (use --pretrain-epochs / --option retrain.KEY=...)."
+            )
+    dup = sorted({m for m in names if names.count(m) > 1})
+    if dup:
+        raise ValueError(f"{flag} names {dup} more than once; list each method once.")
+
+
+def _at_least(low: int) -> Callable[[str, int], None]:
+    def check(flag: str, value: int) -> None:
+        if value < low:
+            raise ValueError(f"{flag} must be an integer >= {low}, got {value}.")
+
+    return check
+
+
+def _check_devices(flag: str, value: int) -> None:
+    _validate.positive_int(flag, value)
+    if value > jax.device_count():
+        raise ValueError(
+            f"{flag} {value} asks for more devices than the {jax.device_count()} available "
+            f"({jax.devices()[0].platform}); on a CPU host call "
+            "jaxunlearn.distributed.cpu_devices(N) before any JAX computation (the jaxunlearn command "
+            "does this for --devices), or set XLA_FLAGS=--xla_force_host_platform_device_count=N."
+        )
+
+
+def _check_out(flag: str, value) -> None:
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ValueError(f"{flag} {value} is an existing file; choose a directory.")
+
+
+_positive_int = _validate.positive_int
+_positive = _validate.positive
+_non_negative = functools.partial(_validate.positive, allow_zero=True)
+
+
+def _setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    group: str,
+    flag: str | None = None,
+    choices: tuple[str, ...] | Callable[[], Any] | None = None,
+    check: Callable[[str, Any], None] | None = None,
+    metavar: str | None = None,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+) -> Any:
+    """A :class:`JobConfig` field with everything about the setting in its metadata (read by :func:`job_options`)."""
+    meta = {"help": help, "group": group, "flag": flag, "choices": choices, "check": check, "metavar": metavar}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+
+
+_DATA, _TRAIN, _UNLEARN, _RUN = "data", "model and training", "unlearning", "run"
+
+
 @dataclasses.dataclass
 class JobConfig:
-    """Settings of a job (every field is a ``jaxunlearn run`` option; see ``jaxunlearn run --help``)."""
+    """Settings of a job; every field is a ``jaxunlearn run`` option, defined once here.
 
-    dataset: str = "digits"
-    data_dir: str | None = None
-    max_train: int | None = None
-    max_test: int | None = None
-    model: str | None = None
-    width: int | None = None
-    forget: str = "random"
-    forget_size: float = 0.1
-    forget_class: int | None = None
-    mem_models: int = 8
-    pretrain: tuple[str, ...] = ("sgd", "sam")
-    pretrain_lr: float = 0.05
-    pretrain_epochs: int = 15
-    pretrain_rho: float = 0.1
-    unlearn_optimizer: tuple[str, ...] = ("sgd", "sam")
-    unlearn_lr: float = 0.01
-    unlearn_epochs: int = 5
-    rho: float = 0.1
-    lamb: float = 1.0
-    batch_size: int = 64
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    method_options: dict = dataclasses.field(default_factory=dict)
-    seeds: int = 1
-    seed: int = 0
-    out: str | None = None
-    resume: bool = False
-    checkpoint_every: int | None = None
-    checkpoint_seconds: float | None = 30.0
-    figures: bool = True
-    landscape_grid: int = 11
-    devices: int | None = None
-    progress: bool = True
+    A field's metadata holds the option's help text (``{choices}`` / ``{default}`` are filled in), its group in
+    ``--help``, its flag when that is not ``--`` + the field name with dashes, its choices (a name, or each name
+    of a comma list, must be one of them) and its check ``check(flag, value)``. The type is the annotation: a
+    ``tuple[str, ...]`` setting is a comma list on the command line, a ``bool`` one a switch that sets the
+    opposite of its default. :meth:`validate` runs the type checks, the per-setting checks, then the checks
+    that involve several settings.
+
+    Example:
+        >>> cfg = JobConfig(methods="ft,neggrad", pretrain=["sgd"], rho=0.05).validate()
+        >>> cfg.methods, cfg.pretrain, cfg.rho
+        (('ft', 'neggrad'), ('sgd',), 0.05)
+        >>> JobConfig(rho=0).validate()
+        Traceback (most recent call last):
+        ValueError: --rho must be a finite number > 0, got 0.0.
+    """
+
+    dataset: str = _setting("digits", "{choices}", group=_DATA, choices=lambda: data.DATASETS, check=_check_dataset)
+    data_dir: str | None = _setting(
+        None, "directory with the data (Fashion-MNIST IDX files, TFDS data_dir)", group=_DATA, check=_check_directory
+    )
+    max_train: int | None = _setting(None, "use at most this many training examples", group=_DATA, check=_positive_int)
+    max_test: int | None = _setting(None, "use at most this many test examples", group=_DATA, check=_positive_int)
+    model: str | None = _setting(
+        None,
+        "{choices} (default: cnn; theory_cnn for synthetic)",
+        group=_TRAIN,
+        choices=lambda: tuple(sorted(models.MODELS)),
+    )
+    width: int | None = _setting(
+        None,
+        "base width: cnn first conv channels (32), mlp first hidden layer (256), resnet18 stem channels (64), "
+        "theory_cnn filters (10)",
+        group=_TRAIN,
+        check=_positive_int,
+    )
+    forget: str = _setting(
+        "random",
+        "forget set: {choices}; high, low, mid and mix rank by memorization",
+        group=_DATA,
+        choices=lambda: data.FORGET_KINDS,
+    )
+    forget_size: float = _setting(0.1, "whole count >= 1, or fraction in (0, 1)", group=_DATA)
+    forget_class: int | None = _setting(None, "the class to forget with --forget class", group=_DATA)
+    mem_models: int = _setting(8, "models for memorization scores", group=_DATA, check=_positive_int)
+    pretrain: tuple[str, ...] = _setting(
+        ("sgd", "sam"), "comma list of {choices}", group=_TRAIN, choices=PRETRAIN_CHOICES
+    )
+    pretrain_lr: float = _setting(0.05, "SGD learning rate for pretraining", group=_TRAIN, check=_positive)
+    pretrain_epochs: int = _setting(15, "pretraining (and Retrain) epochs", group=_TRAIN, check=_positive_int)
+    pretrain_rho: float = _setting(0.1, "SAM/ASAM radius when pretraining", group=_TRAIN, check=_positive)
+    unlearn_optimizer: tuple[str, ...] = _setting(
+        ("sgd", "sam"), "comma list of {choices}; sgd is plain AdamW", group=_UNLEARN, choices=UNLEARN_CHOICES
+    )
+    unlearn_lr: float = _setting(0.01, "AdamW learning rate for unlearning", group=_UNLEARN, check=_positive)
+    unlearn_epochs: int = _setting(5, "unlearning epochs", group=_UNLEARN, check=_positive_int)
+    rho: float = _setting(0.1, "SAM/ASAM radius when unlearning", group=_UNLEARN, check=_positive)
+    lamb: float = _setting(1.0, "lambda in g + s*lambda*(g' - g)", group=_UNLEARN, check=_non_negative)
+    batch_size: int = _setting(64, "batch size", group=_TRAIN, check=_positive_int)
+    methods: tuple[str, ...] = _setting(
+        DEFAULT_METHODS, "comma list of methods (see `jaxunlearn methods`)", group=_UNLEARN, check=_check_methods
+    )
+    method_options: dict = _setting(
+        help="method option, e.g. sharp_minmax.fraction=0.1 (repeatable; see `jaxunlearn methods`); a variant "
+        "METHOD@TAG in --methods takes its own options, e.g. --methods ft,ft@long --option ft@long.epochs=10",
+        group=_UNLEARN,
+        flag="--option",
+        metavar="METHOD.KEY=VALUE",
+        default_factory=dict,
+    )
+    seeds: int = _setting(1, "number of seeds; tables show mean ± std", group=_RUN, check=_positive_int)
+    seed: int = _setting(0, "first seed", group=_RUN, check=_at_least(0))
+    out: str | None = _setting(None, "output directory (default runs/<timestamp>)", group=_RUN, check=_check_out)
+    resume: bool = _setting(False, "continue an interrupted run in --out", group=_RUN)
+    checkpoint_every: int | None = _setting(
+        None,
+        "checkpoint every N epochs instead (with --checkpoint-seconds too: whichever comes first)",
+        group=_RUN,
+        check=_positive_int,
+    )
+    checkpoint_seconds: float | None = _setting(
+        30.0,
+        "checkpoint a training run after the epoch that ends this many seconds after its last save, and at "
+        "its end (default {default}; 0 = after every epoch)",
+        group=_RUN,
+        check=_non_negative,
+    )
+    figures: bool = _setting(True, "skip the figures", group=_RUN, flag="--no-figures")
+    landscape_grid: int = _setting(11, "loss-landscape grid points per axis", group=_RUN, check=_at_least(3))
+    devices: int | None = _setting(
+        None,
+        "data-parallel over this many devices (one mesh; all processes' devices in multi-host runs)",
+        group=_RUN,
+        check=_check_devices,
+    )
+    progress: bool = _setting(True, "no progress bars", group=_RUN, flag="--quiet")
 
     def validate(self) -> JobConfig:
         """Check (and normalise) every field; raise ``ValueError`` naming the bad one and how to fix it.
 
-        Types are checked first (a config file may hold ``"rho": "big"``), then values: names against
-        their registries (with the closest name suggested), positivity, the forget-set size and the
-        data directory. Everything that can be checked without loading data fails here, before any
-        training starts.
+        Types are checked first (a config file may hold ``"rho": "big"``), then each setting's own check
+        (names against their registries with the closest name suggested, positivity, the data directory), then
+        the rules that involve several settings (method options against ``methods``, the forget set,
+        ``devices`` against ``batch_size``, ``resume`` needs ``out``). Everything that can be checked without
+        loading data fails here, before any training starts.
         """
         self._check_types()
-        if self.dataset.strip().lower().startswith("tfds:"):
-            if not self.dataset.strip()[5:].strip():
-                raise ValueError("--dataset tfds:NAME needs a dataset name, e.g. --dataset tfds:mnist.")
-        else:
-            key = self.dataset.strip().lower().replace("-", "_")
-            local = tuple(d for d in data.DATASETS if not d.startswith("tfds:"))
-            if key not in local:
-                close = difflib.get_close_matches(key, local, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"--dataset must be one of {', '.join(data.DATASETS)}, got {self.dataset!r}.{hint}")
-        if self.data_dir is not None and not os.path.isdir(os.path.expanduser(self.data_dir)):
-            raise FileNotFoundError(
-                f"--data-dir {self.data_dir}: no such directory; pass the directory that holds the data files."
-            )
-        if self.model is not None:
-            _validate.choice("--model", self.model, models.MODELS)
-        for p in self.pretrain:
-            _validate.choice("--pretrain", p, PRETRAIN_CHOICES)
-        for u in self.unlearn_optimizer:
-            _validate.choice("--unlearn-optimizer", u, UNLEARN_CHOICES)
-        if not self.methods:
-            raise ValueError("--methods is empty; name at least one method, e.g. --methods ft,sharp_minmax.")
-        for m in self.methods:
-            if m != "retrain" and methods.get(m).base == "retrain":
-                raise ValueError(
-                    f"--methods {m}: Retrain is the job's reference, run once per pretraining; "
-                    "variants of it are not supported in a job (use --pretrain-epochs / --option retrain.KEY=...)."
-                )
-        dup = sorted({m for m in self.methods if self.methods.count(m) > 1})
-        if dup:
-            raise ValueError(f"--methods names {dup} more than once; list each method once.")
+        for opt in job_options():
+            value = getattr(self, opt.name)
+            if value is None:
+                continue
+            if opt.check is not None:
+                opt.check(opt.flag, value)
+            elif opt.choices is not None:
+                for v in value if isinstance(value, tuple) else (value,):
+                    _validate.choice(opt.flag, v, opt.choices)
         for name, opts in self.method_options.items():
             if methods.VARIANT_SEP in name and name not in self.methods:
                 close = difflib.get_close_matches(name, self.methods, n=1)
@@ -164,17 +308,6 @@ class JobConfig:
             methods.resolve_options(method, opts)
             for key, value in opts.items():
                 _check_option_type(name, key, value, method.defaults[key])
-        _validate.choice("--forget", self.forget, data.FORGET_KINDS)
-        for name in ("pretrain_epochs", "unlearn_epochs", "batch_size", "seeds", "mem_models"):
-            _validate.positive_int(f"--{name.replace('_', '-')}", getattr(self, name))
-        for name in ("max_train", "max_test", "width"):
-            if getattr(self, name) is not None:
-                _validate.positive_int(f"--{name.replace('_', '-')}", getattr(self, name))
-        if self.seed < 0:
-            raise ValueError(f"--seed must be an integer >= 0, got {self.seed}.")
-        for name in ("pretrain_lr", "unlearn_lr", "rho", "pretrain_rho"):
-            _validate.positive(f"--{name.replace('_', '-')}", getattr(self, name))
-        _validate.positive("--lamb", self.lamb, allow_zero=True)
         if self.forget == "class":
             if self.forget_class is None:
                 raise ValueError("--forget class needs --forget-class K (the class to forget).")
@@ -186,80 +319,149 @@ class JobConfig:
                 raise ValueError(
                     f"--forget-size must be a fraction in (0, 1) of the training set or a whole count >= 1, got {fs!r}."
                 )
-        if self.checkpoint_every is not None:
-            _validate.positive_int("--checkpoint-every", self.checkpoint_every)
-        if self.checkpoint_seconds is not None:
-            _validate.positive("--checkpoint-seconds", self.checkpoint_seconds, allow_zero=True)
-        if self.landscape_grid < 3:
-            raise ValueError(f"--landscape-grid must be >= 3, got {self.landscape_grid}.")
-        if self.devices is not None:
-            if self.devices > jax.device_count():
-                raise ValueError(
-                    f"--devices {self.devices} asks for more devices than the {jax.device_count()} available "
-                    f"({jax.devices()[0].platform}); on a CPU host call "
-                    "jaxunlearn.distributed.cpu_devices(N) before any JAX computation (the jaxunlearn command "
-                    "does this for --devices), or set XLA_FLAGS=--xla_force_host_platform_device_count=N."
-                )
-            if self.batch_size % self.devices:
-                raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices}.")
+        if self.devices is not None and self.batch_size % self.devices:
+            raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices}.")
         if self.resume and self.out is None:
             raise ValueError("--resume needs --out DIR: the directory of the run to continue.")
-        if self.out is not None and os.path.exists(self.out) and not os.path.isdir(self.out):
-            raise ValueError(f"--out {self.out} is an existing file; choose a directory.")
         return self
 
     def _check_types(self) -> None:
-        """Check the type of every field (command-line values are typed by argparse, config values not)."""
-        for name in ("pretrain", "unlearn_optimizer", "methods"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = tuple(v.strip() for v in value.split(",") if v.strip())
-            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be a comma-separated list of names (or a list of strings), "
-                    f"got {value!r}."
-                )
-            setattr(self, name, tuple(value))
-        for name in ("dataset", "forget"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"--{name.replace('_', '-')} must be a string, got {getattr(self, name)!r}.")
-        for name in ("data_dir", "model", "out"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str | os.PathLike):
-                raise ValueError(f"--{name.replace('_', '-')} must be a string, got {value!r}.")
-        optional = ("max_train", "max_test", "width", "forget_class", "devices", "checkpoint_every")
-        for name in ("max_train", "max_test", "width", "forget_class", "mem_models", "pretrain_epochs",
-                     "unlearn_epochs", "batch_size", "seeds", "seed", "landscape_grid", "devices",
-                     "checkpoint_every"):  # fmt: skip
-            value = getattr(self, name)
-            if value is None and name in optional:
+        """Check (and normalise) the type of every field against its annotation: command-line values are typed
+        by argparse, values from a config file or a caller are not."""
+        for opt in job_options():
+            value = getattr(self, opt.name)
+            if value is None and opt.optional:
                 continue
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer, got {value!r}.")
-            setattr(self, name, int(value))
-        for name in ("forget_size", "pretrain_lr", "pretrain_rho", "unlearn_lr", "rho", "lamb", "checkpoint_seconds"):
-            value = getattr(self, name)
-            if value is None and name == "checkpoint_seconds":
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}.")
-            setattr(self, name, float(value))
-        for name in ("resume", "figures", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        opts = self.method_options
-        if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
-            raise ValueError(
-                "method_options must map method names to {option: value} tables, "
-                f"e.g. {{'sharp_minmax': {{'fraction': 0.1}}}}; got {opts!r}."
-            )
+            setattr(self, opt.name, _typed(opt, value))
 
     def settings(self) -> dict:
+        """The job's settings as written to ``results.json`` (every field but ``progress``)."""
         d = dataclasses.asdict(self)
         d.pop("progress")
         return d
+
+    def resume_settings(self) -> dict:
+        """The settings a ``--resume`` must match: all but where the run goes, its figures and checkpoint schedule.
+
+        Example:
+            >>> cfg = JobConfig()
+            >>> sorted(set(cfg.settings()) - set(cfg.resume_settings()))
+            ['checkpoint_every', 'checkpoint_seconds', 'figures', 'landscape_grid', 'out', 'resume']
+        """
+        s = self.settings()
+        for k in ("resume", "out", "figures", "landscape_grid", "checkpoint_every", "checkpoint_seconds"):
+            s.pop(k, None)
+        return s
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOption:
+    """One job setting as the command line and the checks see it (read from a :class:`JobConfig` field).
+
+    ``type`` is ``str``, ``int``, ``float``, ``bool``, ``tuple`` (a comma list of names) or ``dict`` (method
+    options, ``METHOD.KEY=VALUE`` on the command line); ``optional`` means ``None`` is allowed. ``help`` has its
+    choices and default filled in; ``choices`` is resolved (registries that grow are read when asked).
+
+    Example:
+        >>> opt = next(o for o in job_options() if o.name == "unlearn_epochs")
+        >>> opt.flag, opt.type, opt.default, opt.group, opt.help
+        ('--unlearn-epochs', <class 'int'>, 5, 'unlearning', 'unlearning epochs (default 5)')
+        >>> opt.check(opt.flag, 0)
+        Traceback (most recent call last):
+        ValueError: --unlearn-epochs must be an integer >= 1, got 0.
+    """
+
+    name: str
+    type: type
+    optional: bool
+    default: Any
+    flag: str
+    help: str
+    group: str
+    choices: tuple[str, ...] | None
+    check: Callable[[str, Any], None] | None
+    metavar: str | None
+
+
+def job_options() -> list[JobOption]:
+    """Every :class:`JobConfig` setting as a :class:`JobOption`, in field order (the ``jaxunlearn run`` options).
+
+    Read afresh on each call from the fields, so the defaults and the registries (models, datasets) in the
+    help are always the current ones.
+
+    Example:
+        >>> opts = {o.name: o for o in job_options()}
+        >>> opts["max_train"].flag, opts["max_train"].type, opts["max_train"].optional
+        ('--max-train', <class 'int'>, True)
+        >>> opts["figures"].flag, opts["method_options"].flag
+        ('--no-figures', '--option')
+        >>> opts["pretrain"].help
+        'comma list of sgd | sam | asam (default sgd,sam)'
+    """
+    hints = typing.get_type_hints(JobConfig)
+    out = []
+    for f in dataclasses.fields(JobConfig):
+        meta = f.metadata
+        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hints[f.name]))
+        kind = typing.get_origin(hints[f.name]) or hints[f.name]
+        kind = args[0] if optional else kind
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        text = meta["help"].replace("{choices}", " | ".join(choices or ()))
+        shown = _default_text(default)
+        if "{default}" in text:
+            text = text.replace("{default}", shown)
+        elif "default" not in text and default is not None and not isinstance(default, bool | dict):
+            text += f" (default {shown})"
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        out.append(JobOption(f.name, kind, optional, default, flag, text, meta["group"], choices, meta["check"],
+                             meta["metavar"]))  # fmt: skip
+    return out
+
+
+def _default_text(value) -> str:
+    """A default as ``--help`` shows it: lists comma-joined, whole floats without ``.0``."""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _typed(opt: JobOption, value):
+    """``value`` of the setting ``opt`` in its normal form, or a ``ValueError`` naming the setting and the type."""
+    flag = opt.flag
+    if opt.type is tuple:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{flag} must be a comma-separated list of names (or a list of strings), got {value!r}.")
+        return tuple(value)
+    if opt.type is str:
+        if not (isinstance(value, str) or (opt.optional and isinstance(value, os.PathLike))):
+            raise ValueError(f"{flag} must be a string, got {value!r}.")
+        return value
+    if opt.type is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{opt.name} must be true or false, got {value!r}.")
+        return value
+    if opt.type is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{flag} must be an integer, got {value!r}.")
+        return int(value)
+    if opt.type is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value!r}.")
+        return float(value)
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError(
+            f"{opt.name} must map method names to {{option: value}} tables, "
+            f"e.g. {{'sharp_minmax': {{'fraction': 0.1}}}}; got {value!r}."
+        )
+    return value
 
 
 def _check_option_type(method: str, key: str, value, default) -> None:
@@ -286,11 +488,27 @@ def _check_option_type(method: str, key: str, value, default) -> None:
 
 
 def variant_label(pretrain: str, unlearn: str) -> str:
-    """Directory/label of a variant, e.g. ``pretrain-sam_unlearn-sgd``."""
+    """Directory/label of a variant, e.g. ``pretrain-sam_unlearn-sgd``.
+
+    Example:
+        >>> variant_label("sam", "sgd")
+        'pretrain-sam_unlearn-sgd'
+    """
     return f"pretrain-{pretrain}_unlearn-{unlearn}"
 
 
 def optimizer_for(kind: str, base: OptimConfig, rho: float, lamb: float = 1.0) -> OptimConfig:
+    """The optimizer of a variant's ``kind`` (``sgd | sam | asam``): ``base`` itself for ``sgd``, else ``base``
+    wrapped in SAM or ASAM with radius ``rho`` and ``lamb`` (the update ``base(g + λ·(g' − g))``).
+
+    Example:
+        >>> base = OptimConfig(lr=0.05)
+        >>> optimizer_for("sgd", base, rho=0.1) is base
+        True
+        >>> cfg = optimizer_for("asam", base, rho=0.2)
+        >>> cfg.sam, cfg.rho, cfg.lamb, cfg.lr
+        ('asam', 0.2, 1.0, 0.05)
+    """
     if kind == "sgd":
         return base
     return dataclasses.replace(base, sam=kind, rho=rho, lamb=lamb)
@@ -300,68 +518,126 @@ def _default_model(dataset: str) -> str:
     return "theory_cnn" if dataset == "synthetic" else "cnn"
 
 
-class _Job:
-    """State shared by the steps of one job (internal)."""
+class Progress:
+    """The record of a job's finished entries, ``OUT/progress.json``, which lets an interrupted job resume.
 
-    def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-        self.out = cfg.out
+    The file holds ``{"settings_key": json.dumps(settings, sort_keys=True), "entries": {key: entry}}`` and is
+    rewritten atomically after each :meth:`record`, so it always holds every entry finished so far and never
+    half of one. It is written when the record is opened, before any checkpoint, so a later resume can always
+    check the settings. A key names one cell of the job's grid (:meth:`key`); the checkpoints of the cells'
+    training runs live under ``OUT/checkpoints/`` (:meth:`checkpoint_dir`).
+
+    Opening rules (each failure is one ``ValueError`` saying what to do): a new record (``resume=False``) needs
+    an ``out`` without a run in it (no ``progress.json``, no checkpoints); ``resume=True`` continues the record
+    in ``out`` when its settings equal ``settings`` (else refused, naming the differences), and starts a new
+    one when ``out`` holds nothing yet.
+
+    Attributes:
+        out: the run directory.
+        path: ``OUT/progress.json``.
+        done: ``{key: entry}`` of every finished entry (entries are JSON-ready dicts).
+
+    Example:
+        >>> import os, tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> out = tmp.name
+        >>> rec = Progress(out, {"rho": 0.1})
+        >>> key = Progress.key(0, "sgd", "ft", unlearn="sam")
+        >>> key, rec.is_done(key)
+        ('0/sgd/sam/ft', False)
+        >>> rec.record(key, {"forget_acc": 0.5})
+        >>> Progress(out, {"rho": 0.1}, resume=True).done
+        {'0/sgd/sam/ft': {'forget_acc': 0.5}}
+        >>> Progress.read(out) == rec.done
+        True
+        >>> os.path.relpath(rec.checkpoint_dir("seed0", "pretrain-sgd", "original"), out)
+        'checkpoints/seed0/pretrain-sgd/original'
+        >>> Progress(out, {"rho": 0.2}, resume=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --resume: ... holds a run with different settings; use another --out or the same settings \
+(different: rho was 0.1, now 0.2).
+        >>> tmp.cleanup()
+    """
+
+    FILE = "progress.json"
+
+    def __init__(self, out: str | os.PathLike, settings: dict, *, resume: bool = False):
+        self.out = os.fspath(out)
         os.makedirs(self.out, exist_ok=True)
-        self.progress_path = os.path.join(self.out, "progress.json")
-        self.checkpointing = {"checkpoint_every": cfg.checkpoint_every, "checkpoint_seconds": cfg.checkpoint_seconds}
+        self.path = os.path.join(self.out, self.FILE)
+        self._settings_key = json.dumps(settings, sort_keys=True, default=str)
         self.done: dict[str, Any] = {}
         ckpt_dir = os.path.join(self.out, "checkpoints")
         has_ckpt = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
-        has_progress = os.path.exists(self.progress_path)
-        if cfg.resume and has_progress:
-            try:
-                with open(self.progress_path) as f:
-                    saved = json.load(f)
-                if not isinstance(saved, dict) or not isinstance(saved.get("entries", {}), dict):
-                    raise ValueError("not a progress object")
-            except ValueError as exc:
-                raise ValueError(
-                    f"--resume: {self.progress_path} is damaged ({exc}); delete {self.out} or choose another --out."
-                ) from None
-            if saved.get("settings_key") != self._settings_key():
+        has_progress = os.path.exists(self.path)
+        if resume and has_progress:
+            saved = self._load(self.path, "--resume", self.out)
+            if saved.get("settings_key") != self._settings_key:
                 raise ValueError(
                     f"--resume: {self.out} holds a run with different settings; use another --out or the same "
                     f"settings ({self._settings_diff(saved.get('settings_key'))})."
                 )
             self.done = saved.get("entries", {})
-        elif cfg.resume and has_ckpt:
+        elif resume and has_ckpt:
             raise ValueError(
                 f"--resume: {self.out} has checkpoints but no progress.json, so its settings are unknown; "
                 "delete it or choose another --out."
             )
-        elif not cfg.resume and (has_progress or has_ckpt):
+        elif not resume and (has_progress or has_ckpt):
             raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out.")
-        # Written before any checkpoint, so a later --resume can always check the settings.
         self._save()
+
+    @staticmethod
+    def key(seed: int, pretrain: str, method: str, unlearn: str | None = None) -> str:
+        """The key of one cell: ``"seed/pretrain/unlearn/method"``, or ``"seed/pretrain/method"`` for the original
+        model and Retrain (``unlearn=None``), which depend only on the pretraining.
+
+        Example:
+            >>> Progress.key(3, "sam", "retrain"), Progress.key(3, "sam", "neggrad", unlearn="sgd")
+            ('3/sam/retrain', '3/sam/sgd/neggrad')
+        """
+        return f"{seed}/{pretrain}/{method}" if unlearn is None else f"{seed}/{pretrain}/{unlearn}/{method}"
+
+    @classmethod
+    def read(cls, out: str | os.PathLike) -> dict[str, Any]:
+        """The finished entries ``{key: entry}`` of the run in ``out``, read without opening it for writing
+        (e.g. to tabulate an interrupted run). See the class example."""
+        return cls._load(os.path.join(os.fspath(out), cls.FILE), "progress", os.fspath(out)).get("entries", {})
+
+    def is_done(self, key: str) -> bool:
+        """Whether the entry ``key`` is recorded (see the class example)."""
+        return key in self.done
+
+    def record(self, key: str, entry: dict) -> None:
+        """Record the finished entry ``key`` (made JSON-ready) and rewrite the file (see the class example)."""
+        self.done[key] = report.to_jsonable(entry)
+        self._save()
+
+    def checkpoint_dir(self, *parts: str) -> str:
+        """``OUT/checkpoints/<parts...>``: where one training run of the job keeps its checkpoints."""
+        return os.path.join(self.out, "checkpoints", *parts)
+
+    @staticmethod
+    def _load(path: str, what: str, out: str) -> dict:
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict) or not isinstance(saved.get("entries", {}), dict):
+                raise ValueError("not a progress object")
+        except ValueError as exc:
+            raise ValueError(f"{what}: {path} is damaged ({exc}); delete {out} or choose another --out.") from None
+        return saved
 
     def _settings_diff(self, saved_key) -> str:
         try:
-            old, new = json.loads(saved_key), json.loads(self._settings_key())
+            old, new = json.loads(saved_key), json.loads(self._settings_key)
         except (TypeError, ValueError):
             return "the saved settings are unreadable"
         diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         return "different: " + ", ".join(f"{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in diff[:5])
 
-    def _settings_key(self) -> str:
-        s = self.cfg.settings()
-        for k in ("resume", "out", "figures", "landscape_grid", "checkpoint_every", "checkpoint_seconds"):
-            s.pop(k, None)
-        return json.dumps(s, sort_keys=True, default=str)
-
-    def record(self, key: str, entry: dict) -> None:
-        self.done[key] = report.to_jsonable(entry)
-        self._save()
-
     def _save(self) -> None:
-        _atomic_json(self.progress_path, {"settings_key": self._settings_key(), "entries": self.done})
-
-    def ckpt(self, *parts: str) -> str:
-        return os.path.join(self.out, "checkpoints", *parts)
+        _atomic_json(self.path, {"settings_key": self._settings_key, "entries": self.done})
 
 
 def _atomic_json(path: str, obj) -> None:
@@ -375,6 +651,14 @@ def _atomic_text(path: str, text: str) -> None:
 
 
 def load_dataset(cfg: JobConfig, seed: int) -> data.Dataset:
+    """The job's data for ``seed``: ``data.load(cfg.dataset)`` with ``cfg.data_dir``, ``cfg.max_train`` and
+    ``cfg.max_test`` (a validation split of 10 % of the training examples is held out).
+
+    Example:
+        >>> ds = load_dataset(JobConfig(max_train=60, max_test=40), seed=0)
+        >>> ds.name, ds.x_train.shape, len(ds.y_test), ds.num_classes
+        ('digits', (54, 8, 8, 1), 40, 10)
+    """
     kw: dict[str, Any] = {}
     if cfg.max_test is not None:
         kw["max_test"] = cfg.max_test
@@ -397,6 +681,16 @@ def _width_kwargs(name: str, width: int | None) -> dict:
 
 
 def build_model(cfg: JobConfig, ds: data.Dataset, seed: int):
+    """A fresh model for ``ds`` initialised from ``seed``: ``cfg.model`` (default ``cnn``, ``theory_cnn`` for
+    ``synthetic``) at base width ``cfg.width``, the other layers scaled alike.
+
+    Example:
+        >>> cfg = JobConfig(max_train=60, model="mlp", width=16)
+        >>> ds = load_dataset(cfg, seed=0)
+        >>> model = build_model(cfg, ds, seed=0)
+        >>> type(model).__name__, model.hidden, models.num_params(models.split_model(model)[1])
+        ('MLP', (16, 8), 1266)
+    """
     name = cfg.model or _default_model(cfg.dataset)
     kw = _width_kwargs(name, cfg.width)
     return models.build(name, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed, **kw)
@@ -415,11 +709,20 @@ def vmapped_train_fn(
     Model k starts from its own initialisation and trains on the examples ``masks[k]`` with the job's
     pretraining recipe (SGD, ``cfg.pretrain_lr``, ``cfg.pretrain_epochs``, ``cfg.batch_size``); one
     compiled program for all K. This is the trainer the memorization scores
-    (``metrics.memorization_scores``) and LiRA's shadow models (``metrics.lira_attack``) take.
+    (``metrics.memorization_scores``) and LiRA's shadow models (``metrics.lira_attack``) take, e.g.
+    ``metrics.lira_attack(train_fn, models.logits_fn(apply_fn, state), x, y, num_shadows=8)``.
 
-    Example:
+    Example (two small MLPs, one epoch on 54 digits):
+        >>> cfg = JobConfig(max_train=60, model="mlp", width=8, pretrain_epochs=1, batch_size=16, progress=False)
+        >>> ds = load_dataset(cfg, seed=0)
+        >>> apply_fn, params, state = models.split_model(build_model(cfg, ds, seed=0))
+        >>> dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
         >>> train_fn = vmapped_train_fn(cfg, ds, apply_fn, dd, seed=0)
-        >>> out = metrics.lira_attack(train_fn, models.logits_fn(apply_fn, state), x, y, num_shadows=8)
+        >>> masks = np.ones((2, len(ds.y_train)), bool)
+        >>> masks[1, :10] = False  # model 1 never sees the first 10 examples
+        >>> stacked = train_fn(masks)
+        >>> stacked["head"]["kernel"].shape, params["head"]["kernel"].shape  # a leading axis K = 2
+        ((2, 4, 10), (4, 10))
     """
 
     def train_fn(masks):
@@ -456,7 +759,19 @@ def vmapped_train_fn(
 def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
     """Feldman–Zhang scores from ``cfg.mem_models`` models trained together in one program
     (:func:`vmapped_train_fn`: each model its own initialisation and random subset). ``params`` only
-    fixes the structure. Public so experiments can cache it.
+    fixes the structure. The default ``memorization_fn`` of :func:`run_job` (experiments pass a cached one).
+    ``mem_i = mean_{k: i ∈ S_k} [f_k(x_i) = y_i] − mean_{k: i ∉ S_k} [f_k(x_i) = y_i]`` over the models'
+    training subsets ``S_k``, in [−1, 1].
+
+    Example (two small MLPs, one epoch: a toy estimate):
+        >>> cfg = JobConfig(max_train=60, model="mlp", width=8, pretrain_epochs=1, batch_size=16, mem_models=2,
+        ...                 progress=False)
+        >>> ds = load_dataset(cfg, seed=0)
+        >>> apply_fn, params, state = models.split_model(build_model(cfg, ds, seed=0))
+        >>> dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+        >>> scores = memorization_scores(cfg, ds, apply_fn, params, state, dd, seed=0)
+        >>> scores.shape, bool(((scores >= -1) & (scores <= 1)).all())
+        ((54,), True)
     """
     train_fn = vmapped_train_fn(cfg, ds, apply_fn, dd, seed, desc="memorization models")
     logits_fn = models.logits_fn(apply_fn, state)
@@ -510,7 +825,21 @@ def _divergence(res, nonfinite_outputs: bool) -> dict | None:
 
 
 def evaluate_split_metrics(apply_fn, params, state, ds, forget_idx, retain_idx, seed, mesh=None) -> dict:
-    """Forget/retain/test accuracy and MIA-efficacy (SalUn confidence attack, retain vs test shadows)."""
+    """Forget/retain/test accuracy and MIA-efficacy (SalUn confidence attack, retain vs test shadows).
+
+    ``mia`` is the fraction of forget examples the attack, fitted on retain (members) against test
+    (non-members) confidences, calls non-members; ``nonfinite_outputs`` tells whether any logits were
+    non-finite (they are clipped for the metrics).
+
+    Example (an untrained MLP):
+        >>> cfg = JobConfig(max_train=60, max_test=40, model="mlp", width=8)
+        >>> ds = load_dataset(cfg, seed=0)
+        >>> apply_fn, params, state = models.split_model(build_model(cfg, ds, seed=0))
+        >>> forget_idx, retain_idx = np.arange(5), np.arange(5, len(ds.y_train))
+        >>> m = evaluate_split_metrics(apply_fn, params, state, ds, forget_idx, retain_idx, seed=0)
+        >>> sorted(m), all(0 <= m[k] <= 1 for k in ("forget_acc", "retain_acc", "test_acc", "mia"))
+        (['forget_acc', 'mia', 'nonfinite_outputs', 'retain_acc', 'test_acc'], True)
+    """
     ev = functools.partial(_eval_split, mesh=mesh)
     f = ev(apply_fn, params, state, ds.x_train[forget_idx], ds.y_train[forget_idx])
     r = ev(apply_fn, params, state, ds.x_train[retain_idx], ds.y_train[retain_idx])
@@ -543,168 +872,211 @@ def _finish_entry(entry: dict, ref: dict) -> dict:
     return entry
 
 
-def run_job(cfg: JobConfig) -> dict:
-    """Run the whole job described by ``cfg``; return the top-level results object (also written).
+def run_job(
+    cfg: JobConfig,
+    *,
+    memorization_fn: Callable[..., np.ndarray] | None = None,
+    unlearn_fn: Callable[..., engine.RunResult] | None = None,
+) -> dict:
+    """Run the whole job described by ``cfg``; return the top-level results object (also written to ``cfg.out``).
 
-    Example:
-        >>> res = run_job(JobConfig(methods=("ft",), pretrain=("sgd",), unlearn_optimizer=("sgd",)))
-        >>> res["methods"]["ft"]["tow"]
+    For each seed the data are loaded and the forget set chosen; for each pretraining optimizer the original
+    model is trained, then every cell of the grid (original, Retrain, and each unlearning optimizer × method)
+    is run from it and recorded in ``progress.json`` (:class:`Progress`); recorded cells are skipped on resume.
+
+    Args:
+        cfg: the job's settings (validated here).
+        memorization_fn: ``fn(cfg, ds, apply_fn, params, model_state, data, seed) -> scores [N]``, the
+            memorization score of each training example, called once per seed when ``cfg.forget`` ranks by
+            memorization (``high | low | mid | mix``); default :func:`memorization_scores` (or a cached one).
+        unlearn_fn: ``fn(method, ctx, **run_kwargs) -> RunResult``, the runner of one method from a
+            ``methods.Context`` (``run_kwargs``: checkpointing, progress, mesh); called for Retrain and each
+            (unlearning optimizer, method) cell not yet recorded, and for the method whose figures are drawn.
+            Default: the library's method adapter.
+
+    A job trains for minutes, e.g. ``run_job(JobConfig(methods=("ft",), pretrain=("sgd",),
+    unlearn_optimizer=("sgd",)))["methods"]["ft"]["tow"]``, or, to forget the 10 % of the examples that score
+    highest by one's own scores, ``run_job(JobConfig(forget="high", out="runs/mine"), memorization_fn=lambda cfg,
+    ds, *rest: my_scores)``.
+
+    Example (only the first step of a job: its settings are checked before any work):
+        >>> run_job(JobConfig(methods=("ft",), resume=True))
+        Traceback (most recent call last):
+        ValueError: --resume needs --out DIR: the directory of the run to continue.
     """
     cfg.validate()
     if cfg.out is None:
         cfg.out = os.path.join("runs", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    job = _Job(cfg)
+    progress = Progress(cfg.out, cfg.resume_settings(), resume=cfg.resume)
     mesh = distributed.make_mesh(cfg.devices) if cfg.devices else None
+    job = _Job(cfg, progress, unlearn_fn or methods.unlearn, mesh)
     t_job = time.perf_counter()
     method_list = [m for m in cfg.methods if m != "retrain"]
     n_tasks = cfg.seeds * len(cfg.pretrain) * (2 + len(method_list) * len(cfg.unlearn_optimizer))
     bar = tqdm(total=n_tasks, desc="jaxunlearn run", disable=not cfg.progress, dynamic_ncols=True)
     per_variant: dict[str, list[dict]] = {}
-    extras: dict[str, dict] = {}
-    pre_base = OptimConfig(lr=cfg.pretrain_lr)
-    un_base = engine.UNLEARN_DEFAULT
-    un_base = dataclasses.replace(un_base, lr=cfg.unlearn_lr)
+    un_base = dataclasses.replace(engine.UNLEARN_DEFAULT, lr=cfg.unlearn_lr)
     try:
         for s in range(cfg.seeds):
-            seed = cfg.seed + s
-            ds = load_dataset(cfg, seed)
-            dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
-            apply_fn, init_params, init_state = models.split_model(build_model(cfg, ds, seed))
-
-            def init_fn(k, _cfg=cfg, _ds=ds):
-                _, p, st = models.split_model(build_model(_cfg, _ds, k))
-                return p, st
-
-            # The forget set depends only on the data and the initial model (memorization scores), so it
-            # is chosen before any training: a bad --forget-size fails at once.
-            forget_idx = _forget_set(
-                cfg,
-                ds,
-                seed,
-                functools.partial(memorization_scores, cfg, ds, apply_fn, init_params, init_state, dd, seed),
-            )
-            retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
-            if retain_idx.size == 0:
-                raise ValueError(
-                    f"the forget set holds all {len(ds.y_train)} training examples, so nothing is left to retain; "
-                    "choose a smaller --forget-size."
-                )
+            sd = _load_seed(cfg, cfg.seed + s, memorization_fn or memorization_scores)
             for pre in cfg.pretrain:
-                pre_cfg = optimizer_for(pre, pre_base, cfg.pretrain_rho)
-                bar.set_postfix_str(f"seed {seed} pretrain {pre}")
-                orig = engine.train(
-                    apply_fn,
-                    init_params,
-                    init_state,
-                    dd,
-                    optimizer=pre_cfg,
-                    epochs=cfg.pretrain_epochs,
-                    batch_size=cfg.batch_size,
-                    seed=seed,
-                    checkpoint_dir=job.ckpt(f"seed{seed}", f"pretrain-{pre}", "original"),
-                    resume=True,
-                    **job.checkpointing,
-                    mesh=mesh,
-                    progress=cfg.progress,
-                    desc=f"pretrain ({pre})",
-                )
+                pre_cfg = optimizer_for(pre, OptimConfig(lr=cfg.pretrain_lr), cfg.pretrain_rho)
+                bar.set_postfix_str(f"seed {sd.seed} pretrain {pre}")
+                # Original and Retrain depend only on the pretraining recipe; the original is always needed
+                # (a recorded one is restored from its final checkpoint).
+                train = functools.partial(_pretrain, job, sd, pre, pre_cfg)
+                orig = _run_cell(job, sd, Progress.key(sd.seed, pre, "original"), train, keep=True)
                 bar.update(1)
-                ctx_common = dict(
-                    apply_fn=apply_fn,
-                    params=orig.params,
-                    model_state=orig.model_state,
-                    x=dd.x,
-                    y=dd.y,
-                    retain_idx=retain_idx,
-                    forget_idx=forget_idx,
-                    num_classes=ds.num_classes,
-                    epochs=cfg.unlearn_epochs,
-                    batch_size=cfg.batch_size,
-                    seed=seed,
-                    init_fn=init_fn,
-                    pretrain_optimizer=pre_cfg,
-                    pretrain_epochs=cfg.pretrain_epochs,
-                )
-                # Original and Retrain depend only on the pretraining recipe.
-                key_o = f"{seed}/{pre}/original"
-                if key_o not in job.done:
-                    entry = evaluate_split_metrics(
-                        apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, seed, mesh
-                    )
-                    entry.update(_timing(orig))
-                    entry["diverged"] = _divergence(orig, entry.pop("nonfinite_outputs"))
-                    job.record(key_o, entry)
-                key_r = f"{seed}/{pre}/retrain"
-                retrain_res = None
-                if key_r not in job.done:
-                    ctx = methods.Context(
-                        optimizer=un_base, options=dict(cfg.method_options.get("retrain", {})), **ctx_common
-                    )
-                    retrain_res = engine.unlearn(
-                        "retrain",
-                        ctx,
-                        checkpoint_dir=job.ckpt(f"seed{seed}", f"pretrain-{pre}", "retrain"),
-                        resume=True,
-                        **job.checkpointing,
-                        progress=cfg.progress,
-                        mesh=mesh,
-                    )
-                    entry = evaluate_split_metrics(
-                        apply_fn, retrain_res.params, retrain_res.model_state, ds, forget_idx, retain_idx, seed, mesh
-                    )
-                    entry.update(_timing(retrain_res))
-                    entry["diverged"] = _divergence(retrain_res, entry.pop("nonfinite_outputs"))
-                    job.record(key_r, entry)
+                run = functools.partial(_unlearn, job, sd, orig, pre_cfg)
+                retrain = functools.partial(run, "retrain", un_base, f"seed{sd.seed}", f"pretrain-{pre}", "retrain")
+                _run_cell(job, sd, Progress.key(sd.seed, pre, "retrain"), retrain)
                 bar.update(1)
-                ref = job.done[key_r]
+                figure = None
                 for un in cfg.unlearn_optimizer:
-                    label = variant_label(pre, un)
-                    un_cfg = optimizer_for(un, un_base, cfg.rho, cfg.lamb)
+                    label, un_cfg = variant_label(pre, un), optimizer_for(un, un_base, cfg.rho, cfg.lamb)
                     for name in method_list:
-                        key = f"{seed}/{pre}/{un}/{name}"
-                        bar.set_postfix_str(f"seed {seed} {label} {name}")
-                        wants_figure = (
-                            cfg.figures
-                            and s == 0
-                            and pre == cfg.pretrain[0]
-                            and un == cfg.unlearn_optimizer[0]
-                            and name == _figure_method(method_list)
+                        bar.set_postfix_str(f"seed {sd.seed} {label} {name}")
+                        first = s == 0 and pre == cfg.pretrain[0] and un == cfg.unlearn_optimizer[0]
+                        wants_figure = cfg.figures and first and name == _figure_method(method_list)
+                        cell = functools.partial(run, name, un_cfg, f"seed{sd.seed}", label, name)
+                        res = _run_cell(
+                            job, sd, Progress.key(sd.seed, pre, name, un), cell, keep=wants_figure, info=True
                         )
-                        if key not in job.done or wants_figure:
-                            # Resumes from the method's last checkpoint; a method finished before an
-                            # interruption is restored from its final checkpoint (for the figures).
-                            ctx = methods.Context(
-                                optimizer=un_cfg, options=dict(cfg.method_options.get(name, {})), **ctx_common
-                            )
-                            res = engine.unlearn(
-                                name,
-                                ctx,
-                                checkpoint_dir=job.ckpt(f"seed{seed}", label, name),
-                                resume=True,
-                                **job.checkpointing,
-                                progress=cfg.progress,
-                                mesh=mesh,
-                            )
-                            if key not in job.done:
-                                entry = evaluate_split_metrics(
-                                    apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, seed, mesh
-                                )
-                                entry.update(_timing(res))
-                                entry["diverged"] = _divergence(res, entry.pop("nonfinite_outputs"))
-                                entry.update({f"info_{k}": v for k, v in res.info.items()})
-                                job.record(key, entry)
-                            if wants_figure:
-                                extras[label] = {"params": res.params, "state": res.model_state, "name": name}
+                        if wants_figure:
+                            figure = {"params": res.params, "state": res.model_state, "name": name}
                         bar.update(1)
-                    per_variant.setdefault(label, []).append(variant_entries(job.done, seed, pre, un, method_list, ref))
-                if cfg.figures and s == 0 and pre == cfg.pretrain[0]:
-                    label0 = variant_label(pre, cfg.unlearn_optimizer[0])
-                    fig = extras.get(label0)
-                    if fig is not None and distributed.is_main_process():
-                        _figures(cfg, ds, apply_fn, orig, fig, forget_idx, retain_idx, os.path.join(cfg.out, "figures"))
+                    ref = progress.done[Progress.key(sd.seed, pre, "retrain")]
+                    per_variant.setdefault(label, []).append(
+                        variant_entries(progress.done, sd.seed, pre, un, method_list, ref)
+                    )
+                if figure is not None and distributed.is_main_process():
+                    fig_dir = os.path.join(cfg.out, "figures")
+                    _figures(cfg, sd.ds, sd.apply_fn, orig, figure, sd.forget_idx, sd.retain_idx, fig_dir)
     finally:
         bar.close()
     return _write_all(cfg, per_variant, time.perf_counter() - t_job)
+
+
+@dataclasses.dataclass
+class _Job:
+    """What every cell of a job shares: its settings, its progress record, the unlearning function, the mesh."""
+
+    cfg: JobConfig
+    progress: Progress
+    unlearn_fn: Callable[..., engine.RunResult]
+    mesh: Any
+
+    def run_kwargs(self, *checkpoint: str) -> dict:
+        """Keyword arguments of one training run: its checkpoints (resumed), progress bar and mesh."""
+        return {
+            "checkpoint_dir": self.progress.checkpoint_dir(*checkpoint),
+            "resume": True,
+            "checkpoint_every": self.cfg.checkpoint_every,
+            "checkpoint_seconds": self.cfg.checkpoint_seconds,
+            "progress": self.cfg.progress,
+            "mesh": self.mesh,
+        }
+
+
+@dataclasses.dataclass
+class _Seed:
+    """One seed's data, initial model and forget set: what every cell of the seed shares."""
+
+    cfg: JobConfig
+    seed: int
+    ds: data.Dataset
+    dd: engine.DeviceData
+    apply_fn: Callable
+    params: Any
+    model_state: Any
+    forget_idx: np.ndarray
+    retain_idx: np.ndarray
+
+    def init_fn(self, seed: int):
+        """A fresh initialisation of the job's model (Retrain starts from one)."""
+        _, p, st = models.split_model(build_model(self.cfg, self.ds, seed))
+        return p, st
+
+
+def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndarray]) -> _Seed:
+    """Load the data of ``seed``, build its model and choose its forget set."""
+    ds = load_dataset(cfg, seed)
+    dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+    apply_fn, params, state = models.split_model(build_model(cfg, ds, seed))
+    # The forget set depends only on the data and the initial model (memorization scores), so it
+    # is chosen before any training: a bad --forget-size fails at once.
+    scores = functools.partial(memorization_fn, cfg, ds, apply_fn, params, state, dd, seed)
+    forget_idx = _forget_set(cfg, ds, seed, scores)
+    retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
+    if retain_idx.size == 0:
+        raise ValueError(
+            f"the forget set holds all {len(ds.y_train)} training examples, so nothing is left to retain; "
+            "choose a smaller --forget-size."
+        )
+    return _Seed(cfg, seed, ds, dd, apply_fn, params, state, forget_idx, retain_idx)
+
+
+def _pretrain(job: _Job, sd: _Seed, pre: str, pre_cfg: OptimConfig) -> engine.RunResult:
+    """Train the original model of the seed ``sd`` with the pretraining optimizer ``pre`` (``pre_cfg``)."""
+    cfg = job.cfg
+    return engine.train(
+        sd.apply_fn,
+        sd.params,
+        sd.model_state,
+        sd.dd,
+        optimizer=pre_cfg,
+        epochs=cfg.pretrain_epochs,
+        batch_size=cfg.batch_size,
+        seed=sd.seed,
+        desc=f"pretrain ({pre})",
+        **job.run_kwargs(f"seed{sd.seed}", f"pretrain-{pre}", "original"),
+    )
+
+
+def _unlearn(job: _Job, sd: _Seed, orig, pre_cfg: OptimConfig, name: str, optimizer, *checkpoint: str):
+    """Run method ``name`` from the original model ``orig`` through the job's unlearning function."""
+    cfg = job.cfg
+    ctx = methods.Context(
+        apply_fn=sd.apply_fn,
+        params=orig.params,
+        model_state=orig.model_state,
+        x=sd.dd.x,
+        y=sd.dd.y,
+        retain_idx=sd.retain_idx,
+        forget_idx=sd.forget_idx,
+        num_classes=sd.ds.num_classes,
+        epochs=cfg.unlearn_epochs,
+        batch_size=cfg.batch_size,
+        seed=sd.seed,
+        init_fn=sd.init_fn,
+        pretrain_optimizer=pre_cfg,
+        pretrain_epochs=cfg.pretrain_epochs,
+        optimizer=optimizer,
+        options=dict(cfg.method_options.get(name, {})),
+    )
+    return job.unlearn_fn(name, ctx, **job.run_kwargs(*checkpoint))
+
+
+def _run_cell(job: _Job, sd: _Seed, key: str, run: Callable[[], Any], *, keep: bool = False, info: bool = False):
+    """One cell of the grid: ``run()`` it unless ``key`` is recorded, evaluate its result and record the entry.
+
+    ``keep=True`` runs a recorded cell too (its training resumes from its final checkpoint) because its result
+    is needed; it is not recorded again. ``info=True`` adds the result's ``info`` (a method's own numbers) to the
+    entry as ``info_*``. Returns the result, or ``None`` when the cell was skipped.
+    """
+    if job.progress.is_done(key) and not keep:
+        return None
+    res = run()
+    if not job.progress.is_done(key):
+        entry = evaluate_split_metrics(
+            sd.apply_fn, res.params, res.model_state, sd.ds, sd.forget_idx, sd.retain_idx, sd.seed, job.mesh
+        )
+        entry.update(_timing(res))
+        entry["diverged"] = _divergence(res, entry.pop("nonfinite_outputs"))
+        if info:
+            entry.update({f"info_{k}": v for k, v in res.info.items()})
+        job.progress.record(key, entry)
+    return res
 
 
 def _timing(res) -> dict:
@@ -720,12 +1092,28 @@ def _figure_method(method_list) -> str:
 
 
 def variant_entries(done, seed, pre, un, method_list, ref) -> dict:
+    """One seed's entries of the variant (``pre``, ``un``) from the progress record ``done``, with the scores
+    relative to Retrain's entry ``ref`` added: ``tow``, ``tow_signed``, ``tow_mia``, ``avg_gap`` and, for the
+    methods, ``speedup = ref["seconds"] / seconds``.
+
+    Example:
+        >>> ref = {"forget_acc": 0.8, "retain_acc": 1.0, "test_acc": 0.85, "mia": 0.3, "seconds": 20.0}
+        >>> done = {
+        ...     Progress.key(0, "sgd", "original"): {**ref, "forget_acc": 1.0, "mia": 0.9},
+        ...     Progress.key(0, "sgd", "retrain"): ref,
+        ...     Progress.key(0, "sgd", "ft", unlearn="sam"): {**ref, "forget_acc": 0.9, "retain_acc": 0.99,
+        ...                                                   "seconds": 2.0},
+        ... }
+        >>> out = variant_entries(done, 0, "sgd", "sam", ["ft"], ref)
+        >>> sorted(out), round(out["ft"]["tow"], 4), out["ft"]["speedup"], out["retrain"]["tow"]
+        (['ft', 'original', 'retrain'], 0.891, 10.0, 1.0)
+    """
     out = {
-        "original": _finish_entry(dict(done[f"{seed}/{pre}/original"]), ref),
-        "retrain": _finish_entry(dict(done[f"{seed}/{pre}/retrain"]), ref),
+        "original": _finish_entry(dict(done[Progress.key(seed, pre, "original")]), ref),
+        "retrain": _finish_entry(dict(done[Progress.key(seed, pre, "retrain")]), ref),
     }
     for name in method_list:
-        entry = dict(done[f"{seed}/{pre}/{un}/{name}"])
+        entry = dict(done[Progress.key(seed, pre, name, un)])
         entry = _finish_entry(entry, ref)
         entry["speedup"] = metrics.speedup(entry["seconds"], ref["seconds"])
         out[name] = entry
@@ -764,7 +1152,17 @@ _TABLE_COLUMNS = ("forget_acc", "retain_acc", "test_acc", "mia", "tow", "seconds
 
 
 def format_tables(results: dict) -> str:
-    """Markdown tables of every variant of a run (or of a single-variant results object)."""
+    """Markdown tables of every variant of a run (or of a single-variant results object).
+
+    Example:
+        >>> row = {"forget_acc": 0.5, "retain_acc": 0.9, "test_acc": 0.8, "mia": 0.3, "tow": 0.5, "seconds": 1.0}
+        >>> print(format_tables({"methods": {"ft": row}}))
+        ### results
+        <BLANKLINE>
+        | Method | FA (%) | RA (%) | TA (%) | MIA (%) | ToW (%) | Time (s) |
+        |---|---:|---:|---:|---:|---:|---:|
+        | ft | 50.0 | 90.0 | 80.0 | 30.0 | 50.0 | 1.0 |
+    """
     variants = results.get("variants") or {"results": {"methods": results["methods"]}}
     parts = []
     for label, v in variants.items():

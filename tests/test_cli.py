@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -183,6 +184,63 @@ def test_run_help_states_the_job_defaults_and_never_none(capsys, monkeypatch):
     assert "(default: None)" not in theory and "(default: 300)" in theory
 
 
+def _run_parser():
+    return cli.build_parser()._subparsers._group_actions[0].choices["run"]
+
+
+def test_run_parser_is_generated_from_the_job_settings():
+    """One flag per JobConfig field (plus --config and --help); giving a flag sets that field and no other."""
+    from jaxunlearn.runner import JobConfig, job_options
+
+    flags = {opt for action in _run_parser()._actions for opt in action.option_strings}
+    assert flags == {"-h", "--help", "--config"} | {o.flag for o in job_options()}
+    assert {o.name for o in job_options()} == {f.name for f in dataclasses.fields(JobConfig)}
+    defaults = JobConfig()
+    for o in job_options():
+        if o.type is bool:
+            argv, want = [o.flag], not o.default
+        elif o.type is dict:
+            argv, want = (
+                [o.flag, "ft.epochs=2", o.flag, "ga.lr_scale=0.5"],
+                {"ft": {"epochs": 2}, "ga": {"lr_scale": 0.5}},
+            )
+        elif o.type is tuple:
+            argv, want = [o.flag, "a, b"], ("a", "b")
+        elif o.type is str:
+            argv, want = [o.flag, "x"], "x"
+        else:
+            argv, want = [o.flag, "7"], o.type(7)
+        cfg = _config(argv)
+        assert getattr(cfg, o.name) == want, o.flag
+        changed = {f.name for f in dataclasses.fields(JobConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+        # --checkpoint-every alone also turns the time rule off (see test_checkpoint_schedule_options)
+        assert changed == ({o.name, "checkpoint_seconds"} if o.name == "checkpoint_every" else {o.name}), o.flag
+    assert _config([]) == defaults  # no flag: every default
+
+
+def test_run_help_shows_every_default_of_the_job_settings(capsys, monkeypatch):
+    """Every setting with a default to show has it in its help, written as in a command line."""
+    from jaxunlearn.runner import JobConfig
+
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = capsys.readouterr().out
+    segments = re.split(r"\n\s{2}(?=--)", text)
+    lines = {seg.split()[0]: " ".join(seg.split()) for seg in segments if seg.startswith("--")}
+    shown = 0
+    for f in dataclasses.fields(JobConfig):
+        value = f.default
+        if value is None or isinstance(value, bool) or value is dataclasses.MISSING:
+            continue
+        written = ",".join(value) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else value
+        flag = "--" + f.name.replace("_", "-")
+        assert f"(default {written}" in lines[flag], (flag, lines[flag])
+        shown += 1
+    assert shown > 10  # the loop saw the settings
+    assert "--config" in lines and "default: None" not in text
+
+
 def test_methods_lists_every_registered_method(capsys):
     assert cli.main(["methods"]) == 0
     out = capsys.readouterr().out
@@ -212,20 +270,19 @@ def test_method_variants_run_side_by_side_with_their_own_options(tmp_path):
     assert os.listdir(os.path.join(ckpt, "ft@e3")) == ["3"]  # the variant's own option
 
 
-def test_retrain_receives_its_method_options(tmp_path, monkeypatch):
-    from jaxunlearn import engine as engine_mod
+def test_retrain_receives_its_method_options(tmp_path):
+    """``--option retrain.KEY=V`` reaches Retrain's context (and only Retrain's), seen by the job's ``unlearn_fn``."""
+    from jaxunlearn import engine, runner
 
     seen = {}
-    real = engine_mod.unlearn
 
-    def spy(method, ctx, **kw):
+    def spy(method, ctx, **kw):  # records the options, returns the original model unchanged
         seen[method] = dict(ctx.options)
-        return real(method, ctx, **kw)
+        return engine.RunResult(ctx.params, ctx.model_state, history=[], seconds=1.0)
 
-    monkeypatch.setattr(engine_mod, "unlearn", spy)
-    args = ["run", *TINY, "--methods", "ft", "--option", "retrain.init_seed=7", "--out", str(tmp_path / "o")]
-    assert cli.main(args) == 0
-    assert seen["retrain"] == {"init_seed": 7} and seen["ft"] == {}
+    cfg = _config([*TINY, "--methods", "ft", "--option", "retrain.init_seed=7", "--out", str(tmp_path / "o")])
+    runner.run_job(cfg, unlearn_fn=spy)
+    assert seen == {"retrain": {"init_seed": 7}, "ft": {}}
 
 
 def test_method_variant_options_are_checked_and_tags_may_hold_dots(tmp_path, capsys):
@@ -247,6 +304,7 @@ def test_method_variant_options_are_checked_and_tags_may_hold_dots(tmp_path, cap
     assert "Retrain is the job's reference" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess
 def test_console_user_error_is_one_line_without_traceback(tmp_path):
     """The real entry point in a fresh interpreter: exit status 2 and a single stderr line."""
     proc = subprocess.run(
@@ -261,6 +319,7 @@ def test_console_user_error_is_one_line_without_traceback(tmp_path):
                      + ", ".join(sorted(methods.METHODS)) + " (and variants NAME@TAG of each)."]  # fmt: skip
 
 
+@pytest.mark.slow  # a subprocess
 def test_devices_flag_runs_data_parallel_on_cpu_cores_without_xla_flags(tmp_path, run_dir):
     """``--devices 2`` in a fresh interpreter (no XLA_FLAGS): the command exposes two CPU devices itself,
     runs data-parallel, and gets the one-device run's numbers up to float summation order."""

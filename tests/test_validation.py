@@ -207,7 +207,8 @@ def _existing_run(tmp_path, *, same_settings, corrupt_ckpt=False):
     out = str(tmp_path / "run")
     argv = ["run", *TINY, "--out", out]
     args = cli.build_parser().parse_args(argv if same_settings else argv + ["--rho", "0.3"])
-    runner._Job(cli._job_config(args).validate())
+    cfg = cli._job_config(args).validate()
+    runner.Progress(cfg.out, cfg.resume_settings(), resume=cfg.resume)
     if corrupt_ckpt:
         step = tmp_path / "run" / "checkpoints" / "seed0" / "pretrain-sgd" / "original" / "1"
         step.mkdir(parents=True)
@@ -267,6 +268,12 @@ CLI_CASES = [
         lambda t: ["--config", _write(t, "c.json", '{"rho": "big"}')],
         ["--rho must be a finite number"],
     ),
+    (
+        "config-switch-not-a-bool",
+        lambda t: ["--config", _write(t, "c.json", '{"resume": "yes"}')],
+        ["resume must be true or false", "'yes'"],
+    ),
+    ("devices-zero", ["--devices", "0"], ["--devices must be an integer >= 1"]),
     ("resume-without-out", lambda t: ["--out", "", "--resume"], ["--resume needs --out"]),
     ("out-is-a-file", lambda t: ["--out", _write(t, "f.txt", "x")], ["is an existing file"]),
     ("out-holds-a-run", lambda t: _existing_run(t, same_settings=True)[:2], ["already holds a run", "--resume"]),

@@ -1,0 +1,161 @@
+"""The job's entry points: the progress record, the functions a caller passes in, the settings table."""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxunlearn import engine, runner
+from jaxunlearn.runner import JobConfig, Progress, job_options
+
+#: A job small enough for seconds: one pretraining, two unlearning optimizers, Retrain and two methods.
+TINY = dict(max_train=200, max_test=100, model="mlp", width=16, pretrain_epochs=1, unlearn_epochs=1,
+            pretrain=("sgd",), unlearn_optimizer=("sgd", "sam"), methods=("retrain", "ft", "neggrad"),
+            figures=False, progress=False)  # fmt: skip
+
+# ------------------------------------------------------------------------------------------ Progress
+
+
+def test_progress_records_entries_and_a_resume_continues_them(tmp_path):
+    out = str(tmp_path / "run")
+    rec = Progress(out, {"rho": 0.1, "seeds": 1})
+    with open(rec.path) as f:  # written at once, before anything is recorded
+        assert json.load(f) == {"settings_key": json.dumps({"rho": 0.1, "seeds": 1}, sort_keys=True), "entries": {}}
+    key = Progress.key(0, "sgd", "ft", unlearn="sam")
+    assert key == "0/sgd/sam/ft" and Progress.key(2, "sam", "retrain") == "2/sam/retrain"
+    assert not rec.is_done(key)
+    rec.record(key, {"forget_acc": np.float32(0.25), "diverged": None})
+    assert rec.is_done(key) and not rec.is_done(Progress.key(0, "sgd", "ft", unlearn="sgd"))
+    # JSON-ready on disk and in memory; no temporaries left
+    assert Progress.read(out) == {key: {"forget_acc": 0.25, "diverged": None}} == rec.done
+    assert sorted(os.listdir(out)) == ["progress.json"]
+    # the same settings in another key order resume the record; a second record keeps the first
+    again = Progress(out, {"seeds": 1, "rho": 0.1}, resume=True)
+    assert again.done == rec.done
+    again.record("0/sgd/original", {"forget_acc": 1.0})
+    assert set(Progress.read(out)) == {key, "0/sgd/original"}
+    assert rec.checkpoint_dir("seed0", "pretrain-sgd", "original") == os.path.join(
+        out, "checkpoints", "seed0", "pretrain-sgd", "original"
+    )
+
+
+def test_progress_refuses_to_mix_two_runs(tmp_path):
+    out = str(tmp_path / "run")
+    Progress(out, {"rho": 0.1, "seeds": 1}).record("0/sgd/original", {"forget_acc": 1.0})
+    with pytest.raises(ValueError, match=r"already holds a run; pass --resume"):
+        Progress(out, {"rho": 0.1, "seeds": 1})
+    with pytest.raises(ValueError, match=r"different settings.*rho was 0\.1, now 0\.3"):
+        Progress(out, {"rho": 0.3, "seeds": 1}, resume=True)
+    assert set(Progress.read(out)) == {"0/sgd/original"}  # a refused open leaves the record as it was
+    # checkpoints without a progress record: the settings are unknown
+    bare = tmp_path / "bare"
+    (bare / "checkpoints" / "seed0").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has checkpoints but no progress.json"):
+        Progress(bare, {}, resume=True)
+    with pytest.raises(ValueError, match="already holds a run"):
+        Progress(bare, {})
+    # a damaged record is named, with what to do
+    (tmp_path / "run" / "progress.json").write_text('{"entries": ')
+    with pytest.raises(ValueError, match=r"progress.json is damaged .*; delete .* or choose another --out"):
+        Progress(out, {"rho": 0.1, "seeds": 1}, resume=True)
+    # resuming into an empty directory starts a new record
+    assert Progress(tmp_path / "new", {"rho": 0.1}, resume=True).done == {}
+
+
+# ------------------------------------------------------------------------------ functions passed in
+
+
+def _noop_unlearn(calls):
+    """An ``unlearn_fn`` that records each call and returns the original model unchanged."""
+
+    def unlearn_fn(method, ctx, **kw):
+        calls.append({"method": method, "sam": ctx.optimizer.sam, "options": dict(ctx.options),
+                      "forget_idx": np.asarray(ctx.forget_idx), "checkpoint_dir": kw["checkpoint_dir"]})  # fmt: skip
+        return engine.RunResult(ctx.params, ctx.model_state, history=[], seconds=1.0, info={"call": len(calls)})
+
+    return unlearn_fn
+
+
+def test_run_job_uses_the_memorization_and_unlearning_functions_passed_in(tmp_path):
+    """The scores choose the forget set; every method runs once per unlearning optimizer through ``unlearn_fn``
+    (Retrain once) and its result is what gets evaluated; a resume calls it for nothing already recorded."""
+    seen_seeds, calls = [], []
+
+    def memorization_fn(cfg, ds, apply_fn, params, model_state, data, seed):
+        seen_seeds.append(seed)
+        return np.arange(len(ds.y_train), dtype=np.float64)  # the last examples score highest
+
+    out = str(tmp_path / "run")
+    cfg = JobConfig(forget="high", forget_size=20, out=out, method_options={"ft": {"lr_scale": 0.5}}, **TINY)
+    res = runner.run_job(cfg, memorization_fn=memorization_fn, unlearn_fn=_noop_unlearn(calls))
+
+    assert seen_seeds == [0]
+    assert [(c["method"], c["sam"]) for c in calls] == [
+        ("retrain", "none"), ("ft", "none"), ("neggrad", "none"), ("ft", "sam"), ("neggrad", "sam"),
+    ]  # fmt: skip
+    assert [c["options"] for c in calls] == [{}, {"lr_scale": 0.5}, {}, {"lr_scale": 0.5}, {}]
+    n = len(runner.load_dataset(cfg, 0).y_train)
+    for c in calls:
+        assert sorted(c["forget_idx"].tolist()) == list(range(n - 20, n))  # the 20 highest scores
+    assert calls[3]["checkpoint_dir"] == os.path.join(out, "checkpoints", "seed0", "pretrain-sgd_unlearn-sam", "ft")
+
+    # a no-op unlearning leaves every method with the original model's accuracies; methods carry its info
+    for variant in res["variants"].values():
+        entries = variant["methods"]
+        for name in ("retrain", "ft", "neggrad"):
+            for key in ("forget_acc", "retain_acc", "test_acc", "mia"):
+                assert entries[name][key] == entries["original"][key], (name, key)
+        assert entries["ft"]["info_call"] in (2, 4) and "info_call" not in entries["retrain"]
+    assert set(Progress.read(out)) == {
+        "0/sgd/original", "0/sgd/retrain", "0/sgd/sgd/ft", "0/sgd/sgd/neggrad", "0/sgd/sam/ft", "0/sgd/sam/neggrad",
+    }  # fmt: skip
+
+    again = []
+    res2 = runner.run_job(
+        dataclasses.replace(cfg, resume=True), memorization_fn=memorization_fn, unlearn_fn=_noop_unlearn(again)
+    )
+    assert again == [] and seen_seeds == [0, 0]
+    assert res2["variants"].keys() == res["variants"].keys()
+    for label, variant in res["variants"].items():
+        assert res2["variants"][label]["methods"] == variant["methods"]
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+
+def test_every_setting_is_a_field_with_its_metadata():
+    names = [f.name for f in dataclasses.fields(JobConfig)]
+    opts = job_options()
+    assert [o.name for o in opts] == names
+    assert len({o.flag for o in opts}) == len(opts)
+    for o in opts:
+        assert o.help and "{" not in o.help, o.name
+        assert o.group in ("data", "model and training", "unlearning", "run"), o.name
+        assert o.default == getattr(JobConfig(), o.name), o.name
+    by_name = {o.name: o for o in opts}
+    assert by_name["forget"].choices == ("random", "class", "high", "low", "mid", "mix")
+    assert by_name["checkpoint_seconds"].help.endswith("(default 30; 0 = after every epoch)")
+    assert (by_name["resume"].type, by_name["devices"].optional, by_name["seed"].optional) == (bool, True, False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("seeds", 1.5, "--seeds must be an integer, got 1.5"), ("rho", "big", "--rho must be a finite number"),
+     ("methods", ["ft", 3], "--methods must be a comma-separated list"), ("figures", "no", "figures must be true"),
+     ("dataset", 3, "--dataset must be a string"), ("seed", -1, "--seed must be an integer >= 0"),
+     ("landscape_grid", 2, "--landscape-grid must be an integer >= 3"), ("devices", 0, "--devices must be an integer"),
+     ("pretrain", "sgd,adam", "--pretrain must be one of"), ("model", "mpl", "Did you mean 'mlp'")],
+)  # fmt: skip
+def test_each_setting_is_checked_by_its_field(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        JobConfig(**{field: value}).validate()
+
+
+def test_runner_docstring_examples_run():
+    result = doctest.testmod(runner, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 15 and result.failed == 0
