@@ -48,14 +48,13 @@ def unlearn(
     ``param_sharding``: as in :func:`jaxunlearn.engine.run`.
 
     Example:
-        >>> import numpy as np
-        >>> from jaxunlearn import methods, models
-        >>> apply_fn, params, state = models.split_model(models.build("mlp", num_classes=2, input_shape=(3,)))
-        >>> x = np.random.default_rng(0).normal(size=(40, 3)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
-        >>> ctx = methods.Context(apply_fn, params, state, x, y, np.arange(30), np.arange(30, 40), 2, epochs=1)
-        >>> res = unlearn("ft", ctx, progress=False)
-        >>> res.diverged is None, res.seconds > 0
-        (True, True)
+        >>> from jaxunlearn.methods import toy_context
+        >>> res = unlearn("ft", toy_context(), progress=False)
+        >>> res.diverged is None, res.seconds > 0, len(res.history)
+        (True, True, 1)
+        >>> edit = unlearn("ssd", toy_context(options={"alpha": 1.0}), progress=False)  # a direct edit: no epochs
+        >>> edit.history, edit.info["dampened"] > 0
+        ([], True)
     """
     m = get(method)
     Checkpointing.validate(checkpoint_every, checkpoint_seconds)  # fail before any work

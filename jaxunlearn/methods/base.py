@@ -9,7 +9,11 @@ Example:
     >>> from jaxunlearn import methods
     >>> sorted(methods.METHODS)[:3]
     ['ft', 'ga', 'hessian_select']
-    >>> recipe = methods.get("neggrad").recipe(ctx)
+    >>> recipe = methods.get("neggrad").recipe(methods.toy_context())
+    >>> recipe.plan.name, [phase.name for phase in recipe.plan.phases], recipe.params is None
+    ('neggrad', ['neggrad'], True)
+    >>> methods.get("ssd").recipe(methods.toy_context()).plan is None  # a direct edit of the weights
+    True
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "resolve_options",
     "method_plan",
     "scaled",
+    "toy_context",
 ]
 
 PyTree = Any
@@ -61,6 +66,24 @@ class Context:
             ``optimizer``).
         corrected: for feature/label unlearning, ``(x_tilde, y_tilde)``: the corrected versions of the
             forget examples ``x[forget_idx]`` (same order), or None for plain sample deletion.
+
+    The fields are checked when the context is built (labels in ``[0, num_classes)``, finite inputs,
+    disjoint index sets inside ``[0, N)``); a bad one raises ``ValueError``.
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxunlearn import models
+        >>> apply_fn, params, state = models.split_model(
+        ...     models.build("mlp", num_classes=2, input_shape=(3,), hidden=(4,)))
+        >>> x = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
+        >>> y = (x[:, 0] > 0).astype("int32")
+        >>> ctx = Context(apply_fn, params, state, x, y, retain_idx=np.arange(8), forget_idx=np.arange(8, 10),
+        ...               num_classes=2)
+        >>> ctx.optimizer.name, ctx.epochs, ctx.batch_size
+        ('adamw', 10, 64)
+        >>> Context(apply_fn, params, state, x, y, np.arange(8), np.arange(7, 10), 2)
+        Traceback (most recent call last):
+        ValueError: retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.
     """
 
     apply_fn: Callable
@@ -114,6 +137,7 @@ class Context:
 
     @property
     def key(self) -> jax.Array:
+        """``jax.random.key(seed)``: the PRNG key of the context's seed."""
         return jax.random.key(self.seed)
 
 
@@ -146,7 +170,21 @@ class Recipe:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A registered method: its name, a one-line summary, its recipe builder and default options."""
+    """A registered method: its name, a one-line summary, its recipe builder and default options.
+
+    ``gradient_based`` is False for methods that edit the weights directly (no plan, no optimizer).
+
+    Example:
+        >>> m = get("ga")
+        >>> m.name, m.gradient_based, m.defaults
+        ('ga', True, {'lr_scale': 0.01, 'epochs': 2})
+        >>> m.recipe(toy_context()).plan.epochs  # the method's default of 2 epochs, not the context's 1
+        2
+        >>> m.recipe(toy_context(options={"epochs": 3})).plan.epochs
+        3
+        >>> get("ft@long").base
+        'ft'
+    """
 
     name: str
     summary: str
@@ -180,8 +218,13 @@ def register(name: str, summary: str, defaults: dict | None = None, *, gradient_
     """Decorator registering ``fn(ctx, options) -> Recipe`` under ``name``.
 
     Example:
+        >>> from jaxunlearn.plan import Phase, supervised_loss
         >>> @register("my_ft", "fine-tune", {"lr_scale": 1.0})
-        ... def my_ft(ctx, opts): ...
+        ... def my_ft(ctx, opts):
+        ...     return Recipe(plan=method_plan(ctx, opts, "my_ft", Phase("retain", supervised_loss)))
+        >>> get("my_ft").recipe(toy_context()).plan.name
+        'my_ft'
+        >>> del METHODS["my_ft"]  # registered for this example only
     """
 
     def deco(fn):
@@ -208,6 +251,7 @@ def get(name: str) -> Method:
 
     Example:
         >>> get("neggrad").summary
+        'alpha*CE(R) - (1-alpha)*CE(F)'
         >>> get("sharp_minmax@f0.3").defaults == get("sharp_minmax").defaults
         True
     """
@@ -231,7 +275,15 @@ def get(name: str) -> Method:
 
 
 def resolve_options(method: Method, options: dict) -> dict:
-    """Merge ``options`` over the method's defaults; unknown option names raise ``ValueError``."""
+    """Merge ``options`` over the method's defaults; unknown option names raise ``ValueError``.
+
+    Example:
+        >>> resolve_options(get("neggrad"), {"alpha": 0.9})
+        {'alpha': 0.9, 'lr_scale': 1.0, 'epochs': None}
+        >>> resolve_options(get("neggrad"), {"alpah": 0.9})
+        Traceback (most recent call last):
+        ValueError: neggrad has no option(s) ['alpah']; its options are alpha=0.99, lr_scale=1.0, epochs=None.
+    """
     unknown = set(options) - set(method.defaults)
     if unknown:
         raise ValueError(
@@ -246,7 +298,13 @@ def method_plan(ctx: Context, opts: dict, name: str, *phases, **kw) -> Plan:
     ``opts["lr_scale"]``, ``opts["epochs"]`` (or the context's) epochs, the context's batch size.
 
     Example:
+        >>> from jaxunlearn.plan import Phase, supervised_loss
+        >>> ctx = toy_context(epochs=3)
         >>> plan = method_plan(ctx, {"lr_scale": 0.1}, "ft", Phase("retain", supervised_loss))
+        >>> plan.name, plan.epochs, plan.batch_size, round(plan.optimizer.lr, 6)
+        ('ft', 3, 16, 0.001)
+        >>> method_plan(ctx, {"epochs": 5}, "ft", Phase("retain", supervised_loss)).epochs
+        5
     """
     kw.setdefault("optimizer", scaled(ctx.optimizer, opts.get("lr_scale", 1.0)))
     return Plan(
@@ -267,3 +325,40 @@ def scaled(cfg: OptimConfig, lr_scale: float) -> OptimConfig:
     if cfg.uses_base:
         return dataclasses.replace(cfg, scale=cfg.scale * lr_scale)
     return dataclasses.replace(cfg, lr=cfg.lr * lr_scale)
+
+
+def toy_context(num_classes: int = 3, n: int = 60, seed: int = 0, **kw) -> Context:
+    """A tiny :class:`Context` for examples and quick tests: an untrained toy, not a model worth unlearning from.
+
+    The model is an MLP with one hidden layer of 8 units (``models.build("mlp", hidden=(8,))``), freshly
+    initialised from ``seed`` and never trained; the data are ``n`` standard-normal inputs of dimension 4
+    labelled by the argmax of a fixed random linear map (``num_classes`` classes, all from ``seed``). The last
+    ``n // 5`` examples are the forget set, the others the retain set. One epoch of unlearning, one of
+    Retrain's pretraining, batch size 16, and an ``init_fn`` (so Retrain runs); ``kw`` sets these or any other
+    field (``epochs``, ``optimizer``, ``options``, ``corrected``, ...).
+
+    Example:
+        >>> ctx = toy_context()
+        >>> ctx.x.shape, len(ctx.retain_idx), len(ctx.forget_idx), ctx.num_classes, ctx.epochs
+        ((60, 4), 48, 12, 3, 1)
+        >>> toy_context(epochs=2, options={"alpha": 0.9}).options
+        {'alpha': 0.9}
+        >>> from jaxunlearn.methods import unlearn
+        >>> res = unlearn("ga", toy_context(), progress=False)  # GA's own default: 2 epochs over the forget set
+        >>> len(res.history), res.diverged is None
+        (2, True)
+    """
+    from jaxunlearn import models  # imported here: the methods never need a model otherwise
+
+    def build(s):
+        return models.split_model(models.build("mlp", num_classes=num_classes, input_shape=(4,), seed=s, hidden=(8,)))
+
+    apply_fn, params, state = build(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = np.argmax(x @ rng.normal(size=(4, num_classes)), axis=1).astype(np.int32)
+    n_f = n // 5
+    fields = {"epochs": 1, "batch_size": 16, "seed": seed, "pretrain_epochs": 1, "init_fn": lambda s: build(s)[1:]}
+    fields.update(kw)
+    x, y, retain_idx, forget_idx = jnp.asarray(x), jnp.asarray(y), np.arange(n - n_f), np.arange(n - n_f, n)
+    return Context(apply_fn, params, state, x, y, retain_idx, forget_idx, num_classes, **fields)

@@ -1,7 +1,11 @@
 """Pieces several methods share: gradient saliency over a set, and simple phase losses.
 
 Example:
+    >>> from jaxunlearn.methods import toy_context
+    >>> ctx = toy_context()
     >>> g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
+    >>> jax.tree.structure(g) == jax.tree.structure(ctx.params)
+    True
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import objectives, selection
+from jaxunlearn import batching, objectives, selection
 
 PyTree = Any
 
@@ -41,7 +45,17 @@ def summed_gradient(apply_fn, params, model_state, x, y, idx, *, labels=None, ba
     that SalUn and Sharp MinMax rank parameters by.
 
     Example:
-        >>> scores = jax.tree.map(jnp.abs, summed_gradient(apply_fn, params, state, x, y, forget_idx))
+        >>> from jaxunlearn.methods import toy_context
+        >>> ctx = toy_context()
+        >>> idx = ctx.forget_idx  # 12 examples, summed in batches of 5 (the last one padded with weight 0)
+        >>> g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, idx, batch_size=5)
+        >>> def total_ce(p):  # Σ_i CE_i in one batch
+        ...     logits, _ = ctx.apply_fn(p, ctx.model_state, ctx.x[idx])
+        ...     return objectives.per_example_cross_entropy(logits, ctx.y[idx]).sum()
+        >>> ref = jax.jit(jax.grad(total_ce))(ctx.params)
+        >>> all(np.allclose(a, b, atol=1e-5) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)))
+        True
+        >>> scores = jax.tree.map(jnp.abs, g)  # the saliency of SalUn and Sharp MinMax
     """
     idx = np.asarray(idx)
     if idx.size == 0:
@@ -49,16 +63,11 @@ def summed_gradient(apply_fn, params, model_state, x, y, idx, *, labels=None, ba
     if labels is not None:
         y = jnp.asarray(y).at[idx].set(jnp.asarray(labels, jnp.int32))
     fn = _grad_sum_fn(apply_fn)
-    total = None
-    bs = min(batch_size, idx.size)
-    for start in range(0, idx.size, bs):
-        chunk = idx[start : start + bs]
-        w = np.ones(bs, np.float32)
-        if chunk.size < bs:
-            w[chunk.size :] = 0.0
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - chunk.size)])
-        total = fn(params, model_state, x, y, jnp.asarray(chunk, jnp.int32), jnp.asarray(w), total)
-    return total
+
+    def add_chunk(chunk, weights, total):  # the chunk's examples gathered and summed inside one program
+        return fn(params, model_state, x, y, jnp.asarray(chunk, jnp.int32), jnp.asarray(weights), total)
+
+    return batching.batched_sum(add_chunk, idx, batch_size=batch_size, carry=True)
 
 
 class MeanCE:
@@ -70,7 +79,19 @@ class MeanCE:
     compiled program instead of recompiling a fresh closure each time.
 
     Example:
-        >>> diag = curvature.fisher_diagonal(MeanCE(apply_fn, state), params, {"x": x, "y": y})
+        >>> from jaxunlearn import curvature
+        >>> from jaxunlearn.methods import toy_context
+        >>> ctx = toy_context()
+        >>> loss = MeanCE(ctx.apply_fn, ctx.model_state)
+        >>> loss == MeanCE(ctx.apply_fn, ctx.model_state)  # same function, same state arrays
+        True
+        >>> batch = {"x": ctx.x[:8], "y": ctx.y[:8]}
+        >>> logits, _ = ctx.apply_fn(ctx.params, ctx.model_state, batch["x"])
+        >>> bool(jnp.isclose(loss(ctx.params, batch), objectives.cross_entropy(logits, batch["y"])))
+        True
+        >>> diag = curvature.fisher_diagonal(loss, ctx.params, batch)
+        >>> jax.tree.structure(diag) == jax.tree.structure(ctx.params)
+        True
     """
 
     def __init__(self, apply_fn, model_state):
@@ -100,7 +121,14 @@ def forget_saliency_mask(ctx, fraction: float, *, largest: bool = True) -> PyTre
     ranked globally (SalUn's and Sharp MinMax's mask; ``|Σ∇(−CE)| = |Σ∇CE|``).
 
     Example:
+        >>> from jaxunlearn.methods import toy_context
+        >>> ctx = toy_context()
         >>> mask = forget_saliency_mask(ctx, 0.3)
+        >>> selection.mask_size(mask), selection.count(mask)  # ⌈0.3 · 67⌉ of the toy's 67 parameters
+        (21, 67)
+        >>> low = forget_saliency_mask(ctx, 0.3, largest=False)
+        >>> any(bool(jnp.any(a & b)) for a, b in zip(jax.tree.leaves(mask), jax.tree.leaves(low)))
+        False
     """
     g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
     return selection.top_fraction(jax.tree.map(jnp.abs, g), fraction, largest=largest)

@@ -10,12 +10,34 @@ from jaxunlearn.plan import Phase
 
 
 def ga_loss(apply_fn, params, model_state, batch, hp, info):
-    """``−CE(f(x_f), y_f)``."""
+    """``−CE(f(x_f), y_f)``: minus the mean cross-entropy on the forget batch (train mode).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxunlearn.engine import ArraySource
+        >>> from jaxunlearn.methods import toy_context
+        >>> from jaxunlearn.plan import StepInfo
+        >>> ctx = toy_context()
+        >>> batch = {"forget": ArraySource.gather({"x": ctx.x, "y": ctx.y}, ctx.forget_idx)}
+        >>> loss, _ = ga_loss(ctx.apply_fn, ctx.params, ctx.model_state, batch, {}, StepInfo.at())
+        >>> logits, _ = ctx.apply_fn(ctx.params, ctx.model_state, batch["forget"]["x"])
+        >>> bool(jnp.isclose(loss, -objectives.cross_entropy(logits, batch["forget"]["y"])))
+        True
+    """
     logits, new_state = apply_fn(params, model_state, batch["forget"]["x"], train=True)
     return objectives.negated_cross_entropy(logits, batch["forget"]["y"]), new_state
 
 
 @register("ga", "gradient ascent on the forget set: min -CE(F)", {"lr_scale": 0.01, "epochs": 2})
 def ga(ctx, opts):
+    """GA's recipe: one phase minimizing :func:`ga_loss` ``−CE(F)``, an epoch being a pass over the forget set,
+    at ``opts["lr_scale"]`` (default 0.01) times the unlearning rate for ``opts["epochs"]`` (default 2) epochs.
+
+    Example:
+        >>> from jaxunlearn.methods import toy_context
+        >>> plan = ga(toy_context(), {"lr_scale": 0.01, "epochs": 2}).plan
+        >>> plan.epoch_over, plan.epochs, plan.phases[0].uses, round(plan.optimizer.lr, 8)
+        ('forget', 2, ('forget',), 0.0001)
+    """
     plan = method_plan(ctx, opts, "ga", Phase("forget", ga_loss, uses=("forget",)), epoch_over="forget")
     return Recipe(plan=plan)

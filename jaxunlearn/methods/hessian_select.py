@@ -48,7 +48,26 @@ def _mean_ce(ctx):
 
 
 def parameter_scores(ctx, kind: str, data: str = "forget", *, num_probes=16, exact_limit=20000, max_examples=256):
-    """Score pytree for the selection ``kind`` (see the module docstring); None for ``all``."""
+    """Score pytree for the selection ``kind`` (see the module docstring); None for ``all``, ``random`` and
+    ``last_layer``, which need no scores.
+
+    The scores are computed at ``ctx.params`` on at most ``max_examples`` examples of ``data`` (a seeded subset):
+    ``hessian`` ``diag ∇²CE`` (exact for at most ``exact_limit`` parameters, else Hutchinson's
+    ``E_z[z ⊙ ∇²CE z]`` with ``num_probes`` probes; ``exact`` / ``hutchinson`` force one), ``fisher``
+    ``Σ_i (∇CE_i)² / n`` and ``gradient`` ``|Σ_i ∇CE_i|``.
+
+    Example:
+        >>> from jaxunlearn.methods import toy_context
+        >>> ctx = toy_context()
+        >>> h = parameter_scores(ctx, "hessian")  # the toy has 67 parameters: the exact diagonal
+        >>> jax.tree.structure(h) == jax.tree.structure(ctx.params)
+        True
+        >>> g = parameter_scores(ctx, "gradient", "forget")
+        >>> all(bool((np.asarray(leaf) >= 0).all()) for leaf in jax.tree.leaves(g))
+        True
+        >>> parameter_scores(ctx, "all") is None
+        True
+    """
     _validate.choice("scores", kind, SCORES)
     idx = _subset(ctx, data, max_examples, ctx.seed)
     batch = {"x": jnp.take(ctx.x, jnp.asarray(idx), axis=0), "y": jnp.take(ctx.y, jnp.asarray(idx), axis=0)}
@@ -67,7 +86,18 @@ def parameter_scores(ctx, kind: str, data: str = "forget", *, num_probes=16, exa
 
 
 def selection_mask(ctx, kind: str, fraction: float, data: str = "forget", **kw):
-    """The boolean mask for ``kind``; ``random`` and ``last_layer`` ignore the scores."""
+    """The boolean mask for ``kind``: the top ``fraction`` of :func:`parameter_scores` by global rank; ``all``
+    every parameter, ``random`` a seeded random ``fraction`` and ``last_layer`` the last layer's leaves (these
+    two ignore the scores). ``kw`` goes to :func:`parameter_scores`.
+
+    Example:
+        >>> from jaxunlearn.methods import toy_context
+        >>> ctx = toy_context()
+        >>> [selection.mask_size(selection_mask(ctx, kind, 0.1)) for kind in ("hessian", "random", "all")]
+        [7, 7, 67]
+        >>> selection.mask_size(selection_mask(ctx, "last_layer", 0.1))  # the head: 8 × 3 weights and 3 biases
+        27
+    """
     if kind == "all":
         return selection.all_params(ctx.params)
     if kind == "random":
@@ -144,6 +174,25 @@ def _corrected_update(ctx, mask, opts, diag):
     },
 )
 def hessian_select(ctx, opts):
+    """Sharpness-aware selection's recipe: the mask ``M`` of ``opts["scores"]`` (top ``opts["fraction"]``), then
+    the ``opts["base"]`` method's plan with its updates restricted to ``M`` (``update="gradient"``), or the
+    direct edit ``θ ← θ − τ·M ⊙ Δ`` of the corrected examples (``first_order``: ``Δ = (∇ℓ(Z̃) − ∇ℓ(Z)) / |Z|``;
+    ``second_order``: ``Δ / (|diag H| + damping)``), see the module docstring.
+
+    Example:
+        >>> from jaxunlearn.methods import get, resolve_options, toy_context
+        >>> ctx = toy_context()
+        >>> recipe = hessian_select(ctx, resolve_options(get("hessian_select"), {}))
+        >>> recipe.plan.name, recipe.info["mask_size"], recipe.info["num_params"]
+        ('neggrad+select', 7, 67)
+        >>> x_f, y_f = np.asarray(ctx.x)[ctx.forget_idx], np.asarray(ctx.y)[ctx.forget_idx]
+        >>> opts = resolve_options(get("hessian_select"), {"update": "first_order", "scores": "gradient"})
+        >>> edit = hessian_select(toy_context(corrected=(x_f, (y_f + 1) % 3)), opts)  # label unlearning
+        >>> before, after = jax.tree.leaves(ctx.params), jax.tree.leaves(edit.params)
+        >>> moved = sum(int((np.asarray(a) != np.asarray(b)).sum()) for a, b in zip(before, after))
+        >>> edit.plan is None, 0 < moved <= edit.info["mask_size"]
+        (True, True)
+    """
     _validate.choice("update", opts["update"], UPDATES)
     probe_kw = {k: opts[k] for k in ("num_probes", "exact_limit", "max_examples")}
     diag = None

@@ -8,7 +8,24 @@ from jaxunlearn.plan import Phase
 
 
 def neggrad_loss(apply_fn, params, model_state, batch, hp, info):
-    """``α·CE(R) − (1−α)·CE(F)``; one forward pass over the concatenated batches."""
+    """``α·CE(R) − (1−α)·CE(F)`` with ``α = hp["alpha"]``; one forward pass over the concatenated batches.
+
+    Example:
+        >>> from jaxunlearn.engine import ArraySource
+        >>> from jaxunlearn.methods import toy_context
+        >>> from jaxunlearn.plan import StepInfo
+        >>> ctx = toy_context()
+        >>> data = {"x": ctx.x, "y": ctx.y}
+        >>> batch = {"retain": ArraySource.gather(data, ctx.retain_idx[:16]),
+        ...          "forget": ArraySource.gather(data, ctx.forget_idx[:8])}
+        >>> hp = {"alpha": jnp.float32(0.9)}
+        >>> loss, _ = neggrad_loss(ctx.apply_fn, ctx.params, ctx.model_state, batch, hp, StepInfo.at())
+        >>> def ce(part):
+        ...     logits, _ = ctx.apply_fn(ctx.params, ctx.model_state, batch[part]["x"])
+        ...     return objectives.cross_entropy(logits, batch[part]["y"])
+        >>> bool(jnp.isclose(loss, 0.9 * ce("retain") - 0.1 * ce("forget"), atol=1e-6))
+        True
+    """
     n_r = batch["retain"]["x"].shape[0]
     logits, new_state = apply_fn(
         params, model_state, jnp.concatenate([batch["retain"]["x"], batch["forget"]["x"]]), train=True
@@ -21,6 +38,15 @@ def neggrad_loss(apply_fn, params, model_state, batch, hp, info):
 
 @register("neggrad", "alpha*CE(R) - (1-alpha)*CE(F)", {"alpha": 0.99, "lr_scale": 1.0, "epochs": None})
 def neggrad(ctx, opts):
+    """NegGrad's recipe: one phase minimizing :func:`neggrad_loss` on paired retain/forget batches, an epoch
+    being a pass over the retain set, ``hp["alpha"] = opts["alpha"]``.
+
+    Example:
+        >>> from jaxunlearn.methods import toy_context
+        >>> plan = neggrad(toy_context(), {"alpha": 0.99, "lr_scale": 1.0, "epochs": None}).plan
+        >>> plan.phases[0].uses, plan.epoch_over, round(float(plan.hp["alpha"]), 4)
+        (('retain', 'forget'), 'retain', 0.99)
+    """
     plan = method_plan(
         ctx,
         opts,

@@ -15,6 +15,16 @@ from jaxunlearn.plan import Phase
     "salun", "RL restricted to the top fraction of |grad CE(F)|", {"fraction": 0.5, "lr_scale": 0.1, "epochs": None}
 )
 def salun(ctx, opts):
+    """SalUn's recipe: RL's phase (:func:`~jaxunlearn.methods.rl.rl_loss`) with its updates restricted to the
+    mask ``M`` = top ``opts["fraction"]`` of ``|Σ_{i∈F} ∇CE_i|``
+    (:func:`~jaxunlearn.methods.common.forget_saliency_mask`).
+
+    Example:
+        >>> from jaxunlearn.methods import toy_context
+        >>> recipe = salun(toy_context(), {"fraction": 0.5, "lr_scale": 0.1, "epochs": None})
+        >>> recipe.plan.phases[0].mask_key, recipe.info
+        ('mask', {'mask_size': 34, 'num_params': 67})
+    """
     mask = forget_saliency_mask(ctx, opts["fraction"])
     plan = method_plan(
         ctx,

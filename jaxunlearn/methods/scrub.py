@@ -13,14 +13,44 @@ from jaxunlearn.plan import Phase
 
 
 def scrub_max_loss(apply_fn, params, model_state, batch, hp, info):
-    """``−KL_T(teacher(x_f) ‖ student(x_f))``."""
+    """``−KL_T(teacher(x_f) ‖ student(x_f))``: :func:`~jaxunlearn.objectives.kl_distillation` at temperature
+    ``T = hp["kd_T"]``, teacher ``hp["teacher"]`` (eval mode), negated.
+
+    Example:
+        >>> from jaxunlearn.engine import ArraySource
+        >>> from jaxunlearn.methods import toy_context
+        >>> from jaxunlearn.plan import StepInfo
+        >>> ctx = toy_context()
+        >>> batch = {"forget": ArraySource.gather({"x": ctx.x, "y": ctx.y}, ctx.forget_idx)}
+        >>> hp = {"teacher": ctx.params, "teacher_state": ctx.model_state, "kd_T": jnp.float32(4.0)}
+        >>> same, _ = scrub_max_loss(ctx.apply_fn, ctx.params, ctx.model_state, batch, hp, StepInfo.at())
+        >>> moved = jax.tree.map(lambda w: 1.5 * w, ctx.params)
+        >>> apart, _ = scrub_max_loss(ctx.apply_fn, moved, ctx.model_state, batch, hp, StepInfo.at())
+        >>> abs(float(same)) < 1e-6, float(apart) < 0  # 0 when student = teacher, below 0 once they differ
+        (True, True)
+    """
     s, new_state = apply_fn(params, model_state, batch["forget"]["x"], train=True)
     t, _ = apply_fn(hp["teacher"], hp["teacher_state"], batch["forget"]["x"], train=False)
     return -objectives.kl_distillation(s, t, hp["kd_T"]), new_state
 
 
 def scrub_min_loss(apply_fn, params, model_state, batch, hp, info):
-    """``γ·CE(R) + β·KL_T(teacher(x_r) ‖ student(x_r))``."""
+    """``γ·CE(R) + β·KL_T(teacher(x_r) ‖ student(x_r))`` with ``γ, β, T = hp["gamma"], hp["beta"], hp["kd_T"]``.
+
+    Example:
+        >>> from jaxunlearn.engine import ArraySource
+        >>> from jaxunlearn.methods import toy_context
+        >>> from jaxunlearn.plan import StepInfo
+        >>> ctx = toy_context()
+        >>> batch = {"retain": ArraySource.gather({"x": ctx.x, "y": ctx.y}, ctx.retain_idx[:16])}
+        >>> hp = {"teacher": ctx.params, "teacher_state": ctx.model_state, "kd_T": jnp.float32(4.0),
+        ...       "gamma": jnp.float32(0.99), "beta": jnp.float32(0.1)}
+        >>> loss, _ = scrub_min_loss(ctx.apply_fn, ctx.params, ctx.model_state, batch, hp, StepInfo.at())
+        >>> logits, _ = ctx.apply_fn(ctx.params, ctx.model_state, batch["retain"]["x"])
+        >>> ce = objectives.cross_entropy(logits, batch["retain"]["y"])
+        >>> bool(jnp.isclose(loss, 0.99 * ce, atol=1e-6))  # student = teacher: the KL term is 0
+        True
+    """
     s, new_state = apply_fn(params, model_state, batch["retain"]["x"], train=True)
     t, _ = apply_fn(hp["teacher"], hp["teacher_state"], batch["retain"]["x"], train=False)
     kl = objectives.kl_distillation(s, t, hp["kd_T"])
@@ -33,6 +63,15 @@ def scrub_min_loss(apply_fn, params, model_state, batch, hp, info):
     {"msteps": 2, "kd_T": 4.0, "gamma": 0.99, "beta": 0.1, "lr_scale": 0.1, "epochs": 5},
 )
 def scrub(ctx, opts):
+    """SCRUB's recipe: a max phase (:func:`scrub_max_loss` on F, active in the first ``opts["msteps"]`` epochs)
+    and a min phase (:func:`scrub_min_loss` on R, every epoch), the teacher a copy of the original model.
+
+    Example:
+        >>> from jaxunlearn.methods import get, resolve_options, toy_context
+        >>> plan = scrub(toy_context(), resolve_options(get("scrub"), {"epochs": 3})).plan
+        >>> [(p.name, [p.is_active(e) for e in range(plan.epochs)]) for p in plan.phases]
+        [('max', [True, True, False]), ('min', [True, True, True])]
+    """
     msteps = int(opts["msteps"])
     hp = {
         "teacher": jax.tree.map(jnp.array, ctx.params),

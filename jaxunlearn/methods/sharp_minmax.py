@@ -26,13 +26,40 @@ from jaxunlearn.plan import Phase, Plan
 
 
 def retain_loss(apply_fn, params, model_state, batch, hp, info):
-    """``α·CE(R)``."""
+    """``α·CE(R)`` with ``α = hp["alpha"]``: the retain step's loss.
+
+    Example:
+        >>> from jaxunlearn.engine import ArraySource
+        >>> from jaxunlearn.methods import toy_context
+        >>> from jaxunlearn.plan import StepInfo
+        >>> ctx = toy_context()
+        >>> batch = {"retain": ArraySource.gather({"x": ctx.x, "y": ctx.y}, ctx.retain_idx[:16])}
+        >>> hp = {"alpha": jnp.float32(0.99)}
+        >>> loss, _ = retain_loss(ctx.apply_fn, ctx.params, ctx.model_state, batch, hp, StepInfo.at())
+        >>> logits, _ = ctx.apply_fn(ctx.params, ctx.model_state, batch["retain"]["x"])
+        >>> bool(jnp.isclose(loss, 0.99 * objectives.cross_entropy(logits, batch["retain"]["y"])))
+        True
+    """
     logits, new_state = apply_fn(params, model_state, batch["retain"]["x"], train=True)
     return hp["alpha"] * objectives.cross_entropy(logits, batch["retain"]["y"]), new_state
 
 
 def forget_loss(apply_fn, params, model_state, batch, hp, info):
-    """``−(1−α)·CE(F)``."""
+    """``−(1−α)·CE(F)`` with ``α = hp["alpha"]``: the forget step's loss.
+
+    Example:
+        >>> from jaxunlearn.engine import ArraySource
+        >>> from jaxunlearn.methods import toy_context
+        >>> from jaxunlearn.plan import StepInfo
+        >>> ctx = toy_context()
+        >>> batch = {"forget": ArraySource.gather({"x": ctx.x, "y": ctx.y}, ctx.forget_idx)}
+        >>> hp = {"alpha": jnp.float32(0.99)}
+        >>> loss, _ = forget_loss(ctx.apply_fn, ctx.params, ctx.model_state, batch, hp, StepInfo.at())
+        >>> logits, _ = ctx.apply_fn(ctx.params, ctx.model_state, batch["forget"]["x"])
+        >>> ce = objectives.cross_entropy(logits, batch["forget"]["y"])
+        >>> bool(jnp.isclose(loss, -(1 - jnp.float32(0.99)) * ce))
+        True
+    """
     logits, new_state = apply_fn(params, model_state, batch["forget"]["x"], train=True)
     return -(1.0 - hp["alpha"]) * objectives.cross_entropy(logits, batch["forget"]["y"]), new_state
 
@@ -51,6 +78,18 @@ def forget_loss(apply_fn, params, model_state, batch, hp, info):
     },
 )
 def sharp_minmax(ctx, opts):
+    """Sharp MinMax's recipe: the saliency mask ``M`` (top or bottom ``opts["fraction"]``), a retain phase
+    (:func:`retain_loss`, SAM-min, masked by ``1 − M``) and a forget phase (:func:`forget_loss`, sharpness
+    maximization, masked by ``M``, at ``opts["forget_lr_scale"]`` times the retain phase's rate).
+
+    Example:
+        >>> from jaxunlearn.methods import get, resolve_options, toy_context
+        >>> recipe = sharp_minmax(toy_context(), resolve_options(get("sharp_minmax"), {}))
+        >>> [(p.name, p.sign, p.mask_key) for p in recipe.plan.phases]
+        [('retain', 'min', 'mask_retain'), ('forget', 'max', 'mask_forget')]
+        >>> recipe.plan.optimizer.sam, round(recipe.plan.phases[1].optimizer.lr, 8), recipe.info
+        ('sam', 0.0001, {'mask_size': 21, 'num_params': 67})
+    """
     mask = forget_saliency_mask(ctx, opts["fraction"], largest=bool(opts["largest"]))
     cfg = scaled(ctx.optimizer, opts["lr_scale"])
     if cfg.sam == "none":

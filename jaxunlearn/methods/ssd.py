@@ -29,6 +29,19 @@ def _fisher(ctx, idx, chunk):
     gradient_based=False,
 )
 def ssd(ctx, opts):
+    """SSD's recipe, a direct edit: Fisher diagonals ``I_D`` (at most ``opts["max_examples"]`` training
+    examples) and ``I_F`` (forget set), then ``w ← w·min(λ·I_D/I_F, 1)`` wherever ``I_F > α·I_D``
+    (``α, λ = opts["alpha"], opts["lam"]``); ``info["dampened"]`` counts the dampened parameters.
+
+    Example:
+        >>> from jaxunlearn.methods import get, resolve_options, toy_context
+        >>> ctx = toy_context()
+        >>> recipe = ssd(ctx, resolve_options(get("ssd"), {"alpha": 1.0}))
+        >>> recipe.plan is None, recipe.info["dampened"] > 0
+        (True, True)
+        >>> ssd(ctx, resolve_options(get("ssd"), {"alpha": 1e9})).info  # no parameter that important to F
+        {'dampened': 0}
+    """
     rng = np.random.default_rng(ctx.seed)
     all_idx = np.concatenate([ctx.retain_idx, ctx.forget_idx])
     d_idx = rng.choice(all_idx, min(len(all_idx), int(opts["max_examples"])), replace=False)
