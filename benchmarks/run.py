@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -48,7 +49,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from jaxunlearn import curvature, distributed, engine, models, objectives  # noqa: E402
 from jaxunlearn.methods import neggrad as neggrad_mod  # noqa: E402
 from jaxunlearn.methods import sharp_minmax as smm  # noqa: E402
-from jaxunlearn.plan import OptimConfig, build_optimizer, supervised_loss  # noqa: E402
+from jaxunlearn.plan import OptimConfig, StepInfo, build_optimizer, supervised_loss  # noqa: E402
 
 SECTIONS = ("steps", "torch", "hutchinson", "train_many", "memory", "job", "limits")
 MESH = None  # the ("data",) mesh over the CPU cores (distributed.cpu_devices), set by main()
@@ -105,15 +106,22 @@ def _ce(apply_fn, state, train=False):
 
 
 def equivalent_step(apply_fn, phase_loss, cfg: OptimConfig, sign="min", mask=None, mesh=None):
-    """The engine's own single-phase update (``engine._phase_update``: value_and_grad, the phase's Optax
-    chain with SAM's ``grad_fn``, apply_updates), jitted. With ``mesh`` the gathered batch is sharded over
-    the mesh's ``data`` axis exactly as in ``engine.run(mesh=...)``."""
+    """The engine's own single-phase update (``engine.make_step``: value_and_grad, the phase's Optax chain
+    with SAM's ``grad_fn``, apply_updates) with the loop's in-device gather, jitted. With ``mesh`` the
+    gathered batch is sharded over the mesh's ``data`` axis exactly as in ``engine.run(mesh=...)``."""
     tx = build_optimizer(cfg, 10_000, sign=sign, mask=mask)
-    update = engine._phase_update(apply_fn, phase_loss, cfg, 10_000, sign, "strict", mask is not None, mesh)
+    update = engine.make_step(
+        apply_fn, phase_loss, cfg, sign=sign, masked=mask is not None, total_steps=10_000, mesh=mesh
+    )
+    info = StepInfo.at(epochs=1, total_steps=10_000)
 
     @jax.jit
     def step(params, model_state, opt_state, x, y, idx_r, idx_f, hp):
-        return update(params, model_state, opt_state, x, y, idx_r, idx_f, hp, mask)
+        arrays = {"x": x, "y": y}
+        batch = {"retain": engine.ArraySource.gather(arrays, idx_r), "forget": engine.ArraySource.gather(arrays, idx_f)}
+        state = engine.TrainState(params, model_state, (opt_state,), jnp.zeros((), jnp.int32))
+        state, loss = update(state, batch, hp, info, mask)
+        return state.params, state.model_state, state.opt_states[0], loss
 
     return tx, step
 
@@ -279,7 +287,11 @@ def _lax_map_hutchinson(loss_fn, num_probes, chunk):
 
     @jax.jit
     def f(params, batch, key):
-        flat, unravel, hv = curvature._flat_hvp(loss_fn, params, batch)
+        flat, unravel = ravel_pytree(params)
+
+        def hv(v):  # flat H v through the library's HVP
+            return ravel_pytree(curvature.hvp(loss_fn, params, batch, unravel(v.astype(flat.dtype))))[0]
+
         n_chunks = -(-num_probes // chunk)
 
         def chunk_sum(args):
@@ -582,7 +594,7 @@ else:
     probes = 4 if quick else 16
     c = min(chunk, probes)
     jitted, args = curvature._hutchinson_chunk, (loss, params, batch, jax.random.key(0), c, c,
-                                                  curvature._default_probe_mode(c))
+                                                  curvature.default_probe_mode(c))
     call = lambda: curvature.hutchinson_diagonal(loss, params, batch, jax.random.key(0), probes, chunk_size=chunk)
 temp = None
 try:
@@ -634,13 +646,12 @@ from jaxunlearn import engine, methods, models, data, runner
 from jaxunlearn.plan import OptimConfig
 out, kw = sys.argv[1], json.loads(sys.argv[2])
 counts = {}
-orig_unlearn = engine.unlearn
+orig_unlearn = methods.unlearn
 def counted(method, ctx, **k):
     c0 = engine.COMPILE_COUNTER.count
     r = orig_unlearn(method, ctx, **k)
     counts.setdefault(method, []).append(engine.COMPILE_COUNTER.count - c0)
     return r
-runner.engine.unlearn = counted
 # peak RSS sampled by a thread: getrusage's ru_maxrss survives fork/exec, so in a child of the (large)
 # benchmark process it would report the parent's size at spawn time, not the job's
 import threading, psutil
@@ -653,7 +664,7 @@ sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 t = time.perf_counter()
 engine.COMPILE_COUNTER.reset()
-res = runner.run_job(runner.JobConfig(out=out, progress=False, **kw))
+res = runner.run_job(runner.JobConfig(out=out, progress=False, **kw), unlearn_fn=counted)
 wall = time.perf_counter() - t
 stop.set(); sampler.join()
 peak = max(peak_box[0], proc.memory_info().rss)
@@ -1085,7 +1096,7 @@ def write_report(results: dict, path: str, cfg) -> str:
             speedups, lines = _speedup_lines(j)
             L += lines
             L.append(
-                "Compilations per `engine.unlearn` call in the job (one list entry per call): "
+                "Compilations per `methods.unlearn` call in the job (one list entry per call): "
                 + ", ".join(f"{k}: {v}" for k, v in j["per_method_compiles"].items())
             )
             L.append("")

@@ -12,9 +12,13 @@ cluster when ``JAXUNLEARN_DISTRIBUTED=1``); every process then runs the same pro
 :func:`is_main_process` writes reports, and Orbax checkpoints are written cooperatively by all processes.
 
 Example:
-    >>> distributed.maybe_initialize()
-    >>> mesh = distributed.make_mesh()                      # all devices on the "data" axis
-    >>> res = engine.train(apply_fn, params, state, data, epochs=5, mesh=mesh)
+    >>> import jax.numpy as jnp
+    >>> maybe_initialize()                   # False: no multi-host environment here
+    False
+    >>> mesh = make_mesh()                   # all devices on the "data" axis
+    >>> x = shard_batch(jnp.zeros((2 * data_size(mesh), 3)), mesh)
+    >>> tuple(x.sharding.spec)
+    ('data',)
 """
 
 from __future__ import annotations
@@ -60,8 +64,10 @@ def make_mesh(num_devices: int | None = None, axis: str | tuple[str, ...] = DATA
     ``model=M`` a 2-D ``(num_devices // M, M)`` mesh for FSDP-style parameter sharding.
 
     Example:
-        >>> mesh = make_mesh()                                  # Mesh('data': 8)
-        >>> mesh2 = make_mesh(8, ("data", "model"), model=2)    # Mesh('data': 4, 'model': 2)
+        >>> make_mesh(1).axis_names                             # on 8 devices make_mesh() is Mesh('data': 8)
+        ('data',)
+        >>> dict(make_mesh(1, ("data", "model"), model=1).shape)  # make_mesh(8, ..., model=2): data 4, model 2
+        {'data': 1, 'model': 1}
     """
     devices = jax.devices()
     n = len(devices) if num_devices is None else int(num_devices)
@@ -94,17 +100,32 @@ def data_axis(mesh: Mesh) -> str:
 
 
 def data_size(mesh: Mesh) -> int:
-    """Number of devices along the mesh's ``data`` axis (the data-parallel degree)."""
+    """Number of devices along the mesh's ``data`` axis (the data-parallel degree).
+
+    Example:
+        >>> data_size(make_mesh(1))
+        1
+    """
     return int(mesh.shape[data_axis(mesh)])
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of a batch: first axis over ``data``, the rest replicated."""
+    """Sharding of a batch: first axis over ``data``, the rest replicated.
+
+    Example:
+        >>> tuple(batch_sharding(make_mesh(1)).spec)
+        ('data',)
+    """
     return NamedSharding(mesh, PartitionSpec(data_axis(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """Fully replicated sharding on ``mesh``."""
+    """Fully replicated sharding on ``mesh``.
+
+    Example:
+        >>> tuple(replicated(make_mesh(1)).spec)
+        ()
+    """
     return NamedSharding(mesh, PartitionSpec())
 
 
@@ -120,19 +141,30 @@ def _put(x, sharding: NamedSharding):
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Place every array leaf of ``tree`` on all devices of ``mesh`` (replicated)."""
+    """Place every array leaf of ``tree`` on all devices of ``mesh`` (replicated).
+
+    Example:
+        >>> tuple(replicate({"w": np.ones(3)}, make_mesh(1))["w"].sharding.spec)
+        ()
+    """
     s = replicated(mesh)
     return jax.tree.map(lambda x: _put(x, s) if hasattr(x, "shape") else x, tree)
 
 
 def shard_batch(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Shard every leaf's first axis over ``data`` (it must divide evenly by the data-axis size)."""
+    """Shard every leaf's first axis over ``data`` (it must divide evenly by the data-axis size).
+
+    Example:
+        >>> tuple(shard_batch({"x": np.ones((4, 2))}, make_mesh(1))["x"].sharding.spec)
+        ('data',)
+    """
     s = batch_sharding(mesh)
     return jax.tree.map(lambda x: _put(x, s), tree)
 
 
 def shard_data(data, mesh: Mesh, *, process_local: bool = False):
-    """A copy of ``data`` (an ``engine.DeviceData`` or any object with ``x``/``y``) sharded over ``data``.
+    """A copy of ``data`` (an ``engine.ArraySource`` / ``DeviceData``, or any object with ``x``/``y``) sharded
+    over ``data``.
 
     The example axis is split over the mesh's ``data`` axis when it divides evenly; otherwise the
     arrays are replicated (batches gathered from them are still sharded inside the step).
@@ -141,16 +173,25 @@ def shard_data(data, mesh: Mesh, *, process_local: bool = False):
     ``jax.make_array_from_process_local_data``.
 
     Example:
-        >>> dev = shard_data(engine.DeviceData.from_numpy(x, y), make_mesh())
+        >>> from jaxunlearn import engine
+        >>> dev = shard_data(engine.DeviceData.from_numpy(np.zeros((4, 2)), np.arange(4)), make_mesh(1))
+        >>> tuple(dev.x.sharding.spec)
+        ('data',)
     """
-    cls = type(data)
     if process_local:
         s = batch_sharding(mesh)
-        xs = [jax.make_array_from_process_local_data(s, np.asarray(a)) for a in (data.x, data.y)]
-        return cls(*xs)
-    n = int(np.shape(data.y)[0])
-    s = batch_sharding(mesh) if n % data_size(mesh) == 0 else replicated(mesh)
-    return cls(_put(data.x, s), _put(data.y, s))
+        place = lambda a: jax.make_array_from_process_local_data(s, np.asarray(a))  # noqa: E731
+    else:
+        n = int(np.shape(_first(data))[0])
+        s = batch_sharding(mesh) if n % data_size(mesh) == 0 else replicated(mesh)
+        place = lambda a: _put(a, s)  # noqa: E731
+    if hasattr(data, "map"):
+        return data.map(place)
+    return type(data)(place(data.x), place(data.y))
+
+
+def _first(data):
+    return next(iter(data.arrays.values())) if hasattr(data, "arrays") else data.y
 
 
 def fsdp_shardings(params: PyTree, mesh: Mesh, *, min_size: int = 2**14, axis: str = MODEL) -> PyTree:
@@ -161,8 +202,9 @@ def fsdp_shardings(params: PyTree, mesh: Mesh, *, min_size: int = 2**14, axis: s
     mesh everything is replicated.
 
     Example:
-        >>> mesh = make_mesh(8, ("data", "model"), model=2)
-        >>> params = jax.device_put(params, fsdp_shardings(params, mesh))
+        >>> mesh = make_mesh(1, ("data", "model"), model=1)
+        >>> tuple(fsdp_shardings({"w": np.zeros((256, 128))}, mesh)["w"].spec)  # model=2: ('model', None)
+        ()
     """
     k = int(mesh.shape[axis]) if axis in mesh.axis_names else 1
 
@@ -181,7 +223,12 @@ def fsdp_shardings(params: PyTree, mesh: Mesh, *, min_size: int = 2**14, axis: s
 
 
 def usable_cores() -> int:
-    """Number of CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    """Number of CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere).
+
+    Example:
+        >>> usable_cores() >= 1
+        True
+    """
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
@@ -222,11 +269,12 @@ def cpu_devices(num: int | None = None) -> int:
     ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` is kept. Has no effect on which accelerator
     JAX uses: on a GPU/TPU host the CPU devices are not the default ones. Returns the number of CPU devices.
 
-    Example:
+    Example (in a fresh process, first thing; here the backend already runs, so the call only confirms
+    its device count):
         >>> import jax
-        >>> from jaxunlearn import distributed
-        >>> n = distributed.cpu_devices()        # first thing, before any jnp call
-        >>> mesh = distributed.make_mesh(n)      # ("data",) over the cores
+        >>> n = cpu_devices(len(jax.devices("cpu")))     # in a fresh process: cpu_devices() = one per core
+        >>> make_mesh(n).axis_names                       # ("data",) over the cores
+        ('data',)
     """
     want = (_forced_host_devices() or usable_cores()) if num is None else int(num)
     if want < 1:
@@ -270,6 +318,10 @@ def maybe_initialize() -> bool:
     ``JAX_LOCAL_DEVICE_IDS``). Auto-detected (TPU pods, SLURM, Open MPI, ...): ``JAXUNLEARN_DISTRIBUTED=1``.
     Returns True when this call (or an earlier one) initialized the distributed runtime. Must run
     before anything touches the devices.
+
+    Example:
+        >>> maybe_initialize()   # no JAX_COORDINATOR_ADDRESS / JAXUNLEARN_DISTRIBUTED here: a single process
+        False
     """
     global _INITIALIZED
     if _INITIALIZED:
@@ -289,7 +341,12 @@ def maybe_initialize() -> bool:
 
 
 def is_main_process() -> bool:
-    """True on process 0 (the one that writes reports, figures and logs)."""
+    """True on process 0 (the one that writes reports, figures and logs).
+
+    Example:
+        >>> is_main_process()   # a single process is the main one
+        True
+    """
     return jax.process_index() == 0
 
 
@@ -300,7 +357,8 @@ def main_process_flag(flag: bool) -> bool:
     checkpoint now when that depends on a clock.
 
     Example:
-        >>> main_process_flag(seconds_since_last_save >= 30.0)   # process 0's answer, on every process
+        >>> main_process_flag(42.0 >= 30.0)   # process 0's answer, on every process
+        True
     """
     if jax.process_count() == 1:
         return bool(flag)

@@ -187,7 +187,7 @@ def cosine_schedule(lr: float, total_steps) -> optax.Schedule:
     another number of epochs) share one compiled step.
 
     Example:
-        >>> [float(cosine_schedule(1.0, 4)(t)) for t in (0, 2, 4, 6)]
+        >>> [round(float(cosine_schedule(1.0, 4)(t)), 6) for t in (0, 2, 4, 6)]
         [1.0, 0.5, 0.0, 0.0]
     """
 
@@ -283,9 +283,9 @@ def supervised_loss(apply_fn, params, model_state, batch, hp, info):
         >>> import jax, jax.numpy as jnp
         >>> apply_fn = lambda p, s, x, train=False: (x @ p, s)
         >>> batch = {"retain": {"x": jnp.eye(2), "y": jnp.array([0, 1])}}
-        >>> loss, _ = supervised_loss(apply_fn, jnp.eye(2) * 10, {}, batch, {}, StepInfo.at())
-        >>> round(float(loss), 6)
-        0.0
+        >>> loss, _ = supervised_loss(apply_fn, jnp.eye(2) * 20, {}, batch, {}, StepInfo.at())
+        >>> float(loss) < 1e-6
+        True
     """
     r = batch["retain"]
     logits, new_state = apply_fn(params, model_state, r["x"], train=True)

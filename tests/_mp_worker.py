@@ -157,6 +157,7 @@ def dp() -> dict:
     m1, _ = engine.train_many(apply_fn, *stack, dev, sets, **kw)
     m8, _ = engine.train_many(apply_fn, *stack, dev, sets, mesh=mesh, **kw)
     v8, _ = engine.train_many(apply_fn, *stack, dev, sets, mesh=mesh, model_mode="vmap", **kw)
+    out.update(streamed(mesh, apply_fn, params, state, x, y))
     out["train_many_mesh_maxdiff"] = maxdiff(m1, m8)
     out["train_many_mesh_vmap_maxdiff"] = maxdiff(m1, v8)
     out["train_many_moved"] = maxdiff(m1, stack[0])
@@ -167,6 +168,29 @@ def dp() -> dict:
     except ValueError as exc:
         out["train_many_indivisible"] = str(exc)
     return out
+
+
+def streamed(mesh, apply_fn, params, state, x, y) -> dict:
+    """The same training through the in-device gather and through a streaming source on the mesh; across
+    processes each process reads only its own rows of every batch."""
+    reads = []
+
+    class Records:
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            reads.append(int(i))
+            return {"x": np.asarray(x[i], np.float32), "y": np.int32(y[i])}
+
+    kw = dict(optimizer=engine.OptimConfig(lr=0.05, sam="sam"), epochs=1, batch_size=32, progress=False, mesh=mesh)
+    gathered = engine.train(apply_fn, params, state, engine.DeviceData.from_numpy(x, y), **kw)
+    stream = engine.train(apply_fn, params, state, engine.StreamingSource(Records()), **kw)
+    return {
+        "stream_vs_gather": maxdiff(host(gathered.params), host(stream.params)),
+        "stream_moved": maxdiff(host(stream.params), host(params)),
+        "stream_reads": len(reads),
+    }
 
 
 def checkpointed(mesh, apply_fn, params, state, x, y) -> dict:
@@ -207,6 +231,7 @@ def mp_job() -> dict:
     flat = np.concatenate([a.ravel() for a in jax.tree.leaves(p)])
     return {
         **checkpointed(mesh, apply_fn, params, state, x, y),
+        **streamed(mesh, apply_fn, params, state, x, y),
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
         "devices": jax.device_count(),

@@ -44,6 +44,7 @@ def dp_report(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_data_parallel_training_matches_one_device(dp_report):
     """2 epochs of SGD and of (global) SAM on 8 devices: same parameters as on one device (the
     parameters moved by ~0.05, the runs agree to ~3e-8), and they come back replicated."""
@@ -54,12 +55,22 @@ def test_data_parallel_training_matches_one_device(dp_report):
         assert dp_report[f"train_{sam}_sharded_leaf"] == "P()"
 
 
+@pytest.mark.slow
 def test_data_parallel_unlearning_matches_one_device(dp_report):
     """Sharp MinMax (SAM, two phases, Hessian masks) on 8 devices equals the one-device run."""
     assert dp_report["unlearn_moved"] > 1e-2
     assert dp_report["unlearn_maxdiff"] < 1e-5
 
 
+@pytest.mark.slow
+def test_streaming_source_on_the_mesh_matches_the_gather(dp_report):
+    """SAM training from a streaming source on 8 devices equals the in-device gather on 8 devices."""
+    assert dp_report["stream_moved"] > 1e-3
+    assert dp_report["stream_vs_gather"] < 1e-5
+    assert dp_report["stream_reads"] == 8 * 64 + 32  # one process reads every row of every batch
+
+
+@pytest.mark.slow
 def test_per_device_sam_matches_hand_computation(dp_report):
     """One SGD step with sam_mode="per_device" equals w − lr·mean_k ∇L_k(w + e_k), e_k from shard k's
     own gradient (hand-computed over the 8 shards), and differs from global SAM, which in turn equals
@@ -69,6 +80,7 @@ def test_per_device_sam_matches_hand_computation(dp_report):
     assert dp_report["per_device_vs_global"] > 1e-3
 
 
+@pytest.mark.slow
 def test_curvature_and_evaluation_on_sharded_inputs(dp_report):
     """hvp / Hutchinson diagonal with the batch sharded over 8 devices, and evaluate(mesh=...) with
     100 rows (padded to a multiple of 8), agree with the unsharded computations."""
@@ -78,6 +90,7 @@ def test_curvature_and_evaluation_on_sharded_inputs(dp_report):
     assert dp_report["eval_acc"][0] == dp_report["eval_acc"][1]
 
 
+@pytest.mark.slow
 def test_fsdp_shardings_on_a_2d_mesh(dp_report):
     """On a (data 4, model 2) mesh the 64x16 kernel is split over "model" along its largest axis, the
     small leaves are replicated, and a jitted gradient on the sharded parameters is unchanged."""
@@ -87,6 +100,7 @@ def test_fsdp_shardings_on_a_2d_mesh(dp_report):
     assert dp_report["fsdp_grad_maxdiff"] < 1e-6
 
 
+@pytest.mark.slow
 def test_engine_with_fsdp_parameter_sharding(dp_report):
     """param_sharding="fsdp" on the (4, 2) mesh: the biggest kernel stays split over "model" through
     training, and training (SAM) and unlearning (Sharp MinMax) equal the one-device runs."""
@@ -95,6 +109,7 @@ def test_engine_with_fsdp_parameter_sharding(dp_report):
     assert dp_report["fsdp_unlearn_maxdiff"] < 1e-5
 
 
+@pytest.mark.slow
 def test_train_many_splits_models_over_the_mesh(dp_report):
     """train_many(mesh=8 devices): one model per device, the same parameters as the one-device run."""
     assert dp_report["train_many_moved"] > 1e-3
@@ -209,6 +224,7 @@ def _cpu_devices_child(arg, xla_flags=None):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cpu_devices_exposes_cores_as_devices_in_a_fresh_process():
     r = _cpu_devices_child("4")
     assert r["first"] == r["devices"] == r["again"] == 4

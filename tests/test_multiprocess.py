@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_mp_worker.py")
@@ -23,6 +24,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
@@ -54,6 +56,12 @@ def test_two_processes_agree(tmp_path):
     # a checkpoint written together by both processes (time rule broadcast from process 0) and resumed
     assert r0["flag_main_true"] is r1["flag_main_true"] is True
     assert r0["flag_other_true"] is r1["flag_other_true"] is False
+    # streaming on the 2-process mesh: the gather's numbers, each process reading only its half of each batch
+    # (8 steps of 32 retain + 32 forget rows, and the guard's probe: (8 * 64 + 32) / 2 reads per process)
+    for r in (r0, r1):
+        assert r["stream_vs_gather"] < 1e-5 and r["stream_moved"] > 1e-3
+        assert r["stream_reads"] == (8 * 64 + 32) // 2
+    assert single["stream_reads"] == 8 * 64 + 32
     for r in (r0, r1, single):
         assert r["ckpt_steps"] == [1, 2] and r["ckpt_resumed_from"] == 2
         assert r["ckpt_restored_maxdiff"] == 0.0 and r["ckpt_moved"] > 0

@@ -87,11 +87,3 @@ __all__ = [
     "MAX_UNROLL_MODELS",
     "default_model_mode",
 ]
-
-
-def __getattr__(name):  # TEMPORARY during the move of unlearn to methods
-    if name == "unlearn":
-        from jaxunlearn.methods import unlearn
-
-        return unlearn
-    raise AttributeError(f"module 'jaxunlearn.engine' has no attribute {name!r}")

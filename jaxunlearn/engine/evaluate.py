@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import distributed, objectives
+from jaxunlearn import batching, distributed, objectives
 
 __all__ = ["evaluate"]
 
@@ -34,8 +34,10 @@ def evaluate(
 ) -> dict[str, np.ndarray | float]:
     """Eval-mode logits for ``x`` (batched, jitted) and, with labels, accuracy and per-example loss.
 
-    Returns ``{"logits", "loss", "correct", "accuracy"}`` (numpy; the last three only with ``y``).
-    With ``mesh`` each chunk is split over the ``data`` axis (padded to a multiple of its size).
+    Returns ``{"logits", "loss", "correct", "accuracy"}`` (numpy; the last three only with ``y``). Chunks of
+    ``batch_size`` rows through one compiled program (:func:`jaxunlearn.batching.batched_map`); with ``mesh``
+    each chunk is split over the ``data`` axis (padded to a multiple of its size) and every process gets all
+    the logits.
 
     Example:
         >>> import numpy as np
@@ -48,27 +50,10 @@ def evaluate(
     x = np.asarray(x, np.float32)
     if x.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty set of examples.")
-    outs = []
     fn = _eval_fn(apply_fn)
     if mesh is not None:
-        k = distributed.data_size(mesh)
-        batch_size = max(k, batch_size // k * k)
         params, model_state = distributed.replicate((params, model_state), mesh)
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start : start + batch_size]
-        pad = batch_size - chunk.shape[0] if x.shape[0] > batch_size else 0
-        if mesh is not None:
-            pad = pad or -chunk.shape[0] % k
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        if mesh is not None:
-            chunk = distributed.shard_batch(chunk, mesh)
-        out = fn(params, model_state, chunk)
-        if mesh is not None and jax.process_count() > 1:  # every process gets all the logits
-            out = _allgather(out)
-        out = np.asarray(out)
-        outs.append(out[: out.shape[0] - pad] if pad else out)
-    logits = np.concatenate(outs)
+    logits = batching.batched_map(lambda chunk: fn(params, model_state, chunk), x, batch_size=batch_size, mesh=mesh)
     result: dict[str, Any] = {"logits": logits}
     if y is not None:
         y = np.asarray(y)
@@ -76,12 +61,6 @@ def evaluate(
         result["correct"] = logits.argmax(-1) == y
         result["accuracy"] = float(result["correct"].mean())
     return result
-
-
-def _allgather(x):
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(x, tiled=True)
 
 
 @functools.lru_cache(maxsize=64)

@@ -254,10 +254,13 @@ class Progress:
     """A tqdm bar over the run's steps, shown on the main process only, with the epoch's losses.
 
     Example:
-        >>> p = Progress(total=4, initial=2, desc="demo", enabled=False)
-        >>> p.step(); p.epoch_end({"epoch": 1, "loss/train": 0.5}); p.close()
-        >>> p.bar.n
-        3
+        >>> import io
+        >>> p = Progress(total=4, initial=2, desc="demo")
+        >>> p.bar.fp = io.StringIO()  # (a test: no bar on the terminal)
+        >>> p.step(); p.epoch_end({"epoch": 1, "loss/train": 0.5})
+        >>> p.bar.n, p.bar.postfix
+        (3, 'train=0.500')
+        >>> p.close()
     """
 
     def __init__(self, total: int, *, initial: int = 0, desc: str | None = None, enabled: bool = True):

@@ -85,9 +85,15 @@ def train_many(
     Returns the stacked ``(params, model_state)``.
 
     Example:
-        >>> keys = jax.random.split(jax.random.key(0), 8)
-        >>> stacked = jax.vmap(lambda k: init(k))(keys)
-        >>> p, s = train_many(apply_fn, *stacked, data, subsets, epochs=5)
+        >>> from jaxunlearn import models
+        >>> inits = [models.split_model(models.build("mlp", num_classes=2, input_shape=(3,), seed=k)) for k in range(4)]
+        >>> apply_fn = inits[0][0]
+        >>> stacked = [jax.tree.map(lambda *a: np.stack(a), *[m[i] for m in inits]) for i in (1, 2)]
+        >>> x = np.random.default_rng(0).normal(size=(40, 3)); y = (x[:, 0] > 0).astype(int)
+        >>> subsets = np.stack([np.random.default_rng(k).permutation(40)[:28] for k in range(4)])  # 70 % each
+        >>> p, s = train_many(apply_fn, *stacked, DeviceData.from_numpy(x, y), subsets, epochs=2, progress=False)
+        >>> jax.tree.leaves(p)[0].shape[0]
+        4
     """
     optimizer = as_optim_config(optimizer)
     index_sets = np.asarray(index_sets)
@@ -179,7 +185,12 @@ MAX_UNROLL_MODELS = 16
 
 def default_model_mode(per_device: int) -> str:
     """``"unroll"`` on CPU for up to ``MAX_UNROLL_MODELS`` models per device, ``"vmap"`` otherwise and on
-    accelerators (where one batched program fills the device)."""
+    accelerators (where one batched program fills the device).
+
+    Example:
+        >>> default_model_mode(MAX_UNROLL_MODELS + 1)
+        'vmap'
+    """
     return "unroll" if jax.default_backend() == "cpu" and per_device <= MAX_UNROLL_MODELS else "vmap"
 
 

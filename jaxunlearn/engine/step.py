@@ -70,8 +70,9 @@ def init_state(params: PyTree, model_state: PyTree, *optimizers, total_steps: in
 
     Example:
         >>> import jax.numpy as jnp, optax
-        >>> init_state({"w": jnp.zeros(3)}, {}, optax.adamw(1e-3)).opt_states[0][0].count
-        Array(0, dtype=int32)
+        >>> s = init_state({"w": jnp.zeros(3)}, {}, optax.adamw(1e-3))
+        >>> len(s.opt_states), int(s.step)
+        (1, 0)
     """
     if not optimizers:
         raise ValueError("init_state needs at least one optimizer (one per phase).")
@@ -140,8 +141,6 @@ def make_step(
     per_device = sam_mode == "per_device" and cfg.sam != "none" and mesh is not None
     if per_device and masked and mask_reading == "reference":
         raise ValueError("sam_mode='per_device' supports mask_reading='strict' only; use the global SAM mode.")
-    # per-device SAM computes the whole SAM direction itself: the optimizer after it is the plain one
-    tx_cfg = OptimConfig(**{**_fields(cfg), "sam": "none"}) if per_device else cfg
 
     def step(state: TrainState, batch, hp, info, mask=None):
         if masked and mask is None:
@@ -156,22 +155,19 @@ def make_step(
         if per_device:
             loss_v, new_state = lf(params)
             g = _per_device_sam_direction(apply_fn, loss, cfg, sign, mesh, params, model_state, batch, hp, info)
-            grad_fn = None
+            # the direction is final: the chain's SAM transform gets g' = g and passes it through (g + s·λ·0)
+            grad_fn = lambda p: g  # noqa: E731
         else:
             (loss_v, new_state), g = jax.value_and_grad(lf, has_aux=True)(params)
             grad_fn = lambda p: jax.grad(lf, has_aux=True)(p)[0]  # noqa: E731
         total = info.total_steps if total_steps is None else total_steps
-        tx = build_optimizer(tx_cfg, total, sign=sign, mask=mask if masked else None, mask_reading=mask_reading)
+        tx = build_optimizer(cfg, total, sign=sign, mask=mask if masked else None, mask_reading=mask_reading)
         updates, opt_state = tx.update(g, state.opt_states[phase], params, grad_fn=grad_fn)
         params = optax.apply_updates(params, updates)
         opt_states = _replace_at(state.opt_states, phase, opt_state)
         return TrainState(params, new_state, opt_states, state.step + 1), loss_v
 
     return step
-
-
-def _fields(cfg: OptimConfig) -> dict:
-    return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
 
 
 def _replace_at(items: Sequence, i: int, value) -> tuple:
