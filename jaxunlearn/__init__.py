@@ -1,8 +1,9 @@
 """jaxunlearn: sharpness-aware machine unlearning in JAX.
 
-The core (`sharpness`, `curvature`) is framework-free; `transforms` and `selection` turn it into Optax
-pieces; `methods` and `engine` compose them into unlearning algorithms over Flax NNX models. The heavier
-sub-packages (`engine`, `methods`, `models`, `data`, `metrics`, `report`, `runner`) load on first use.
+The core (`sharpness`, `curvature`, and `batching`, which runs a compiled function over a dataset in chunks)
+is framework-free; `transforms` and `selection` turn it into Optax pieces; `methods` and `engine` compose
+them into unlearning algorithms over Flax NNX models. The heavier sub-packages (`engine`, `methods`,
+`models`, `data`, `metrics`, `report`, `runner`) load on first use.
 
 Example:
     >>> import jaxunlearn
@@ -12,7 +13,7 @@ Example:
 
 import importlib
 
-from jaxunlearn import curvature, selection, sharpness, transforms
+from jaxunlearn import batching, curvature, selection, sharpness, transforms
 
 _LAZY = (
     "checkpoint",
@@ -29,7 +30,7 @@ _LAZY = (
     "theory",
 )
 
-__all__ = ["curvature", "selection", "sharpness", "transforms", *_LAZY]
+__all__ = ["batching", "curvature", "selection", "sharpness", "transforms", *_LAZY]
 __version__ = "0.1.0"
 
 

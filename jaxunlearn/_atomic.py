@@ -15,7 +15,13 @@ import tempfile
 @functools.lru_cache(maxsize=1)
 def default_mode() -> int:
     """0o666 minus the process umask: the mode ``open()`` would give a new file (mkstemp uses 0o600).
-    Read once (``os.umask`` is process-wide), so later calls never touch the umask."""
+    Read once (``os.umask`` is process-wide), so later calls never touch the umask.
+
+    Example:
+        >>> mask = os.umask(0); _ = os.umask(mask)
+        >>> default_mode() == 0o666 & ~mask
+        True
+    """
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -38,7 +44,15 @@ def _replace_via_temp(path, write, *, prefix: str, suffix: str) -> str:
 
 
 def write_text(path, text: str) -> str:
-    """Write ``text`` (UTF-8) to ``path`` atomically, fsynced; parent directories are created."""
+    """Write ``text`` (UTF-8) to ``path`` atomically, fsynced; parent directories are created.
+
+    Example:
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = write_text(os.path.join(tmp.name, "sub", "note.txt"), "ToW 0.95")
+        >>> open(path).read(), os.listdir(os.path.dirname(path))      # no temporary file left behind
+        ('ToW 0.95', ['note.txt'])
+        >>> tmp.cleanup()
+    """
 
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -50,7 +64,17 @@ def write_text(path, text: str) -> str:
 
 
 def save_figure(fig, path, *, dpi: int = 150) -> str:
-    """Save a matplotlib figure atomically (format from the extension, PNG by default)."""
+    """Save a matplotlib figure atomically (format from the extension, PNG by default).
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> fig = Figure(figsize=(2, 2)); _ = fig.subplots().plot([0, 1], [1, 0])
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = save_figure(fig, os.path.join(tmp.name, "line.png"), dpi=50)
+        >>> open(path, "rb").read(4)[1:], os.listdir(tmp.name)
+        (b'PNG', ['line.png'])
+        >>> tmp.cleanup()
+    """
     ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
     return _replace_via_temp(
         path,

@@ -1,7 +1,7 @@
 """Small input checks shared by the public functions (internal).
 
 The checks only look at concrete Python values, so they never break tracing: a traced ``rho`` (for
-instance under ``jax.vmap`` over ρ) is accepted as it is.
+instance under ``jax.vmap`` over ρ) is accepted as it is. Every failure is a ``ValueError`` of one line.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ import numpy as np
 
 
 def is_concrete_number(x) -> bool:
-    """True for Python/NumPy scalars and concrete 0-d arrays (not tracers)."""
+    """True for Python/NumPy scalars and concrete 0-d arrays (not tracers).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> is_concrete_number(0.5), is_concrete_number(jnp.float32(2)), is_concrete_number(jnp.ones(2))
+        (True, True, False)
+        >>> jax.jit(lambda r: jnp.float32(is_concrete_number(r)))(1.0)    # traced: not concrete
+        Array(0., dtype=float32)
+    """
     if isinstance(x, numbers.Number):
         return True
     if isinstance(x, jax.core.Tracer):
@@ -24,7 +32,15 @@ def is_concrete_number(x) -> bool:
 
 
 def positive(name: str, value, *, allow_zero: bool = False, hint: str = "") -> None:
-    """Raise ``ValueError`` when a concrete ``value`` is not > 0 (or >= 0)."""
+    """Raise ``ValueError`` when a concrete ``value`` is not > 0 (or >= 0); traced values pass.
+
+    Example:
+        >>> positive("rho", 0.05)
+        >>> positive("rho", 0.0, hint="e.g. rho=0.05.")
+        Traceback (most recent call last):
+        ...
+        ValueError: rho must be a finite number > 0, got 0.0. e.g. rho=0.05.
+    """
     if not is_concrete_number(value):
         return
     v = float(value)
@@ -35,7 +51,16 @@ def positive(name: str, value, *, allow_zero: bool = False, hint: str = "") -> N
 
 
 def fraction(name: str, value) -> float:
-    """Return ``value`` as float after checking it lies in (0, 1]."""
+    """Return ``value`` as float after checking it lies in (0, 1].
+
+    Example:
+        >>> fraction("fraction", 0.25)
+        0.25
+        >>> fraction("fraction", 30)
+        Traceback (most recent call last):
+        ...
+        ValueError: fraction must be in (0, 1] (a fraction of all parameters), got 30.
+    """
     if not is_concrete_number(value):
         raise ValueError(f"{name} must be a concrete Python number in (0, 1], got a traced value.")
     v = float(value)
@@ -45,14 +70,32 @@ def fraction(name: str, value) -> float:
 
 
 def positive_int(name: str, value) -> int:
-    """Return ``value`` as int after checking it is an integer >= 1."""
+    """Return ``value`` as int after checking it is an integer >= 1 (``True`` is not an integer here).
+
+    Example:
+        >>> positive_int("chunk_size", 8)
+        8
+        >>> positive_int("chunk_size", 2.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: chunk_size must be an integer >= 1, got 2.0.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
     return int(value)
 
 
 def choice(name: str, value, options: Iterable[str]) -> str:
-    """Check ``value`` is one of ``options``; suggest the closest on failure."""
+    """Check ``value`` is one of ``options``; suggest the closest on failure.
+
+    Example:
+        >>> choice("sign", "max", ["min", "max"])
+        'max'
+        >>> choice("sign", "maxx", ["min", "max"])
+        Traceback (most recent call last):
+        ...
+        ValueError: sign must be one of ['min', 'max'], got 'maxx'. Did you mean 'max'?
+    """
     options = list(options)
     if value in options:
         return value
@@ -61,15 +104,147 @@ def choice(name: str, value, options: Iterable[str]) -> str:
     raise ValueError(f"{name} must be one of {options}, got {value!r}.{hint}")
 
 
+def sam_settings(rho, eta, sign: str, signs: Iterable[str]) -> None:
+    """Check the settings every SAM-family function takes: ``rho > 0``, ``eta >= 0``, ``sign`` in ``signs``.
+
+    Example:
+        >>> sam_settings(0.05, 0.01, "min", ("min", "max"))
+        >>> sam_settings(-1.0, 0.0, "min", ("min", "max"))
+        Traceback (most recent call last):
+        ...
+        ValueError: rho must be a finite number > 0, got -1.0. SAM's neighbourhood radius ρ must be positive, ...
+    """
+    positive("rho", rho, hint="SAM's neighbourhood radius ρ must be positive, e.g. rho=0.05.")
+    positive("eta", eta, allow_zero=True)
+    choice("sign", sign, signs)
+
+
 def same_structure(name_a: str, a, name_b: str, b) -> None:
-    """Raise ``ValueError`` unless pytrees ``a`` and ``b`` have the same structure and leaf shapes."""
+    """Raise ``ValueError`` unless pytrees ``a`` and ``b`` have the same structure and leaf shapes.
+
+    Example:
+        >>> import numpy as np
+        >>> same_structure("params", {"w": np.ones(2)}, "v", {"w": np.zeros(2)})
+        >>> same_structure("params", {"w": np.ones(2)}, "v", {"w": np.zeros(3)})
+        Traceback (most recent call last):
+        ...
+        ValueError: params and v must have leaves of the same shapes; got (2,) vs (3,).
+    """
     ta, tb = jax.tree.structure(a), jax.tree.structure(b)
     if ta != tb:
-        raise ValueError(
-            f"{name_a} and {name_b} must be pytrees of the same structure; got\n  {name_a}: {ta}\n  {name_b}: {tb}"
-        )
+        raise ValueError(f"{name_a} and {name_b} must be pytrees of the same structure; got {ta} and {tb}.")
     for la, lb in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         if np.shape(la) != np.shape(lb):
             raise ValueError(
                 f"{name_a} and {name_b} must have leaves of the same shapes; got {np.shape(la)} vs {np.shape(lb)}."
             )
+
+
+def batch_size(value) -> int:
+    """Return a batch size as int after checking it is an integer >= 1.
+
+    Example:
+        >>> batch_size(256)
+        256
+        >>> batch_size(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size must be a positive integer, got 0
+    """
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def examples(x, name: str = "x"):
+    """Return ``x`` (as an array) after checking it has a non-empty leading example axis.
+
+    Example:
+        >>> examples([[1.0, 2.0]]).shape
+        (1, 2)
+        >>> examples(np.zeros((0, 3)))
+        Traceback (most recent call last):
+        ...
+        ValueError: x is empty (shape (0, 3))
+    """
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a leading example axis, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    return x
+
+
+def class_labels(y, n: int, name: str = "y", x_name: str = "x") -> np.ndarray:
+    """Return ``n`` integer class labels as int32 ``[n]``; integral floats are accepted.
+
+    Example:
+        >>> class_labels([0.0, 2.0], 2)
+        array([0, 2], dtype=int32)
+        >>> class_labels([0, 1, 1], 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: y has 3 labels but x has 2 examples
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of integer labels, got shape {y.shape}")
+    if y.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} labels but {x_name} has {n} examples")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if np.any(y < 0):
+        raise ValueError(f"{name} holds negative labels")
+    return y.astype(np.int32)
+
+
+def logits(value, name: str = "logits") -> np.ndarray:
+    """Return finite logits ``[N, C]`` (N >= 1, C >= 2) as a numpy array.
+
+    Example:
+        >>> logits([[0.5, -0.5]]).shape
+        (1, 2)
+        >>> logits([[0.5]])
+        Traceback (most recent call last):
+        ...
+        ValueError: logits needs at least 2 classes, got shape (1, 1)
+    """
+    value = np.asarray(value)
+    if value.ndim != 2:
+        raise ValueError(f"{name} must have shape [N, C], got {value.shape}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if value.shape[1] < 2:
+        raise ValueError(f"{name} needs at least 2 classes, got shape {value.shape}")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} contains non-finite values")
+    return value
+
+
+def num_models(stacked_params, name: str = "stacked_params") -> int:
+    """The number K of models stacked on the leading axis of every leaf (the same K on all leaves).
+
+    Example:
+        >>> num_models({"w": np.zeros((3, 4, 2)), "b": np.zeros((3, 2))})
+        3
+        >>> num_models({"w": np.zeros((3, 4)), "b": np.zeros((2,))})
+        Traceback (most recent call last):
+        ...
+        ValueError: every leaf of stacked_params needs the same leading model axis K, got leading sizes {2, 3}
+    """
+    leaves = jax.tree_util.tree_leaves(stacked_params)
+    if not leaves:
+        raise ValueError(f"{name} has no array leaves")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) >= 1 else None for leaf in leaves}
+    if None in sizes or len(sizes) != 1:
+        raise ValueError(f"every leaf of {name} needs the same leading model axis K, got leading sizes {sizes}")
+    k = sizes.pop()
+    if k < 1:
+        raise ValueError(f"{name} holds zero models")
+    return int(k)

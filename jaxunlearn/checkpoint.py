@@ -7,9 +7,14 @@ and renames it), so a run killed mid-save resumes from the previous complete che
 safe: every process calls ``save``; Orbax coordinates the writes.
 
 Example:
-    >>> ckpt = Checkpointer("/tmp/run/ckpt")
-    >>> ckpt.save(3, {"params": params, "epoch": 3})
-    >>> step, state = ckpt.restore_latest({"params": params, "epoch": 0})
+    >>> import tempfile, jax.numpy as jnp
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> ckpt = Checkpointer(f"{tmp.name}/ckpt")
+    >>> ckpt.save(3, {"params": {"w": jnp.ones(2)}, "epoch": 3})
+    >>> step, state = ckpt.restore_latest({"params": {"w": jnp.zeros(2)}, "epoch": 0})
+    >>> step, state["params"]["w"].tolist(), int(state["epoch"])
+    (3, [1.0, 1.0], 3)
+    >>> ckpt.close(); tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ __all__ = ["Checkpointer", "CheckpointError"]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint exists but cannot be used (corrupt, or saved by a different model or method)."""
+    """A checkpoint exists but cannot be used (corrupt, or saved by a different model or method).
+
+    Example:
+        >>> issubclass(CheckpointError, ValueError)      # bad input: caught like any other ValueError
+        True
+    """
 
 
 class Checkpointer:
@@ -34,6 +44,24 @@ class Checkpointer:
     Args:
         directory: where checkpoints live (created if missing).
         max_to_keep: how many recent checkpoints to keep.
+
+    Example:
+        >>> import tempfile, jax.numpy as jnp
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> ckpt = Checkpointer(tmp.name, max_to_keep=1)
+        >>> ckpt.latest_step() is None, ckpt.restore_latest({"w": jnp.zeros(2)})[0]
+        (True, None)
+        >>> for step in (1, 2):
+        ...     ckpt.save(step, {"w": jnp.full(2, float(step))})
+        >>> ckpt.latest_step(), ckpt.restore_latest({"w": jnp.zeros(2)})[1]["w"].tolist()
+        (2, [2.0, 2.0])
+        >>> sorted(os.listdir(tmp.name))                 # only the newest is kept
+        ['2']
+        >>> ckpt.restore_latest({"w": jnp.zeros(3)})    # another model's shapes
+        Traceback (most recent call last):
+        ...
+        jaxunlearn.checkpoint.CheckpointError: ...start a new run with another --out.
+        >>> ckpt.close(); tmp.cleanup()
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):

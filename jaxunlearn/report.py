@@ -63,9 +63,9 @@ def results_path(path) -> str:
     """Resolve ``path`` to a results file: a path ending in ``.json`` is used as is, anything else is a
     directory holding ``results.json``.
 
-    Example::
-
-        results_path("runs/digits")   # "runs/digits/results.json"
+    Example:
+        >>> results_path("runs/digits"), results_path("runs/digits/seed0.json")
+        ('runs/digits/results.json', 'runs/digits/seed0.json')
     """
     path = os.fspath(path)
     return path if path.endswith(".json") else os.path.join(path, "results.json")
@@ -75,9 +75,10 @@ def to_jsonable(obj: Any) -> Any:
     """Convert ``obj`` to plain JSON types: numpy/jax scalars -> float/int/bool, arrays -> (nested) lists,
     tuples -> lists, mapping keys -> str; NaN/inf -> None (strict JSON has no NaN).
 
-    Example::
-
-        to_jsonable({"acc": np.float32(0.5), "curve": jnp.arange(3)})   # {"acc": 0.5, "curve": [0, 1, 2]}
+    Example:
+        >>> import jax.numpy as jnp
+        >>> to_jsonable({"acc": np.float32(0.5), "curve": jnp.arange(3), 1: (np.nan, True)})
+        {'acc': 0.5, 'curve': [0, 1, 2], '1': [None, True]}
     """
     if obj is None or isinstance(obj, (str, bool)):
         return obj
@@ -131,10 +132,14 @@ def validate_results(obj: Any) -> dict:
     ``{"mean": m, "std": s}`` with s >= 0; accuracies and ``mia`` in [0, 1]; ``tow``, ``seconds`` >= 0.
     Extra keys (in ``settings``, in entries) are allowed and not checked.
 
-    Example::
-
-        validate_results({"settings": {}, "methods": {"retrain": {"forget_acc": 0.9, "retain_acc": 1.0,
-                          "test_acc": 0.95, "mia": 0.1, "tow": 1.0, "seconds": 12.0}}})
+    Example:
+        >>> entry = {"forget_acc": 0.9, "retain_acc": 1.0, "test_acc": 0.95, "mia": 0.1, "tow": 1.0, "seconds": 12.0}
+        >>> validate_results({"settings": {}, "methods": {"retrain": entry}})["methods"]["retrain"]["tow"]
+        1.0
+        >>> validate_results({"settings": {}, "methods": {"ft": {**entry, "forget_acc": 90.0}}})
+        Traceback (most recent call last):
+        ...
+        ValueError: methods['ft']['forget_acc'] = 90.0 is outside [0, 1] (use fractions, not %)
     """
     if not isinstance(obj, Mapping):
         raise ValueError(f"results must be a JSON object, got {type(obj).__name__}")
@@ -171,13 +176,17 @@ def write_results(path, settings: Mapping, methods: Mapping) -> str:
     BEFORE anything is written; the file is written to a temporary file in the same directory, fsynced
     and moved over the target with ``os.replace`` (atomic on POSIX and Windows).
 
-    Example::
-
-        write_results("runs/digits", {"dataset": "digits", "seeds": 3},
-                      {"retrain": {"forget_acc": 0.91, "retain_acc": 1.0, "test_acc": 0.95,
-                                   "mia": 0.12, "tow": 1.0, "seconds": 30.5}})
     Returns:
       the path of the written file.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> entry = {"forget_acc": 0.9, "retain_acc": 1.0, "test_acc": 0.95, "mia": 0.1, "tow": 1.0, "seconds": 12.0}
+        >>> path = write_results(os.path.join(tmp.name, "run"), {"dataset": "digits"}, {"retrain": entry})
+        >>> os.path.relpath(path, tmp.name), json.load(open(path))["methods"]["retrain"]["seconds"]
+        ('run/results.json', 12.0)
+        >>> tmp.cleanup()
     """
     if not isinstance(settings, Mapping):
         raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
@@ -197,9 +206,14 @@ def read_results(path) -> dict:
     Raises FileNotFoundError if it does not exist and ValueError naming the file if it is not valid JSON
     or does not match the contract (see ``validate_results``).
 
-    Example::
-
-        res = read_results("runs/digits"); res["methods"]["retrain"]["test_acc"]
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> entry = {"forget_acc": 0.9, "retain_acc": 1.0, "test_acc": 0.95, "mia": 0.1, "tow": 1.0, "seconds": 12.0}
+        >>> _ = write_results(tmp.name, {"seeds": 1}, {"retrain": {**entry, "test_acc": np.float32(0.5)}})
+        >>> read_results(tmp.name)["methods"]["retrain"]["test_acc"]
+        0.5
+        >>> tmp.cleanup()
     """
     target = results_path(path)
     with open(target, encoding="utf-8") as fh:
@@ -262,11 +276,15 @@ def markdown_table(
     values as ``—``. A method whose run diverged (``diverged`` set) is marked ``name (diverged)``, or
     ``(diverged in k/n seeds)`` over several seeds.
 
-    Example::
-
-        print(markdown_table(read_results("runs/digits")))
-        # | Method | FA (%) | RA (%) | TA (%) | MIA (%) | ToW (%) | Time (s) |
-        # |---|---:|...
+    Example:
+        >>> retrain = {"forget_acc": 0.9, "retain_acc": 1.0, "test_acc": 0.95, "mia": 0.1, "tow": 1.0, "seconds": 12.0}
+        >>> ft = {**retrain, "forget_acc": {"mean": 0.97, "std": 0.01}, "tow": 0.93, "seconds": 3.0}
+        >>> print(markdown_table({"ft": ft, "retrain": retrain}))
+        | Method | FA (%) | RA (%) | TA (%) | MIA (%) | ToW (%) | Time (s) |
+        |---|---:|---:|---:|---:|---:|---:|
+        | retrain | 90.0 | 100.0 | 95.0 | 10.0 | 100.0 | 12.0 (1.0×) |
+        | ft | 97.0 ± 1.0 | 100.0 | 95.0 | 10.0 | 93.0 | 3.0 (4.0×) |
+        <BLANKLINE>
 
     Args:
       results: ``{"settings", "methods"}`` object or the ``methods`` dict alone.
@@ -316,10 +334,15 @@ def save_figure(fig, path, *, dpi: int = 150, close: bool = True) -> str:
     ``os.replace``. With ``close=True`` a pyplot-managed figure is closed afterwards (figures made with
     ``matplotlib.figure.Figure`` need no closing).
 
-    Example::
-
-        from matplotlib.figure import Figure
-        fig = Figure(); fig.add_subplot().plot([0, 1]); save_figure(fig, "out/figs/line.png")
+    Example:
+        >>> import tempfile
+        >>> from matplotlib.figure import Figure
+        >>> fig = Figure(figsize=(2, 2)); _ = fig.add_subplot().plot([0, 1])
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = save_figure(fig, os.path.join(tmp.name, "figs", "line.png"), dpi=50)
+        >>> os.path.relpath(path, tmp.name), os.path.getsize(path) > 0
+        ('figs/line.png', True)
+        >>> tmp.cleanup()
     """
     path = _atomic.save_figure(fig, path, dpi=dpi)
     if close and getattr(fig.canvas, "manager", None) is not None:
@@ -342,9 +365,15 @@ def plot_bars(
     the retrain value of each metric is marked by a dashed line across its group. Methods whose run
     diverged carry the table's ``(diverged)`` mark in the legend.
 
-    Example::
-
-        plot_bars(read_results("runs/digits"), "runs/digits/bars.png")
+    Example:
+        >>> import tempfile
+        >>> retrain = {"forget_acc": 0.9, "retain_acc": 1.0, "test_acc": 0.95, "mia": 0.1, "tow": 1.0, "seconds": 12.0}
+        >>> ft = {**retrain, "forget_acc": {"mean": 0.97, "std": 0.01}}
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = plot_bars({"retrain": retrain, "ft": ft}, os.path.join(tmp.name, "bars.png"), dpi=50)
+        >>> os.path.basename(path), os.path.getsize(path) > 0
+        ('bars.png', True)
+        >>> tmp.cleanup()
 
     Args:
       results: ``{"settings", "methods"}`` object or the ``methods`` dict alone.
@@ -377,9 +406,18 @@ def plot_bars(
         heights = [100 * m if m is not None else np.nan for m, _ in ms]
         errs = [100 * s if s is not None else np.nan for _, s in ms]
         has_err = any(s is not None for _, s in ms)
-        ax.bar(x - 0.4 + (i + 0.5) * width, heights, width, yerr=errs if has_err else None,
-               capsize=2, color=colors[i], hatch=hatches[(i // 10) % len(hatches)], edgecolor="black",
-               linewidth=0.4, label=name + _diverged_note(entry.get("diverged")))
+        ax.bar(
+            x - 0.4 + (i + 0.5) * width,
+            heights,
+            width,
+            yerr=errs if has_err else None,
+            capsize=2,
+            color=colors[i],
+            hatch=hatches[(i // 10) % len(hatches)],
+            edgecolor="black",
+            linewidth=0.4,
+            label=name + _diverged_note(entry.get("diverged")),
+        )
     if "retrain" in methods and isinstance(methods["retrain"], Mapping):
         for j, k in enumerate(keys):
             m = _mean_std(methods["retrain"].get(k))[0]

@@ -129,9 +129,7 @@ def by_path(params: PyTree, predicate: Callable[[str], bool]) -> PyTree:
                 parts.append(str(k))
         return "/".join(parts)
 
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.full(jnp.shape(x), bool(predicate(name(path)))), params
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, x: jnp.full(jnp.shape(x), bool(predicate(name(path)))), params)
 
 
 def all_params(params: PyTree) -> PyTree:

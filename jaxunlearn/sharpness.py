@@ -26,11 +26,11 @@ import jax.numpy as jnp
 
 from jaxunlearn import _validate
 
-__all__ = ["perturbation", "sam_direction", "value_and_sam_grad", "sam_grad", "sharpness", "tree_norm"]
+__all__ = ["perturbation", "sam_direction", "value_and_sam_grad", "sam_grad", "sharpness", "tree_norm", "SIGNS"]
 
 PyTree = Any
 _EPS = 1e-12
-_SIGNS = {"min": 1.0, "max": -1.0}
+SIGNS = {"min": 1.0, "max": -1.0}  # sign -> s in the direction g + s·λ·(g' − g)
 
 
 def tree_norm(tree: PyTree) -> jax.Array:
@@ -44,13 +44,6 @@ def tree_norm(tree: PyTree) -> jax.Array:
     if not leaves:
         return jnp.zeros(())
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
-
-
-def _check_common(rho, eta, sign: str) -> float:
-    _validate.positive("rho", rho, hint="SAM's neighbourhood radius ρ must be positive, e.g. rho=0.05.")
-    _validate.positive("eta", eta, allow_zero=True)
-    _validate.choice("sign", sign, _SIGNS)
-    return _SIGNS[sign]
 
 
 def perturbation(grads: PyTree, params: PyTree, rho, *, adaptive: bool = False, eta=0.0) -> PyTree:
@@ -71,7 +64,7 @@ def perturbation(grads: PyTree, params: PyTree, rho, *, adaptive: bool = False, 
         >>> perturbation(g, g, 0.5)["w"]          # 0.5 * g / 5
         Array([0.3, 0.4], dtype=float32)
     """
-    _check_common(rho, eta, "min")
+    _validate.sam_settings(rho, eta, "min", SIGNS)
     _validate.same_structure("grads", grads, "params", params)
     if adaptive:
         scale = jax.tree.map(lambda w: jnp.abs(w) + eta, params)
@@ -92,7 +85,7 @@ def sam_direction(grads: PyTree, perturbed_grads: PyTree, *, lamb=1.0, sign: str
         >>> float(sam_direction(g, gp, sign="max")["w"])   # (1+1)*1 - 1*3
         -1.0
     """
-    s = _SIGNS[_validate.choice("sign", sign, _SIGNS)]
+    s = SIGNS[_validate.choice("sign", sign, SIGNS)]
     return jax.tree.map(lambda g, gp: g + (s * lamb) * (gp - g), grads, perturbed_grads)
 
 
@@ -119,9 +112,11 @@ def value_and_sam_grad(
     Example:
         >>> loss = lambda w, x: jnp.sum((w * x) ** 2)
         >>> f = jax.jit(value_and_sam_grad(loss, rho=0.05))
-        >>> value, grads = f(jnp.ones(3), jnp.arange(3.0))
+        >>> value, grads = f(jnp.ones(3), jnp.arange(3.0))     # g = 2wx² = [0, 2, 8]; g' = ∇L(w + e)
+        >>> float(value), [round(v, 3) for v in grads.tolist()]
+        (5.0, [0.0, 2.024, 8.388])
     """
-    _check_common(rho, eta, sign)
+    _validate.sam_settings(rho, eta, sign, SIGNS)
     vg = jax.value_and_grad(loss_fn, has_aux=has_aux)
     g_only = jax.grad(loss_fn, has_aux=has_aux)
 
@@ -140,7 +135,9 @@ def sam_grad(loss_fn: Callable[..., Any], rho, **kwargs) -> Callable[..., PyTree
     """Like ``jax.grad``: the direction of :func:`value_and_sam_grad` without the value.
 
     Example:
-        >>> g = sam_grad(lambda w: jnp.sum(w ** 2), rho=0.1)(jnp.ones(2))
+        >>> g = sam_grad(lambda w: jnp.sum(w ** 2), rho=0.1)(jnp.ones(2))   # 2(w + 0.1·g/‖g‖)
+        >>> [round(v, 4) for v in g.tolist()]
+        [2.1414, 2.1414]
     """
     has_aux = kwargs.get("has_aux", False)
     vsg = value_and_sam_grad(loss_fn, rho, **kwargs)
@@ -168,7 +165,7 @@ def sharpness(
         >>> sharpness(lambda w, b: jnp.sum(w ** 2), jnp.ones(2), None, 0.1) > 0
         Array(True, dtype=bool)
     """
-    _check_common(rho, eta, "min")
+    _validate.sam_settings(rho, eta, "min", SIGNS)
     value, g = jax.value_and_grad(loss_fn, has_aux=has_aux)(params, batch)
     loss = value[0] if has_aux else value
     e = perturbation(g, params, rho, adaptive=adaptive, eta=eta)

@@ -25,13 +25,7 @@ to ``−y_i`` (reported as ``forget_flipped``, the fraction of F predicted ``−
 
 Finally a sweep of the test error against ‖φ‖ (``phi_sweep`` × ``sweep_seeds``, one vmapped
 program per optimizer): SGD needs ``‖φ‖ ≳ d^{1/4} n^{−1/4} σ_p`` for benign overfitting, SAM much less.
-
-Example:
-    >>> from jaxunlearn.theory import run_theory
-    >>> res = run_theory("runs/theory-demo", steps=200, progress=False)   # ~5 s on 2 CPU cores
-    >>> res["pretrain"]["sam"]["noise"] < res["pretrain"]["sgd"]["noise"]
-    True
-    >>> print(res["summary"])
+:func:`run_theory` runs all of it (its docstring has an example).
 """
 
 from __future__ import annotations
@@ -192,6 +186,31 @@ def run_theory(
 
     Raises:
         ValueError: invalid settings (n < 2, d < 2, steps < 1, lr <= 0, rho <= 0, sigma_p <= 0, ...).
+
+    Example (a small, fast setting; a few seconds, most of it compilation):
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> res = run_theory(tmp.name, n=40, d=100, steps=50, unlearn_steps=10, n_test=100, phi_sweep=(1.0,),
+        ...                  sweep_seeds=1, figures=False, progress=False)
+        >>> res["pretrain"]["sam"]["noise"] < res["pretrain"]["sgd"]["noise"]          # SAM memorizes less noise
+        True
+        >>> res["pretrain"]["sam"]["test_error"] < res["pretrain"]["sgd"]["test_error"]
+        True
+        >>> print(res["summary"])
+        theory: n=40 d=100 |phi|=1.0 sigma_p=1.0 relu m=10 lr=0.5 rho=1.0 steps=50; unlearn sharp_minmax ...
+                      signal S  noise N(R)  N(F, y)  N(F, -y)  retain acc  F -> -y  test err
+        SGD pretrain ...
+        SAM pretrain ...
+        SGD unlearn ...
+        SAM unlearn ...
+        <BLANKLINE>
+        test error vs |phi| (mean over 1 seeds):
+          |phi|       1
+          SGD ...
+          SAM ...
+        time ... s; files: .../theory.json
+        >>> sorted(os.listdir(tmp.name)); tmp.cleanup()
+        ['theory.json']
     """
     settings = dict(
         n=n,

@@ -3,13 +3,19 @@
 ``sam(...)`` is an ``optax.GradientTransformationExtraArgs`` whose ``update`` receives the usual
 gradient ``g`` plus the keyword ``grad_fn`` (``grad_fn(params) -> ∇L(params)`` for the current batch).
 It returns the SAM-family direction ``g + s·λ·(g' − g)`` with ``g' = grad_fn(w + e)``, which the next
-transformation in the chain (SGD, AdamW, ...) turns into an update::
+transformation in the chain (SGD, AdamW, ...) turns into an update:
 
-    opt = optax.chain(transforms.sam(rho=0.05), optax.adamw(1e-3))
-    state = opt.init(params)
-    loss, g = jax.value_and_grad(loss_fn)(params, batch)
-    updates, state = opt.update(g, state, params, grad_fn=lambda p: jax.grad(loss_fn)(p, batch))
-    params = optax.apply_updates(params, updates)
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxunlearn import transforms
+    >>> loss_fn = lambda p, batch: jnp.mean((batch["x"] @ p["w"] - batch["y"]) ** 2)
+    >>> params, batch = {"w": jnp.zeros(2)}, {"x": jnp.eye(2), "y": jnp.array([1.0, -1.0])}
+    >>> opt = optax.chain(transforms.sam(rho=0.05), optax.adamw(1e-3))
+    >>> state = opt.init(params)
+    >>> loss, g = jax.value_and_grad(loss_fn)(params, batch)
+    >>> updates, state = opt.update(g, state, params, grad_fn=lambda p: jax.grad(loss_fn)(p, batch))
+    >>> params = optax.apply_updates(params, updates)
+    >>> [round(w, 4) for w in params["w"].tolist()]     # Adam's first step: lr · sign of the direction
+    [0.001, -0.001]
 
 Relation to ``optax.contrib.sam``: with ``opaque_mode=True``, ``sync_period=2`` and the adversarial
 optimizer ``chain(normalize(), sgd(rho))``, optax's SAM hands the outer optimizer ``∇L(w + ρ g/‖g‖)``,
@@ -35,7 +41,12 @@ PyTree = Any
 
 
 class SAMState(NamedTuple):
-    """``sam`` is stateless; the state is empty."""
+    """``sam`` is stateless; the state is empty.
+
+    Example:
+        >>> sam(0.05).init({"w": jnp.ones(2)})
+        SAMState()
+    """
 
 
 def sam(
@@ -63,8 +74,10 @@ def sam(
         >>> params = jnp.ones(2); loss = lambda p: jnp.sum(p ** 2)
         >>> state = opt.init(params)
         >>> upd, state = opt.update(jax.grad(loss)(params), state, params, grad_fn=jax.grad(loss))
+        >>> [round(u, 4) for u in upd.tolist()]            # −0.1 · ∇L(w + e) = −0.1 · 2(w + 0.1·g/‖g‖)
+        [-0.2141, -0.2141]
     """
-    sharpness._check_common(rho, eta, sign)
+    _validate.sam_settings(rho, eta, sign, sharpness.SIGNS)
 
     def init_fn(params):
         del params
@@ -125,8 +138,8 @@ def masked(
 
     Example:
         >>> opt = masked(optax.sgd(1.0), {"w": jnp.array([True, False])})
-        >>> opt.update({"w": jnp.ones(2)}, opt.init({"w": jnp.ones(2)}))[0]["w"]
-        Array([-1., -0.], dtype=float32)
+        >>> opt.update({"w": jnp.ones(2)}, opt.init({"w": jnp.ones(2)}))[0]["w"].tolist()
+        [-1.0, 0.0]
     """
     parts = [mask_updates(mask), inner]
     if mask_output:

@@ -19,9 +19,12 @@ def make_train_fn(x, y, *, num_classes=10, hidden=64, steps=300, lr=1e-2, seed=0
 
     def init(key):
         k1, k2 = jax.random.split(key)
-        return {"w1": jax.random.normal(k1, (d, hidden)) * jnp.sqrt(2.0 / d), "b1": jnp.zeros(hidden),
-                "w2": jax.random.normal(k2, (hidden, num_classes)) / jnp.sqrt(hidden),
-                "b2": jnp.zeros(num_classes)}
+        return {
+            "w1": jax.random.normal(k1, (d, hidden)) * jnp.sqrt(2.0 / d),
+            "b1": jnp.zeros(hidden),
+            "w2": jax.random.normal(k2, (hidden, num_classes)) / jnp.sqrt(hidden),
+            "b2": jnp.zeros(num_classes),
+        }
 
     def loss(p, w):
         ce = optax.softmax_cross_entropy_with_integer_labels(mlp_logits(p, x), y)

@@ -29,6 +29,7 @@ def _run(tmp_path, sections):
     return results, text
 
 
+@pytest.mark.slow
 def test_quick_steps_and_vmap_sections(tmp_path):
     sections = ["steps", "train_many"] + (["torch", "hutchinson"] if HAS_TORCH else []) + ["limits"]
     results, text = _run(tmp_path, sections)

@@ -157,7 +157,7 @@ def test_unrolled_and_vmapped_probes_give_the_same_estimate(dense, num_probes, c
         for row in z[: min(chunk, num_probes - i * chunk)]:
             hand += row * (H @ row)
     np.testing.assert_allclose(_flat(un), hand / num_probes, rtol=1e-3, atol=1e-5)
-    assert curvature._default_probe_mode(16) == ("unroll" if jax.default_backend() == "cpu" else "vmap")
-    assert curvature._default_probe_mode(curvature.MAX_UNROLL + 1) == "vmap"
+    assert curvature.default_probe_mode(16) == ("unroll" if jax.default_backend() == "cpu" else "vmap")
+    assert curvature.default_probe_mode(curvature.MAX_UNROLL + 1) == "vmap"
     with pytest.raises(ValueError, match="probe_mode"):
         curvature.hutchinson_diagonal(mlp_loss, params, batch, key, 4, probe_mode="scan")

@@ -30,6 +30,7 @@ def _load(name):
     return mod
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_experiment_smoke(name, tmp_path):
     out = tmp_path / name

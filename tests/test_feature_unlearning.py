@@ -26,6 +26,8 @@ from _digits_setup import all_finite, make_ctx, pretrained, train_setup
 
 from jaxunlearn import data, engine, methods, selection
 
+pytestmark = pytest.mark.slow  # end-to-end: a backdoored CNN trained and unlearned several times
+
 TARGET = 0
 POISON_FRACTION = 0.1
 POISON_SEED = 0

@@ -2,11 +2,13 @@
 ``engine.train_many``, one compiled program for K models) on digits with mislabelled canaries."""
 
 import numpy as np
+import pytest
 
 from jaxunlearn import data, engine, metrics, models
 from jaxunlearn.runner import JobConfig, build_model, vmapped_train_fn
 
 
+@pytest.mark.slow
 def test_lira_with_vmapped_shadow_models_separates_canaries():
     ds = data.load("digits", seed=0, max_train=300)
     y = ds.y_train.copy()

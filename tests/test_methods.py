@@ -17,15 +17,18 @@ from jaxunlearn import plan as plan_mod
 from jaxunlearn.methods.common import summed_gradient
 
 UNLEARN_EPOCHS = 5
-DELETION_METHODS = ["ft", "ga", "neggrad", "rl", "scrub", "salun", "l1_sparse", "sharp_minmax", "ssd", "hessian_select"]
+DELETION_METHODS = [name for name in sorted(methods.METHODS) if name != "retrain"]  # every method but the reference
 FORGET_CLASS = 3
 
 # Whole-class forgetting: per-method options where the registry defaults are tuned for random forget sets.
 #  * ga: its defaults (2 epochs at 1 % of the unlearning rate) only nudge the model; a class needs more ascent.
 #  * neggrad (and hessian_select, whose base is neggrad): alpha = 0.99 puts enough weight on -CE(F) of a
 #    whole class to wreck the other classes too; alpha = 0.999 still forgets the class and keeps them.
+#  * scrub: its default two max-step epochs (of 5) sit at the edge for a whole class: here they leave the
+#    class at 99 % forget accuracy, while three give 0 % and keep 97 % on the other classes.
 CLASS_OPTIONS = {
     "ga": {"epochs": 5, "lr_scale": 0.03},
+    "scrub": {"msteps": 3},
     "neggrad": {"alpha": 0.999},
     "hessian_select": {"base_options": {"alpha": 0.999}},
 }
@@ -79,6 +82,7 @@ def test_reference_models(setup, random_case, class_case):
     assert random_case["retrain"].diverged is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", DELETION_METHODS)
 def test_random_forget_moves_toward_retrain(setup, random_case, method):
     fi = random_case["forget_idx"]
@@ -102,6 +106,7 @@ def test_random_forget_moves_toward_retrain(setup, random_case, method):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", DELETION_METHODS)
 def test_class_forget(setup, class_case, method):
     fi = class_case["forget_idx"]

@@ -45,8 +45,9 @@ def test_accuracy_correctness_and_loss_match_numpy():
     loss = lse - z[np.arange(len(Y)), Y]
     assert A.accuracy(linear_logits, PARAMS, X, Y, batch_size=1000) == pytest.approx(np.mean(pred == Y))
     np.testing.assert_array_equal(A.correctness(linear_logits, PARAMS, X, Y, batch_size=1000), pred == Y)
-    np.testing.assert_allclose(A.per_example_loss(linear_logits, PARAMS, X, Y, batch_size=1000), loss,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        A.per_example_loss(linear_logits, PARAMS, X, Y, batch_size=1000), loss, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_one_compilation_per_logits_fn_and_batch_shape():
@@ -57,9 +58,9 @@ def test_one_compilation_per_logits_fn_and_batch_shape():
         return x @ p["w"]
 
     params = {"w": jnp.asarray(W)}
-    A.predict(counting_logits, params, X, batch_size=1000)         # 3 batches, last one padded
+    A.predict(counting_logits, params, X, batch_size=1000)  # 3 batches, last one padded
     A.predict(counting_logits, params, X[:2100], batch_size=1000)  # same batch shape: no retrace
-    A.accuracy(counting_logits, params, X, Y, batch_size=1000)     # another statistic: one more trace
+    A.accuracy(counting_logits, params, X, Y, batch_size=1000)  # another statistic: one more trace
     assert traces == [(1000, 5), (1000, 5)]
 
 
@@ -84,7 +85,7 @@ def test_stacked_evaluation_matches_a_loop_over_models():
 def test_logit_confidence_is_finite_for_saturated_predictions():
     stacked = {"w": jnp.asarray([[[300.0, 0.0], [0.0, 300.0]]]), "b": jnp.zeros((1, 2))}
     phi = A.logit_confidence_stacked(linear_logits, stacked, np.eye(2, dtype=np.float32), np.array([0, 1]))
-    np.testing.assert_allclose(phi, [[300.0, 300.0]])   # log(p/(1−p)) although p rounds to 1 in float32
+    np.testing.assert_allclose(phi, [[300.0, 300.0]])  # log(p/(1−p)) although p rounds to 1 in float32
 
 
 def test_input_validation_names_the_argument():
@@ -171,7 +172,7 @@ def test_tow_validation():
 def test_mean_std_uses_sample_std():
     out = A.mean_std([0.2, 0.4, 0.9])
     assert out["mean"] == pytest.approx(0.5)
-    assert out["std"] == pytest.approx(np.sqrt(((0.3) ** 2 + 0.1 ** 2 + 0.4 ** 2) / 2))
+    assert out["std"] == pytest.approx(np.sqrt(((0.3) ** 2 + 0.1**2 + 0.4**2) / 2))
     assert A.mean_std([0.7]) == {"mean": 0.7, "std": 0.0}
     with pytest.raises(ValueError, match="values is empty"):
         A.mean_std([])

@@ -93,8 +93,12 @@ def test_plot_features_writes_png_and_subsamples(tmp_path):
 
 def test_plot_features_single_panel_tsne_and_extra_sets(tmp_path):
     rng = np.random.default_rng(2)
-    before = {"retain": rng.normal(size=(20, 4)), "forget": rng.normal(size=(8, 4)), "val": rng.normal(size=(6, 4)),
-              "ood": rng.normal(size=(6, 4))}
+    before = {
+        "retain": rng.normal(size=(20, 4)),
+        "forget": rng.normal(size=(8, 4)),
+        "val": rng.normal(size=(6, 4)),
+        "ood": rng.normal(size=(6, 4)),
+    }
     p1 = features.plot_features(before, None, tmp_path / "one.png")
     assert (tmp_path / "one.png").stat().st_size > 0 and p1["after"] == {}
     features.plot_features(before, before, tmp_path / "tsne.png", method="tsne")

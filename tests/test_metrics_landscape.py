@@ -52,8 +52,9 @@ def test_filter_normalized_directions_match_param_filter_norms():
     assert jax.tree_util.tree_structure(d1) == jax.tree_util.tree_structure(params)
     for d in (d1, d2):
         for name in ("conv", "dense"):
-            np.testing.assert_allclose(_filter_norms(d[name]["kernel"]), _filter_norms(params[name]["kernel"]),
-                                       rtol=1e-5)
+            np.testing.assert_allclose(
+                _filter_norms(d[name]["kernel"]), _filter_norms(params[name]["kernel"]), rtol=1e-5
+            )
             np.testing.assert_array_equal(np.asarray(d[name]["bias"]), 0.0)
         np.testing.assert_array_equal(np.asarray(d["bn"]["scale"]), 0.0)
         assert d["step"].dtype == jnp.int32 and int(d["step"]) == 0
@@ -86,8 +87,7 @@ def test_loss_surface_center_and_direct_loop():
     y = jax.random.randint(ky, (37,), 0, 3)
     d1, d2 = landscape.random_directions(params, kd)
     num, span = 7, 0.8
-    alphas, betas, z = landscape.loss_surface(_ce, params, d1, d2, span=span, num=num, batch=(x, y),
-                                              chunk_size=4)
+    alphas, betas, z = landscape.loss_surface(_ce, params, d1, d2, span=span, num=num, batch=(x, y), chunk_size=4)
     assert z.shape == (num, num)
     np.testing.assert_allclose(alphas, np.linspace(-span, span, num))
     np.testing.assert_allclose(betas, np.linspace(-span, span, num))
@@ -101,8 +101,7 @@ def test_loss_surface_center_and_direct_loop():
     _, _, zb = landscape.loss_surface(_ce, params, d1, d2, span=span, num=num, batch=(x, y), batch_size=10)
     np.testing.assert_allclose(zb, z, rtol=1e-4)
     # Closure form loss_fn(params) and has_aux.
-    _, _, zc = landscape.loss_surface(lambda p: (_ce(p, (x, y)), 0.0), params, d1, d2, span=span, num=num,
-                                      has_aux=True)
+    _, _, zc = landscape.loss_surface(lambda p: (_ce(p, (x, y)), 0.0), params, d1, d2, span=span, num=num, has_aux=True)
     np.testing.assert_allclose(zc, z, rtol=1e-5)
 
 
@@ -156,8 +155,9 @@ def test_plot_surface_writes_png(tmp_path):
     alphas = betas = np.linspace(-1, 1, 9)
     aa, bb = np.meshgrid(alphas, betas, indexing="ij")
     path = tmp_path / "sub" / "landscape.png"
-    out = landscape.plot_surface(alphas, betas, {"forget": aa**2 + bb**2, "test": 0.3 * aa**2 + bb**2 + aa},
-                                 path, title="toy")
+    out = landscape.plot_surface(
+        alphas, betas, {"forget": aa**2 + bb**2, "test": 0.3 * aa**2 + bb**2 + aa}, path, title="toy"
+    )
     assert out == str(path) and path.stat().st_size > 0
     img = mpimg.imread(path)
     assert img.ndim == 3 and img.shape[1] > img.shape[0]  # two panels side by side

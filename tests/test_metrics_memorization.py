@@ -19,12 +19,12 @@ from jaxunlearn.metrics import memorization as Z
 def test_subset_masks_are_balanced_seeded_and_about_the_right_size():
     m = Z.subset_masks(16, 500, 0.7, seed=3)
     assert m.shape == (16, 500) and m.dtype == bool
-    assert np.all(m.sum(axis=0) == 11)                          # round(0.7 · 16)
+    assert np.all(m.sum(axis=0) == 11)  # round(0.7 · 16)
     assert abs(m.mean() - 11 / 16) < 1e-12
-    assert np.all(np.abs(m.mean(axis=1) - 11 / 16) < 0.1)       # each model sees ≈ 70% of the data
+    assert np.all(np.abs(m.mean(axis=1) - 11 / 16) < 0.1)  # each model sees ≈ 70% of the data
     np.testing.assert_array_equal(m, Z.subset_masks(16, 500, 0.7, seed=3))
     assert not np.array_equal(m, Z.subset_masks(16, 500, 0.7, seed=4))
-    assert np.all(Z.subset_masks(2, 10, 0.99).sum(axis=0) == 1)   # clipped so every example has an OUT model
+    assert np.all(Z.subset_masks(2, 10, 0.99).sum(axis=0) == 1)  # clipped so every example has an OUT model
     with pytest.raises(ValueError, match="num_models"):
         Z.subset_masks(1, 10, 0.7)
     with pytest.raises(ValueError, match="fraction"):
@@ -40,13 +40,14 @@ def test_memorization_from_correctness_hand_toy():
     # ex 1: IN {0,3}   → ½, OUT {1,2,4} → 1         : −½
     # ex 2: IN {2,3}   → ½, OUT {0,1,4} → ⅔         : −⅙
     np.testing.assert_allclose(Z.memorization_from_correctness(correct, masks), [1.0, -0.5, -1 / 6])
-    np.testing.assert_allclose(Z.memorization_from_correctness(correct.astype(bool), masks.astype(int)),
-                               [1.0, -0.5, -1 / 6])
+    np.testing.assert_allclose(
+        Z.memorization_from_correctness(correct.astype(bool), masks.astype(int)), [1.0, -0.5, -1 / 6]
+    )
 
 
 def test_memorization_from_correctness_missing_side_warns_and_fills_zero():
     correct = np.array([[1, 1], [0, 1]])
-    masks = np.array([[1, 1], [0, 1]], bool)       # example 1 is never OUT
+    masks = np.array([[1, 1], [0, 1]], bool)  # example 1 is never OUT
     with pytest.warns(RuntimeWarning, match="1 example"):
         s = Z.memorization_from_correctness(correct, masks)
     np.testing.assert_array_equal(s, [1.0, 0.0])
@@ -74,9 +75,10 @@ def test_mislabelled_digits_are_more_memorized_than_clean_ones():
 
     train_fn = make_train_fn(x, y, steps=300)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)         # balanced masks: every example has both sides
-        scores, details = Z.memorization_scores(train_fn, mlp_logits, x, y, num_models=16, seed=0,
-                                                batch_size=256, return_details=True)
+        warnings.simplefilter("error", RuntimeWarning)  # balanced masks: every example has both sides
+        scores, details = Z.memorization_scores(
+            train_fn, mlp_logits, x, y, num_models=16, seed=0, batch_size=256, return_details=True
+        )
     assert scores.shape == (1000,)
     assert details["masks"].shape == details["correct"].shape == (16, 1000)
     assert np.all((scores >= -1) & (scores <= 1))
@@ -87,7 +89,7 @@ def test_mislabelled_digits_are_more_memorized_than_clean_ones():
     assert (scores[is_flipped] > 0.5).mean() >= 0.9
     assert (scores[~is_flipped] > 0.5).mean() < 0.1
     again = Z.memorization_scores(train_fn, mlp_logits, x, y, num_models=16, seed=0)
-    np.testing.assert_array_equal(scores, again)               # seeded: reproducible
+    np.testing.assert_array_equal(scores, again)  # seeded: reproducible
 
 
 def test_memorization_scores_validation():

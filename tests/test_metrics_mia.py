@@ -40,8 +40,12 @@ def test_mia_features_match_a_direct_numpy_computation():
     f = M.mia_features(z, y)
     p = _softmax64(z)
     py = p[np.arange(200), y]
-    m_ent = np.array([-(1 - py[i]) * np.log(py[i])
-                      - sum(p[i, j] * np.log(1 - p[i, j]) for j in range(7) if j != y[i]) for i in range(200)])
+    m_ent = np.array(
+        [
+            -(1 - py[i]) * np.log(py[i]) - sum(p[i, j] * np.log(1 - p[i, j]) for j in range(7) if j != y[i])
+            for i in range(200)
+        ]
+    )
     assert f.shape == (200, 5)
     np.testing.assert_array_equal(f[:, 0], (z.argmax(1) == y).astype(float))
     np.testing.assert_allclose(f[:, 1], py, rtol=1e-12)
@@ -59,7 +63,7 @@ def test_mia_features_are_finite_and_clipped_for_saturated_logits():
     z = np.array([[1000.0, 0.0, 0.0], [0.0, 1000.0, 0.0]])
     f = M.mia_features(z, np.array([0, 0]))
     assert np.all(np.isfinite(f))
-    np.testing.assert_allclose(f[0, 1:4], [1.0, 0.0, 0.0], atol=1e-12)     # confident and right
+    np.testing.assert_allclose(f[0, 1:4], [1.0, 0.0, 0.0], atol=1e-12)  # confident and right
     # confident and wrong: p_y = 0 -> log clipped at 1e-30; p_1 = 1 -> log(1 − p_1) clipped at 1e-30
     np.testing.assert_allclose(f[1, 3], -2 * np.log(1e-30), rtol=1e-12)
 
@@ -112,12 +116,14 @@ def test_mia_efficacy_separates_trained_from_unseen_examples(overfit_model):
 def test_mia_efficacy_equals_from_logits_and_respects_max_shadow(overfit_model):
     params, (xt, yt), (xh, yh) = overfit_model
     zr, zt, zf = (A.predict(mlp_logits, params, a) for a in (xt[:100], xh[:150], xh[150:]))
-    direct = M.mia_efficacy(mlp_logits, params, (xt[:100], yt[:100]), (xh[:150], yh[:150]),
-                            (xh[150:], yh[150:]), seed=3, max_shadow=60)
+    direct = M.mia_efficacy(
+        mlp_logits, params, (xt[:100], yt[:100]), (xh[:150], yh[:150]), (xh[150:], yh[150:]), seed=3, max_shadow=60
+    )
     from_logits = M.mia_efficacy_from_logits(zr, yt[:100], zt, yh[:150], zf, yh[150:], seed=3, max_shadow=60)
     assert direct == pytest.approx(from_logits)
-    only = M.mia_efficacy_from_logits(zr, yt[:100], zt, yh[:150], zf, yh[150:], seed=3, max_shadow=60,
-                                      attacks=["entropy"])
+    only = M.mia_efficacy_from_logits(
+        zr, yt[:100], zt, yh[:150], zf, yh[150:], seed=3, max_shadow=60, attacks=["entropy"]
+    )
     assert set(only) == {"entropy", "confidence", "mia"}
     assert only["entropy"] == from_logits["entropy"] and only["mia"] == from_logits["mia"]
     with pytest.raises(ValueError, match="unknown attack"):
@@ -131,8 +137,9 @@ def test_mia_efficacy_validation(overfit_model):
     with pytest.raises(ValueError, match=r"test\[1\] has 5 labels"):
         M.mia_efficacy(mlp_logits, params, (xt, yt), (xh, yh[:5]), (xt, yt))
     with pytest.raises(ValueError, match="forget_logits has 3 classes"):
-        M.mia_efficacy_from_logits(np.zeros((4, 2)), np.zeros(4, int), np.zeros((4, 2)), np.zeros(4, int),
-                                   np.zeros((4, 3)), np.zeros(4, int))
+        M.mia_efficacy_from_logits(
+            np.zeros((4, 2)), np.zeros(4, int), np.zeros((4, 2)), np.zeros(4, int), np.zeros((4, 3)), np.zeros(4, int)
+        )
     with pytest.raises(ValueError, match="max_shadow"):
         M.mia_efficacy(mlp_logits, params, (xt, yt), (xh, yh), (xt, yt), max_shadow=0)
 
@@ -159,26 +166,29 @@ def test_lira_scores_match_hand_gaussian_fits():
     shadow = np.array([[1.0, 0.0], [3.0, 1.0], [-1.0, 2.0], [0.0, 4.0]])
     mask = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], bool)
     target = np.array([2.0, 1.5])
+
     # example 0: IN {1, 3} mean 2 std √2; OUT {-1, 0} mean -.5 std √.5
     # example 1: IN {1, 2} mean 1.5 std √.5; OUT {0, 4} mean 2 std √8
     def lpdf(x, m, s):
         return -0.5 * ((x - m) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
 
-    want = [lpdf(2.0, 2.0, 2 ** .5) - lpdf(2.0, -.5, .5 ** .5), lpdf(1.5, 1.5, .5 ** .5) - lpdf(1.5, 2.0, 8 ** .5)]
+    want = [lpdf(2.0, 2.0, 2**0.5) - lpdf(2.0, -0.5, 0.5**0.5), lpdf(1.5, 1.5, 0.5**0.5) - lpdf(1.5, 2.0, 8**0.5)]
     got = M.lira_scores_from_confidence(target, shadow, mask, global_variance=False)
     np.testing.assert_allclose(got, want, rtol=1e-10)
+
     # offline: −log Pr[Z >= φ], Z ~ N(μ_out, σ_out²)
     def neg_log_sf(x, m, s):
         return -math.log(0.5 * math.erfc((x - m) / s / math.sqrt(2)))
 
     off = M.lira_scores_from_confidence(target, shadow, mask, online=False, global_variance=False)
-    np.testing.assert_allclose(off, [neg_log_sf(2.0, -.5, .5 ** .5), neg_log_sf(1.5, 2.0, 8 ** .5)], rtol=1e-4)
+    np.testing.assert_allclose(off, [neg_log_sf(2.0, -0.5, 0.5**0.5), neg_log_sf(1.5, 2.0, 8**0.5)], rtol=1e-4)
     # global variance: pooled within-example std for IN = sqrt((2 + .5) / 2), for OUT sqrt((.5 + 8) / 2)
     s_in, s_out = math.sqrt(2.5 / 2), math.sqrt(8.5 / 2)
-    want_g = [lpdf(2.0, 2.0, s_in) - lpdf(2.0, -.5, s_out), lpdf(1.5, 1.5, s_in) - lpdf(1.5, 2.0, s_out)]
-    np.testing.assert_allclose(M.lira_scores_from_confidence(target, shadow, mask, global_variance=True),
-                               want_g, rtol=1e-10)
-    assert np.allclose(M.lira_scores_from_confidence(target, shadow, mask), want_g)   # K < 64 -> global
+    want_g = [lpdf(2.0, 2.0, s_in) - lpdf(2.0, -0.5, s_out), lpdf(1.5, 1.5, s_in) - lpdf(1.5, 2.0, s_out)]
+    np.testing.assert_allclose(
+        M.lira_scores_from_confidence(target, shadow, mask, global_variance=True), want_g, rtol=1e-10
+    )
+    assert np.allclose(M.lira_scores_from_confidence(target, shadow, mask), want_g)  # K < 64 -> global
 
 
 def test_lira_scores_from_logits_equal_confidence_version():
@@ -251,11 +261,13 @@ def test_lira_detects_membership_of_canaries(canary_attack):
     assert loo["scores"].shape == loo["is_member"].shape == (k * 300,)
     assert loo["masks"].shape == loo["confidence"].shape == (k, 300)
     canary_auc = M.attack_auc(loo["scores"][sel], loo["is_member"][sel])
-    print(f"LiRA online leave-one-out AUC: all {loo['auc']:.3f}, canaries {canary_auc:.3f}, "
-          f"TPR@1%FPR {loo['tpr_at_1fpr']:.3f}")
+    print(
+        f"LiRA online leave-one-out AUC: all {loo['auc']:.3f}, canaries {canary_auc:.3f}, "
+        f"TPR@1%FPR {loo['tpr_at_1fpr']:.3f}"
+    )
     assert canary_auc > 0.9
     assert loo["auc"] > 0.7
-    assert loo["tpr_at_1fpr"] > 0.05          # far above the 1% of a chance attack
+    assert loo["tpr_at_1fpr"] > 0.05  # far above the 1% of a chance attack
 
 
 def test_lira_single_target_and_offline_variant(canary_attack):
@@ -264,18 +276,17 @@ def test_lira_single_target_and_offline_variant(canary_attack):
     assert one["scores"].shape == (300,)
     np.testing.assert_array_equal(one["is_member"], one["masks"][0])
     assert M.attack_auc(one["scores"][is_canary], one["is_member"][is_canary]) > 0.9
-    off = M.lira_attack(train_fn, mlp_logits, xs, ys, num_shadows=NUM_SHADOWS, target_index=None, seed=0,
-                        online=False)
+    off = M.lira_attack(train_fn, mlp_logits, xs, ys, num_shadows=NUM_SHADOWS, target_index=None, seed=0, online=False)
     sel = np.tile(is_canary, NUM_SHADOWS + 1)
     assert M.attack_auc(off["scores"][sel], off["is_member"][sel]) > 0.9
 
 
 def test_lira_is_at_chance_on_examples_no_model_saw(canary_attack):
     train_fn, _, _, _, loo, (xf, yf) = canary_attack
-    params = train_fn(jnp.asarray(loo["masks"]))                   # the same 17 models (jit cache hit)
-    phi = A.logit_confidence_stacked(mlp_logits, params, xf, yf)   # [K, 300] on fresh examples
+    params = train_fn(jnp.asarray(loo["masks"]))  # the same 17 models (jit cache hit)
+    phi = A.logit_confidence_stacked(mlp_logits, params, xf, yf)  # [K, 300] on fresh examples
     k = NUM_SHADOWS + 1
-    fake = subset_masks(k, len(yf), 0.5, seed=5)                   # IN/OUT labels assigned at random
+    fake = subset_masks(k, len(yf), 0.5, seed=5)  # IN/OUT labels assigned at random
     scores, member = [], []
     for t in range(k):
         others = np.arange(k) != t

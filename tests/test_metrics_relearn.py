@@ -39,15 +39,17 @@ def test_forget_accuracy_recovers_and_steps_to_recover(toy):
     assert accs[-1] > accs[0] and np.max(accs[: len(accs) // 2]) <= accs[-1] + 1e-9
     assert r0["steps_to_recover"] is None  # no threshold given
     thr = 0.5 * (accs[0] + accs[-1])
-    r = relearn.relearn_attack(_loss, _logits, params, x[:10], y[:10], x, y, steps=60, lr=0.5, eval_every=5,
-                               threshold=thr)
+    r = relearn.relearn_attack(
+        _loss, _logits, params, x[:10], y[:10], x, y, steps=60, lr=0.5, eval_every=5, threshold=thr
+    )
     first = next(t for t, a in zip(r["steps"], r["forget_acc"]) if a >= thr)
     assert r["steps_to_recover"] == first and first > 0
     assert all(a < thr for t, a in zip(r["steps"], r["forget_acc"]) if t < first)
     assert r["auc"] == pytest.approx(np.trapezoid(accs, r["steps"]) / 60)
     assert len(r["train_loss"]) == 12 and r["train_loss"][-1] < r["train_loss"][0]
-    never = relearn.relearn_attack(_loss, _logits, params, x[:10], y[:10], x, y, steps=10, lr=1e-4,
-                                   eval_every=5, threshold=1.0)
+    never = relearn.relearn_attack(
+        _loss, _logits, params, x[:10], y[:10], x, y, steps=10, lr=1e-4, eval_every=5, threshold=1.0
+    )
     assert never["steps_to_recover"] is None
 
 
@@ -58,8 +60,19 @@ def test_minibatch_adam_and_custom_optimizer(toy):
     b = relearn.relearn_attack(_loss, _logits, params, x[:20], y[:20], x, y, key=jax.random.key(1), **kw)
     assert a["steps"] == [0, 5, 10, 12] and a["forget_acc"] == b["forget_acc"]
     assert a["forget_acc"][-1] > a["forget_acc"][0]
-    c, p = relearn.relearn_attack(_loss, _logits, params, x[:20], y[:20], x, y, steps=6, eval_every=3,
-                                  optimizer=optax.sgd(0.5, momentum=0.9), return_params=True)
+    c, p = relearn.relearn_attack(
+        _loss,
+        _logits,
+        params,
+        x[:20],
+        y[:20],
+        x,
+        y,
+        steps=6,
+        eval_every=3,
+        optimizer=optax.sgd(0.5, momentum=0.9),
+        return_params=True,
+    )
     assert jax.tree_util.tree_structure(p) == jax.tree_util.tree_structure(params)
     assert c["final_forget_acc"] == pytest.approx(float(np.mean(np.argmax(_logits(p, x), -1) == y)))
     z = relearn.relearn_attack(_loss, _logits, params, x[:20], y[:20], x, y, steps=0)
@@ -74,8 +87,9 @@ def test_recovery_summary_and_generic_curve():
     assert relearn.recovery_summary([0, 5], [0.1, 0.2], threshold=0.5)["steps_to_recover"] is None
     assert relearn.recovery_summary([0], [0.3], threshold=0.3)["steps_to_recover"] == 0
     total = 12
-    curve, state = relearn.relearn_curve(lambda s, k: s + k, lambda s: s / total, 0, steps=total, eval_every=5,
-                                         threshold=0.8)
+    curve, state = relearn.relearn_curve(
+        lambda s, k: s + k, lambda s: s / total, 0, steps=total, eval_every=5, threshold=0.8
+    )
     assert curve["steps"] == [0, 5, 10, 12] and state == total
     assert curve["forget_acc"] == [t / total for t in curve["steps"]]
     assert curve["steps_to_recover"] == 10

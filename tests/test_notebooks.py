@@ -74,6 +74,7 @@ def test_kernel_is_this_interpreter(tmp_path):
     assert km.kernel_spec.argv[0] == sys.executable
 
 
+@pytest.mark.slow
 def test_quickstart_notebook(tmp_path):
     text, seconds = _execute("quickstart.ipynb", tmp_path)
     assert _number(r"SAM-trained test accuracy: ([0-9.]+)", text) >= 0.9
@@ -91,6 +92,7 @@ def test_quickstart_notebook(tmp_path):
     assert seconds < 120
 
 
+@pytest.mark.slow
 def test_theory_notebook(tmp_path):
     text, seconds = _execute("theory.ipynb", tmp_path)
     assert "SAM memorizes less noise: True" in text

@@ -91,7 +91,7 @@ def test_divergence_guard_keeps_finite_parameters():
     import jax
     import numpy as np
 
-    from jaxunlearn import data, methods, models
+    from jaxunlearn import data, models
 
     ds = data.load("digits", max_train=200)
     apply_fn, params, state = models.split_model(
@@ -127,7 +127,10 @@ def _interrupt_during(monkeypatch, method: str, after_epoch: int, calls: list):
         return res
 
     run.real = real
-    monkeypatch.setattr(engine, "run", run)
+    from jaxunlearn.engine import loop
+
+    monkeypatch.setattr(engine, "run", run)  # methods.unlearn's runs
+    monkeypatch.setattr(loop, "run", run)  # engine.train's (pretraining, Retrain)
 
 
 def test_interrupted_method_resumes_to_the_same_numbers(tmp_path, monkeypatch, reference, capsys):
@@ -163,6 +166,7 @@ def _wait_for_unfinished_checkpoint(proc, out: str, method: str, timeout: float)
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, reference):
     out = str(tmp_path / "run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

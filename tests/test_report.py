@@ -18,8 +18,15 @@ def _entry(fa, ra, ta, mia, tow, sec, **extra):
 @pytest.fixture
 def methods():
     return {
-        "sharp_minmax": _entry({"mean": np.float32(0.91), "std": 0.012}, 0.99, 0.94, 0.2, 0.97,
-                               {"mean": 3.0, "std": 0.5}, es=np.float64(2.5)),
+        "sharp_minmax": _entry(
+            {"mean": np.float32(0.91), "std": 0.012},
+            0.99,
+            0.94,
+            0.2,
+            0.97,
+            {"mean": 3.0, "std": 0.5},
+            es=np.float64(2.5),
+        ),
         "retrain": _entry(0.9, 1.0, 0.95, 0.15, 1.0, 30.0),
         "original": _entry(jnp.float32(1.0), 1.0, 0.95, 0.02, np.float32(0.9), np.int64(28)),
         "ft": _entry(0.99, 1.0, 0.95, 0.05, 0.9, 6.0, curve=np.arange(3), bad=float("nan")),
@@ -88,8 +95,9 @@ def test_validation_errors(tmp_path, methods):
     with pytest.raises(ValueError, match="seconds"):
         report.validate_results({"settings": {}, "methods": {"m": _entry(0.9, 1.0, 0.9, 0.1, 1.0, -2.0)}})
     with pytest.raises(ValueError, match="std"):
-        report.validate_results({"settings": {}, "methods": {
-            "m": _entry({"mean": 0.9, "std": -0.1}, 1.0, 0.9, 0.1, 1.0, 1.0)}})
+        report.validate_results(
+            {"settings": {}, "methods": {"m": _entry({"mean": 0.9, "std": -0.1}, 1.0, 0.9, 0.1, 1.0, 1.0)}}
+        )
     with pytest.raises(ValueError, match="mean"):
         report.validate_results({"settings": {}, "methods": {"m": _entry({"mean": 0.9}, 1.0, 0.9, 0.1, 1.0, 1.0)}})
     with pytest.raises(ValueError, match="finite"):

@@ -169,4 +169,3 @@ def test_mismatched_pytrees_raise(mlp):
 def test_sign_error_suggests_close_option():
     with pytest.raises(ValueError, match="Did you mean 'max'"):
         value_and_sam_grad(mlp_loss, 0.1, sign="maxx")
-

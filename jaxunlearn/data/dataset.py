@@ -85,15 +85,22 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one example, e.g. `(8, 8, 1)` for digits or `(P, d)` for the theory model."""
+        """Shape of one example, e.g. `(8, 8, 1)` for digits or `(P, d)` for the theory model.
+
+        Example:
+          >>> x = np.zeros((4, 8, 8, 1)); y = np.array([0, 1, 0, 1])
+          >>> Dataset("toy", x, y, x[:0], y[:0], x[:2], y[:2], num_classes=2).input_shape
+          (8, 8, 1)
+        """
         return tuple(self.x_train.shape[1:])
 
     def summary(self) -> str:
         """One line describing the dataset.
 
         Example:
-          >>> load("digits").summary()  # doctest: +SKIP
-          'digits: train 1293, val 144, test 360, input (8, 8, 1), 10 classes, x in [0, 1]'
+          >>> from jaxunlearn.data import load
+          >>> load("digits").summary()
+          'digits: train 1294, val 144, test 359, input (8, 8, 1), 10 classes, x in [0, 1]'
         """
         xs = [x for x in (self.x_train, self.x_val, self.x_test) if x.size]
         lo = min(float(x.min()) for x in xs)

@@ -16,7 +16,6 @@ import numpy as np
 __all__ = ["FORGET_KINDS", "forget_mask", "retain_indices", "select_forget"]
 
 FORGET_KINDS = ("random", "class", "high", "low", "mid", "mix")
-_SCORE_KINDS = ("high", "low", "mid", "mix")
 
 
 def _resolve_size(size, n: int, what: str) -> int:

@@ -75,10 +75,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Raises FileNotFoundError if `path` does not exist and ValueError if it is not a valid IDX file (bad magic
     number, header/data size mismatch, broken gzip stream).
 
-    Example:
-      >>> x = read_idx("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")  # doctest: +SKIP
-      >>> x.shape, x.dtype  # doctest: +SKIP
-      ((10000, 28, 28), dtype('uint8'))
+    Example (an IDX file written by hand: zeros, type 0x08 = uint8, 3 dimensions, sizes, data):
+      >>> import tempfile
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> images = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+      >>> header = bytes([0, 0, 0x08, 3]) + np.array(images.shape, ">u4").tobytes()
+      >>> path = pathlib.Path(tmp.name, "t10k-images-idx3-ubyte.gz")
+      >>> _ = path.write_bytes(gzip.compress(header + images.tobytes()))
+      >>> x = read_idx(path)
+      >>> x.shape, x.dtype, bool((x == images).all())
+      ((2, 3, 4), dtype('uint8'), True)
+      >>> tmp.cleanup()
     """
     path = pathlib.Path(path)
     raw = path.read_bytes()
@@ -96,8 +103,16 @@ def find_idx_file(data_dir: str | os.PathLike, stem: str) -> pathlib.Path:
     Raises FileNotFoundError naming the expected file, the directory and how to get Fashion-MNIST.
 
     Example:
-      >>> find_idx_file("/usr/share/datasets/fashion-mnist", "t10k-labels-idx1-ubyte")  # doctest: +SKIP
-      PosixPath('/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz')
+      >>> import tempfile
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> _ = pathlib.Path(tmp.name, "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+      >>> find_idx_file(tmp.name, "t10k-labels-idx1-ubyte").name
+      't10k-labels-idx1-ubyte.gz'
+      >>> find_idx_file(tmp.name, "train-labels-idx1-ubyte")
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: expected the IDX file 'train-labels-idx1-ubyte' (or 'train-labels-idx1-ubyte.gz') in ...
+      >>> tmp.cleanup()
     """
     data_dir = pathlib.Path(data_dir)
     for name in (stem, stem + ".gz"):
@@ -135,10 +150,19 @@ def fashion_mnist_arrays(
     cached per file (path, mtime, size). The same file names also fit the original MNIST. Use
     `jaxunlearn.data.load("fashion_mnist")` for scaled float32 NHWC splits.
 
-    Example:
-      >>> x_train, y_train, x_test, y_test = fashion_mnist_arrays()  # doctest: +SKIP
-      >>> x_train.shape, x_test.shape  # doctest: +SKIP
-      ((60000, 28, 28), (10000, 28, 28))
+    Example (four tiny IDX files; the Debian package holds the real 60 000 + 10 000 examples):
+      >>> import tempfile
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> def write(stem, a):                  # header: 0, 0, type 0x08 (uint8), ndim, sizes (big-endian)
+      ...     header = bytes([0, 0, 0x08, a.ndim]) + np.array(a.shape, ">u4").tobytes()
+      ...     pathlib.Path(tmp.name, stem + ".gz").write_bytes(gzip.compress(header + a.tobytes()))
+      >>> for split, n in (("train", 6), ("test", 2)):
+      ...     write(FASHION_MNIST_FILES[f"{split}_images"], np.zeros((n, 28, 28), np.uint8))
+      ...     write(FASHION_MNIST_FILES[f"{split}_labels"], np.arange(n, dtype=np.uint8))
+      >>> x_train, y_train, x_test, y_test = fashion_mnist_arrays(tmp.name)
+      >>> x_train.shape, y_test.tolist(), FASHION_MNIST_CLASSES[y_train[1]]
+      ((6, 28, 28), [0, 1], 'Trouser')
+      >>> tmp.cleanup()
     """
     data_dir = pathlib.Path(data_dir if data_dir is not None else DEFAULT_FASHION_MNIST_DIR).expanduser()
     paths = {key: find_idx_file(data_dir, stem) for key, stem in FASHION_MNIST_FILES.items()}

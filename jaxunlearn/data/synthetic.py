@@ -29,6 +29,13 @@ class SignalNoiseData:
       phi: `[d]` float32 signal vector `‖φ‖·e₁`.
       signal_patch: `[n]` int32 index of the signal patch of each example.
       flipped: `[n]` bool, True where label noise flipped the label (`y != y_clean`).
+
+    Example:
+      >>> data = make_signal_noise(4, 3, phi_norm=2.0, sigma_p=1.0, signal_position=0, seed=0)
+      >>> data.phi.tolist(), data.x[:, 0].tolist() == (signs(data.y_clean)[:, None] * data.phi).tolist()
+      ([2.0, 0.0, 0.0], True)
+      >>> bool((data.x[:, 1] == data.noise[:, 0]).all())     # the other patch is the noise ξ
+      True
     """
 
     x: np.ndarray

@@ -158,10 +158,14 @@ def tfds_arrays(
     `num_classes`, `class_names`, `splits`, the features used and `source_train_indices` /
     `source_test_indices` (the positions read).
 
-    Example:
-      >>> x, y, xt, yt, info = tfds_arrays("mnist", max_train=1000)  # doctest: +SKIP
-      >>> x.shape, info["num_classes"]  # doctest: +SKIP
-      ((1000, 28, 28, 1), 10)
+    Example (TFDS's mock data stands in for a prepared ``mnist``: no download):
+      >>> import tensorflow_datasets as tfds
+      >>> with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+      ...     x, y, xt, yt, info = tfds_arrays("mnist", max_train=5)
+      >>> x.shape, x.dtype, xt.shape, info["num_classes"], info["source_train_indices"].size
+      ((5, 28, 28, 1), dtype('float32'), (8, 28, 28, 1), 10, 5)
+      >>> bool(0.0 <= x.min() and x.max() <= 1.0)
+      True
     """
     data_dir = None if data_dir is None else os.fspath(os.path.expanduser(data_dir))
     for arg, value in (("max_train", max_train), ("max_test", max_test)):

@@ -3,7 +3,8 @@
 Every function here takes ``logits_fn(params, x) -> logits`` (pure, jit-able) and evaluates in batches of
 ``batch_size`` examples with ONE jitted function per ``logits_fn`` (``logits_fn`` is a static argument of a
 module-level ``jax.jit``, so repeated calls with the same function object reuse the compiled code). The last
-partial batch is padded to ``batch_size`` so a dataset costs at most one compilation per shape.
+partial batch is padded to ``batch_size`` (:func:`jaxunlearn.batching.batched_map`) so a dataset costs at most
+one compilation per shape.
 
 Functions ending in ``_stacked`` evaluate K models at once: ``stacked_params`` is a pytree whose leaves have
 a leading model axis K (what a vmapped trainer returns) and the models are mapped with ``jax.vmap``.
@@ -23,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxunlearn import _validate, batching
 
 __all__ = [
     "predict",
@@ -48,53 +51,6 @@ DEFAULT_BATCH_SIZE = 1024
 # --------------------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------------------
-def _check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
-def _check_x(x: Any, name: str = "x") -> np.ndarray | jax.Array:
-    if not hasattr(x, "shape"):
-        x = np.asarray(x)
-    if x.ndim < 1:
-        raise ValueError(f"{name} must have a leading example axis, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    return x
-
-
-def _check_labels(y: Any, n: int, name: str = "y", x_name: str = "x") -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of integer labels, got shape {y.shape}")
-    if y.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    if y.shape[0] != n:
-        raise ValueError(f"{name} has {y.shape[0]} labels but {x_name} has {n} examples")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    if np.any(y < 0):
-        raise ValueError(f"{name} holds negative labels")
-    return y.astype(np.int32)
-
-
-def _check_logits(logits: Any, name: str = "logits") -> np.ndarray:
-    logits = np.asarray(logits)
-    if logits.ndim != 2:
-        raise ValueError(f"{name} must have shape [N, C], got {logits.shape}")
-    if logits.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    if logits.shape[1] < 2:
-        raise ValueError(f"{name} needs at least 2 classes, got shape {logits.shape}")
-    if not np.all(np.isfinite(logits)):
-        raise ValueError(f"{name} contains non-finite values")
-    return logits
-
-
 def _check_unit(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (Number, np.number, np.ndarray, jax.Array)):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -104,19 +60,6 @@ def _check_unit(value: Any, name: str) -> float:
     if not (0.0 <= v <= 1.0):
         raise ValueError(f"{name} must lie in [0, 1] (accuracies are fractions, not percent), got {v}")
     return v
-
-
-def _num_models(stacked_params: Any, name: str = "stacked_params") -> int:
-    leaves = jax.tree_util.tree_leaves(stacked_params)
-    if not leaves:
-        raise ValueError(f"{name} has no array leaves")
-    sizes = {np.shape(leaf)[0] if np.ndim(leaf) >= 1 else None for leaf in leaves}
-    if None in sizes or len(sizes) != 1:
-        raise ValueError(f"every leaf of {name} needs the same leading model axis K, got leading sizes {sizes}")
-    k = sizes.pop()
-    if k < 1:
-        raise ValueError(f"{name} holds zero models")
-    return int(k)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -153,45 +96,30 @@ def _stacked_kernel(logits_fn: Callable, stat: str, stacked_params: Any, x: jax.
     return jax.vmap(lambda p: _stat(logits_fn(p, x), y, stat))(stacked_params)
 
 
-def _run_batched(kernel: Callable, logits_fn: Callable, stat: str, params: Any, x: Any, y: Any,
-                 batch_size: int, axis: int) -> np.ndarray:
-    """Apply ``kernel`` over batches of (x, y); pad the last batch to ``batch_size`` (one compilation)."""
-    n = int(x.shape[0])
-    bs = min(batch_size, n)
-    outs = []
-    for start in range(0, n, bs):
-        stop = min(start + bs, n)
-        xb = x[start:stop]
-        yb = None if y is None else y[start:stop]
-        pad = bs - (stop - start)
-        if pad:
-            xb = np.concatenate([np.asarray(xb), np.repeat(np.asarray(xb[-1:]), pad, axis=0)], axis=0)
-            if yb is not None:
-                yb = np.concatenate([yb, np.repeat(yb[-1:], pad, axis=0)], axis=0)
-        out = kernel(logits_fn, stat, params, jnp.asarray(xb), None if yb is None else jnp.asarray(yb))
-        out = np.asarray(out)
-        if pad:
-            out = out[:, : bs - pad] if axis == 1 else out[: bs - pad]
-        outs.append(out)
-    return np.concatenate(outs, axis=axis)
+def _run_batched(
+    kernel: Callable, logits_fn: Callable, stat: str, params: Any, x: Any, y: Any, batch_size: int, axis: int
+) -> np.ndarray:
+    """``kernel`` over chunks of ``(x, y)`` (``y`` may be None), the rows of its output on ``axis``."""
+    fn = lambda xy: kernel(logits_fn, stat, params, *xy)
+    return batching.batched_map(fn, (x, y), batch_size=batch_size, out_axis=axis)
 
 
 def _single(logits_fn, stat, params, x, y, batch_size):
     if not callable(logits_fn):
         raise ValueError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
-    batch_size = _check_batch_size(batch_size)
-    x = _check_x(x)
-    yy = None if y is None else _check_labels(y, int(x.shape[0]))
+    batch_size = _validate.batch_size(batch_size)
+    x = _validate.examples(x)
+    yy = None if y is None else _validate.class_labels(y, int(x.shape[0]))
     return _run_batched(_single_kernel, logits_fn, stat, params, x, yy, batch_size, axis=0)
 
 
 def _stacked(logits_fn, stat, stacked_params, x, y, batch_size):
     if not callable(logits_fn):
         raise ValueError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
-    batch_size = _check_batch_size(batch_size)
-    _num_models(stacked_params)
-    x = _check_x(x)
-    yy = None if y is None else _check_labels(y, int(x.shape[0]))
+    batch_size = _validate.batch_size(batch_size)
+    _validate.num_models(stacked_params)
+    x = _validate.examples(x)
+    yy = None if y is None else _validate.class_labels(y, int(x.shape[0]))
     return _run_batched(_stacked_kernel, logits_fn, stat, stacked_params, x, yy, batch_size, axis=1)
 
 
@@ -211,8 +139,7 @@ def predict(logits_fn: Callable, params: Any, x: Any, batch_size: int = DEFAULT_
     return _single(logits_fn, "logits", params, x, None, batch_size)
 
 
-def correctness(logits_fn: Callable, params: Any, x: Any, y: Any,
-                batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def correctness(logits_fn: Callable, params: Any, x: Any, y: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """Per-example correctness ``c_i = [argmax_j logits_fn(params, x_i)_j == y_i]`` as a bool array ``[N]``.
 
     Example:
@@ -234,13 +161,14 @@ def accuracy(logits_fn: Callable, params: Any, x: Any, y: Any, batch_size: int =
     return float(np.mean(correctness(logits_fn, params, x, y, batch_size)))
 
 
-def per_example_loss(logits_fn: Callable, params: Any, x: Any, y: Any,
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def per_example_loss(
+    logits_fn: Callable, params: Any, x: Any, y: Any, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
     """Per-example cross-entropy ``ℓ_i = logsumexp_j z_ij − z_{i,y_i}`` (float32 ``[N]``), ``z = logits_fn(params, x)``.
 
     Example:
-        >>> per_example_loss(lambda p, x: x, None, np.zeros((2, 4), np.float32), np.array([0, 3]))
-        array([1.3862944, 1.3862944], dtype=float32)
+        >>> per_example_loss(lambda p, x: x, None, np.zeros((2, 4), np.float32), np.array([0, 3])).round(4)   # log 4
+        array([1.3863, 1.3863], dtype=float32)
     """
     return _single(logits_fn, "loss", params, x, y, batch_size)
 
@@ -248,8 +176,9 @@ def per_example_loss(logits_fn: Callable, params: Any, x: Any, y: Any,
 # --------------------------------------------------------------------------------------------------------
 # K stacked models (vmap over the leading axis of every params leaf)
 # --------------------------------------------------------------------------------------------------------
-def predict_stacked(logits_fn: Callable, stacked_params: Any, x: Any,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def predict_stacked(
+    logits_fn: Callable, stacked_params: Any, x: Any, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
     """Logits of K models at once: ``out[k, i] = logits_fn(stacked_params[k], x[i])``, shape ``[K, N, C]``.
 
     ``stacked_params`` has a leading model axis K on every leaf; the models are mapped with ``jax.vmap``.
@@ -264,8 +193,9 @@ def predict_stacked(logits_fn: Callable, stacked_params: Any, x: Any,
     return _stacked(logits_fn, "logits", stacked_params, x, None, batch_size)
 
 
-def correctness_stacked(logits_fn: Callable, stacked_params: Any, x: Any, y: Any,
-                        batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def correctness_stacked(
+    logits_fn: Callable, stacked_params: Any, x: Any, y: Any, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
     """Correctness of K models: ``c[k, i] = [argmax_j logits_fn(stacked_params[k], x_i)_j == y_i]``, ``[K, N]``.
 
     Example:
@@ -277,8 +207,9 @@ def correctness_stacked(logits_fn: Callable, stacked_params: Any, x: Any, y: Any
     return _stacked(logits_fn, "correct", stacked_params, x, y, batch_size)
 
 
-def logit_confidence_stacked(logits_fn: Callable, stacked_params: Any, x: Any, y: Any,
-                             batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def logit_confidence_stacked(
+    logits_fn: Callable, stacked_params: Any, x: Any, y: Any, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
     """LiRA's logit-scaled confidence of K models, ``[K, N]``.
 
     ``φ[k, i] = log(p_y / (1 − p_y)) = z_y − logsumexp_{j≠y} z_j`` with ``z = logits_fn(stacked_params[k], x_i)``
@@ -357,8 +288,7 @@ def tow_mia(acc: Mapping[str, float], ref: Mapping[str, float]) -> float:
     return float(terms)
 
 
-def average_gap(acc: Mapping[str, float], ref: Mapping[str, float],
-                keys: Sequence[str] | None = None) -> float:
+def average_gap(acc: Mapping[str, float], ref: Mapping[str, float], keys: Sequence[str] | None = None) -> float:
     """Average gap (SalUn's "Avg. Gap"): mean absolute difference ``(1/|K|) Σ_{k∈K} |acc[k] − ref[k]|``.
 
     ``keys=None`` uses those of ``forget_acc, retain_acc, test_acc, mia`` present in BOTH dicts (SalUn's
@@ -391,8 +321,12 @@ def speedup(seconds: float, retrain_seconds: float) -> float:
         50.0
     """
     for name, v in (("seconds", seconds), ("retrain_seconds", retrain_seconds)):
-        if isinstance(v, bool) or not isinstance(v, (Number, np.number)) or not math.isfinite(float(v)) \
-                or float(v) <= 0:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (Number, np.number))
+            or not math.isfinite(float(v))
+            or float(v) <= 0
+        ):
             raise ValueError(f"{name} must be a positive finite number, got {v!r}")
     return float(retrain_seconds) / float(seconds)
 
@@ -405,8 +339,7 @@ def _is_number(v: Any) -> bool:
         return False
     if isinstance(v, (Number, np.number)):
         return True
-    return isinstance(v, (np.ndarray, jax.Array)) and np.ndim(v) == 0 and np.issubdtype(
-        np.asarray(v).dtype, np.number)
+    return isinstance(v, (np.ndarray, jax.Array)) and np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.number)
 
 
 def mean_std(values: Iterable[float]) -> dict[str, float]:

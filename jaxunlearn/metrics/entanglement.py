@@ -82,10 +82,17 @@ def entanglement_from_features(
     ES = Σ_c n_c·ES_c / Σ_c n_c over the classes c present in both sets with a finite ES_c, n_c the
     number of examples of class c in R ∪ F (``nan`` if no class qualifies).
 
-    Example::
-
-        es = entanglement_from_features(f_retain, f_forget)            # f_*: [N, D]
-        es_ref = entanglement_from_features(f_retain, f_forget, l2_normalize=True)  # paper A's code
+    Example:
+        >>> fr = np.array([[0.0, 0.0], [0.0, 2.0]])           # retain: centre (0, 1), spread 1
+        >>> ff = np.array([[4.0, 0.0], [4.0, 2.0]])           # forget: centre (4, 1), spread 1
+        >>> entanglement_from_features(fr, ff)                # (1 + 1) / (½ (2² + 2²))
+        0.5
+        >>> entanglement_from_features(fr, ff - [3.0, 0.0])   # centres closer: (1 + 1) / (½ (0.5² + 0.5²))
+        8.0
+        >>> round(entanglement_from_features(fr + 1, ff, l2_normalize=True), 4)   # paper A's reference code
+        0.7611
+        >>> entanglement_from_features(fr, ff, labels_retain=[0, 1], labels_forget=[0, 1])   # one point per set
+        0.0
 
     Args:
       f_retain: ``[N_R, D]`` retain features (N_R >= 1; arrays with more dims are flattened per example).
@@ -138,9 +145,12 @@ def entanglement_score(
     ``entanglement_from_features(φ(x_retain), φ(x_forget), ...)``, i.e.
     ES = [mean_R‖φ − μ_R‖² + mean_F‖φ − μ_F‖²] / [½(‖μ_R − μ‖² + ‖μ_F − μ‖²)].
 
-    Example::
-
-        es = entanglement_score(features_fn, params, x_train[retain_idx], x_train[forget_idx])
+    Example (linear features ``φ(x) = x W``):
+        >>> import jax.numpy as jnp
+        >>> x_retain = np.array([[0.0, 0.0], [0.0, 2.0]], np.float32)
+        >>> x_forget = np.array([[4.0, 0.0], [4.0, 2.0]], np.float32)
+        >>> entanglement_score(lambda w, x: x @ w, jnp.eye(2), x_retain, x_forget)
+        0.5
 
     Args:
       features_fn: pure ``features_fn(params, x) -> [B, D]``.

@@ -16,10 +16,9 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import _atomic
+from jaxunlearn import _atomic, batching
 
 __all__ = ["batched_apply", "plot_features", "project_2d"]
 
@@ -49,13 +48,10 @@ def _apply(fn, params, x):
 def batched_apply(fn: Callable, params: Any, x, *, batch_size: int = 256) -> np.ndarray:
     """Apply ``fn(params, x_batch)`` over the leading axis of ``x`` in fixed-size jitted batches.
 
-    Computes ``concat_b fn(params, x[b·B:(b+1)·B])`` for B = ``batch_size``. The last batch is padded
-    (by repeating its first row) to B so ``fn`` is compiled once for every batch, and the padded rows are
-    dropped from the output. Works for any output pytree whose leaves have a leading batch axis.
-
-    Example::
-
-        feats = batched_apply(features_fn, params, x_test, batch_size=512)   # [N, D] numpy array
+    Computes ``concat_b fn(params, x[b·B:(b+1)·B])`` for B = ``min(batch_size, N)``. The last batch is
+    padded to B (by repeating the last example) so ``fn`` is compiled once for every batch, and the padded
+    rows are dropped from the output (:func:`jaxunlearn.batching.batched_map`). Works for any output pytree
+    whose leaves have a leading batch axis.
 
     Args:
       fn: pure function ``fn(params, x) -> array`` (or pytree of arrays) with a leading batch axis.
@@ -64,26 +60,23 @@ def batched_apply(fn: Callable, params: Any, x, *, batch_size: int = 256) -> np.
       batch_size: examples per jitted call (>= 1).
     Returns:
       numpy array (or pytree of numpy arrays) with leading axis N.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> features = lambda w, x: jnp.tanh(x @ w)                  # [B, 3] -> [B, 2]
+        >>> w, x = jnp.ones((3, 2)), np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)
+        >>> feats = batched_apply(features, w, x, batch_size=2)
+        >>> feats.shape, bool(np.allclose(feats, np.tanh(x @ np.ones((3, 2)))))
+        ((5, 2), True)
     """
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
     if x.ndim < 1:
         raise ValueError(f"x must have a leading batch axis, got shape {x.shape}")
-    n = int(x.shape[0])
-    if n == 0:
+    if int(x.shape[0]) == 0:
         raise ValueError("x is empty (0 examples)")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    bs = min(int(batch_size), n)
-    outs = []
-    for start in range(0, n, bs):
-        xb = x[start : start + bs]
-        m = int(xb.shape[0])
-        if m < bs:
-            pad = jnp.repeat(jnp.asarray(xb[:1]), bs - m, axis=0)
-            xb = jnp.concatenate([jnp.asarray(xb), pad], axis=0)
-        out = _apply(fn, params, xb)
-        outs.append(jax.tree_util.tree_map(lambda o, m=m: o[:m], out))
-    return jax.tree_util.tree_map(lambda *os_: np.concatenate([np.asarray(o) for o in os_], axis=0), *outs)
+    return batching.batched_map(lambda xb: _apply(fn, params, xb), x, batch_size=int(batch_size))
 
 
 def _check_features_dict(features: Mapping, argname: str) -> dict[str, np.ndarray]:
@@ -143,9 +136,15 @@ def project_2d(
     ``random_state=seed``) of the union of ``features``; t-SNE cannot embed new points, so ``fit_on`` is
     not allowed with it.
 
-    Example::
-
-        z = project_2d({"retain": f_r, "forget": f_f})      # {"retain": [Nr, 2], "forget": [Nf, 2]}
+    Example:
+        >>> f_r = np.array([[0.0, 0.0, 1.0], [2.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+        >>> f_f = np.array([[0.0, 3.0, 1.0]])
+        >>> z = project_2d({"retain": f_r, "forget": f_f})
+        >>> {name: v.shape for name, v in z.items()}
+        {'retain': (3, 2), 'forget': (1, 2)}
+        >>> z_f = project_2d({"forget": f_f}, fit_on={"retain": f_r, "forget": f_f})   # the same coordinates
+        >>> bool(np.allclose(z_f["forget"], z["forget"]))
+        True
 
     Args:
       features: dict name -> ``[N, D]`` array (all with the same D, N >= 1).
@@ -214,10 +213,16 @@ def plot_features(
     Retain = blue circles, forget = red crosses (drawn on top), test = green triangles; other names get
     further colour/marker pairs. The legend shows each set's size.
 
-    Example::
-
-        plot_features({"retain": fr0, "forget": ff0, "test": ft0},
-                      {"retain": fr1, "forget": ff1, "test": ft1}, "out/features.png")
+    Example:
+        >>> import os, tempfile
+        >>> rng = np.random.default_rng(0)
+        >>> before = {"retain": rng.normal(size=(50, 4)), "forget": rng.normal(size=(10, 4)) + 2.0}
+        >>> after = {"retain": before["retain"], "forget": rng.normal(size=(10, 4))}
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> z = plot_features(before, after, os.path.join(tmp.name, "features.png"), max_points=20, dpi=50)
+        >>> z["before"]["retain"].shape, z["after"]["forget"].shape, os.listdir(tmp.name)
+        ((20, 2), (10, 2), ['features.png'])
+        >>> tmp.cleanup()
 
     Args:
       before: dict name -> ``[N, D]`` features of the model before unlearning.
@@ -289,8 +294,16 @@ def plot_features(
                 continue
             st = _style(name, extra)
             edge = {"edgecolors": "black", "linewidths": 0.3} if name == "forget" else {"edgecolors": "none"}
-            ax.scatter(z[name][:, 0], z[name][:, 1], c=st["color"], marker=st["marker"], s=st["s"],
-                       alpha=st["alpha"], zorder=st["zorder"], **edge)
+            ax.scatter(
+                z[name][:, 0],
+                z[name][:, 1],
+                c=st["color"],
+                marker=st["marker"],
+                s=st["s"],
+                alpha=st["alpha"],
+                zorder=st["zorder"],
+                **edge,
+            )
         handles = []
         for name in order:
             if name not in z:
@@ -298,8 +311,9 @@ def plot_features(
             st = _style(name, extra)
             shown, total = z[name].shape[0], full[name].shape[0]
             label = f"{name} (n={total})" if shown == total else f"{name} ({shown} of {total})"
-            handles.append(Line2D([0], [0], marker=st["marker"], color=st["color"], linestyle="none",
-                                  markersize=8, label=label))
+            handles.append(
+                Line2D([0], [0], marker=st["marker"], color=st["color"], linestyle="none", markersize=8, label=label)
+            )
         ax.legend(handles=handles, loc="best", framealpha=0.85)
         ax.set_title(ptitle)
         ax.set_xlabel(axis_labels[0])

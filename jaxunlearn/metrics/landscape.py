@@ -57,10 +57,13 @@ def random_directions(
     ndim <= 1 are zero when ``ignore_1d``, otherwise treated as a single filter. Non-float leaves get zero
     directions (and are never moved by ``loss_surface``).
 
-    Example::
-
-        d1, d2 = random_directions(params, jax.random.key(0))
-        # per filter: ‖d1["dense"]["kernel"][:, k]‖ == ‖params["dense"]["kernel"][:, k]‖
+    Example:
+        >>> params = {"dense": {"kernel": jnp.array([[3.0, 0.0], [4.0, 1.0]]), "bias": jnp.ones(2)}}
+        >>> d1, d2 = random_directions(params, jax.random.key(0))
+        >>> [round(float(v), 4) for v in jnp.linalg.norm(d1["dense"]["kernel"], axis=0)]   # ‖w[:, k]‖ = 5, 1
+        [5.0, 1.0]
+        >>> d1["dense"]["bias"].tolist()                         # 1-D leaves stay put (ignore_1d)
+        [0.0, 0.0]
 
     Args:
       params: any pytree of arrays (the centre θ of the landscape).
@@ -143,11 +146,15 @@ def loss_surface(
     All num² points run in one jitted call; ``chunk_size`` grid points (default ``num``) are vmapped
     at a time. Use an odd ``num`` so that (0, 0) is a grid point: then Z[num//2, num//2] = L(θ).
 
-    Example::
-
-        d1, d2 = random_directions(params, jax.random.key(0))
-        ce = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, b[0]), b[1]).mean()
-        alphas, betas, Z = loss_surface(ce, params, d1, d2, batch=(x_forget, y_forget), batch_size=256)
+    Example:
+        >>> params, d1, d2 = {"w": jnp.zeros(2)}, {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([0.0, 2.0])}
+        >>> alphas, betas, Z = loss_surface(lambda p: jnp.sum(p["w"] ** 2), params, d1, d2, num=3)
+        >>> alphas.tolist(), Z.tolist()                          # Z[i, j] = α_i² + 4 β_j²
+        ([-1.0, 0.0, 1.0], [[5.0, 1.0, 5.0], [4.0, 0.0, 4.0], [5.0, 1.0, 5.0]])
+        >>> x = jnp.arange(6.0).reshape(3, 2)                    # a batch of 3, in sub-batches of 2 and 1
+        >>> mse = lambda p, b: jnp.mean((b @ p["w"]) ** 2)
+        >>> round(float(loss_surface(mse, params, d1, d2, num=3, batch=x, batch_size=2)[2][2, 2]), 3)
+        88.0
 
     Args:
       loss_fn: ``loss_fn(params) -> scalar`` or ``loss_fn(params, batch) -> scalar`` (``(loss, aux)``
@@ -264,10 +271,11 @@ def sharpness_summary(Z, alphas=None, betas=None, *, radius: float | None = None
     - ``grad_norm`` = mean over the grid of ‖∇L‖ by finite differences (``np.gradient``);
     - ``radius`` = r, ``nonfinite`` = number (int) of NaN/inf grid values (ignored by the statistics).
 
-    Example::
-
-        alphas, betas, Z = loss_surface(loss_fn, params, d1, d2)
-        sharpness_summary(Z, alphas, betas)["sharpness"]
+    Example (a bowl ``L = α² + β²`` on a 5 × 5 grid):
+        >>> a = np.linspace(-1, 1, 5)
+        >>> s = sharpness_summary(a[:, None] ** 2 + a[None, :] ** 2, a, a)
+        >>> s["center"], round(s["sharpness"], 4), s["max_increase"], s["radius"], s["nonfinite"]
+        (0.0, 0.5385, 1.0, 1.0, 0)
 
     Args:
       Z: ``[num_a, num_b]`` grid of losses (each >= 2).
@@ -324,9 +332,15 @@ def plot_surface(
     lines, a colour bar, a marker at θ (α = β = 0), and L₀ and ``sharpness`` (see
     ``sharpness_summary``) in its title.
 
-    Example::
-
-        plot_surface(alphas, betas, {"forget": Z_forget, "test": Z_test}, "out/landscape.png")
+    Example:
+        >>> import os, tempfile
+        >>> a = np.linspace(-1, 1, 5)
+        >>> bowl = a[:, None] ** 2 + a[None, :] ** 2
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = plot_surface(a, a, {"forget": bowl, "test": 2 * bowl}, os.path.join(tmp.name, "l.png"), dpi=50)
+        >>> os.path.basename(path), os.path.getsize(path) > 0
+        ('l.png', True)
+        >>> tmp.cleanup()
 
     Args:
       alphas, betas: grid coordinates ``[num_a]``, ``[num_b]``.

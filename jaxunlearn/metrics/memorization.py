@@ -21,12 +21,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jaxunlearn import _validate
 from jaxunlearn.metrics.accuracy import (
     DEFAULT_BATCH_SIZE,
-    _check_batch_size,
-    _check_labels,
-    _check_x,
-    _num_models,
     correctness_stacked,
 )
 
@@ -48,8 +45,9 @@ def subset_masks(num_models: int, num_examples: int, fraction: float, *, seed: i
         ((4, 6), [2, 2, 2, 2, 2, 2])
     """
     if isinstance(num_models, bool) or not isinstance(num_models, (int, np.integer)) or num_models < 2:
-        raise ValueError(f"num_models must be an integer >= 2 (each example needs an IN and an OUT model), "
-                         f"got {num_models!r}")
+        raise ValueError(
+            f"num_models must be an integer >= 2 (each example needs an IN and an OUT model), got {num_models!r}"
+        )
     if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
         raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
     if not (0.0 < float(fraction) < 1.0):
@@ -57,7 +55,7 @@ def subset_masks(num_models: int, num_examples: int, fraction: float, *, seed: i
     k, n = int(num_models), int(num_examples)
     m = int(np.clip(round(float(fraction) * k), 1, k - 1))
     rng = np.random.default_rng(seed)
-    ranks = np.argsort(rng.random((k, n)), axis=0)   # a random permutation of models per example
+    ranks = np.argsort(rng.random((k, n)), axis=0)  # a random permutation of models per example
     return ranks < m
 
 
@@ -96,15 +94,28 @@ def memorization_from_correctness(correct: Any, masks: Any) -> np.ndarray:
     score = mean_in - mean_out
     missing = (n_in == 0) | (n_out == 0)
     if np.any(missing):
-        warnings.warn(f"{int(missing.sum())} example(s) were never IN or never OUT of a subset; their "
-                      "memorization score is set to 0.0 (train more models)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{int(missing.sum())} example(s) were never IN or never OUT of a subset; their "
+            "memorization score is set to 0.0 (train more models)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         score = np.where(missing, 0.0, score)
     return score
 
 
-def memorization_scores(train_fn: Callable[[Any], Any], logits_fn: Callable, x: Any, y: Any, *,
-                        num_models: int, subset_fraction: float = 0.7, seed: int = 0,
-                        batch_size: int = DEFAULT_BATCH_SIZE, return_details: bool = False):
+def memorization_scores(
+    train_fn: Callable[[Any], Any],
+    logits_fn: Callable,
+    x: Any,
+    y: Any,
+    *,
+    num_models: int,
+    subset_fraction: float = 0.7,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    return_details: bool = False,
+):
     """Feldman–Zhang subsampled memorization scores ``[N]`` (see the module docstring for the formula).
 
     1. ``masks = subset_masks(num_models, N, subset_fraction, seed=seed)`` — every example IN for
@@ -117,20 +128,27 @@ def memorization_scores(train_fn: Callable[[Any], Any], logits_fn: Callable, x: 
     Needs ``num_models >= 2``; the estimate's standard error shrinks like 1/sqrt(K) (Feldman–Zhang use
     thousands of models on CIFAR; tens suffice to separate mislabelled from clean examples).
 
-    Example::
-
-        scores = memorization_scores(train_fn, logits_fn, x_train, y_train, num_models=16)
-        forget_idx = np.argsort(scores)[-100:]          # the 100 most memorized examples
+    Example (a lookup "model" that knows the labels it trained on and says class 0 otherwise: examples of
+    the rare classes 1 and 2 are right only when trained on, so they are the memorized ones):
+        >>> import jax
+        >>> x, y = np.eye(6, dtype=np.float32), np.array([0, 0, 0, 0, 1, 2])    # example i is the input e_i
+        >>> def train_fn(masks):                                               # [K, N] -> K stacked tables
+        ...     return {"w": masks[:, :, None] * jax.nn.one_hot(y, 3) + 0.5 * jax.nn.one_hot(0, 3)}
+        >>> scores = memorization_scores(train_fn, lambda p, x: x @ p["w"], x, y, num_models=4)
+        >>> scores
+        array([0., 0., 0., 0., 1., 1.])
+        >>> np.argsort(scores)[-2:].tolist()                                   # the most memorized examples
+        [4, 5]
     """
     if not callable(train_fn):
         raise ValueError(f"train_fn must be callable, got {type(train_fn).__name__}")
-    batch_size = _check_batch_size(batch_size)
-    x = _check_x(x)
+    batch_size = _validate.batch_size(batch_size)
+    x = _validate.examples(x)
     n = int(x.shape[0])
-    y = _check_labels(y, n)
+    y = _validate.class_labels(y, n)
     masks = subset_masks(num_models, n, subset_fraction, seed=seed)
     stacked = train_fn(jnp.asarray(masks))
-    k = _num_models(stacked, "train_fn(masks)")
+    k = _validate.num_models(stacked, "train_fn(masks)")
     if k != masks.shape[0]:
         raise ValueError(f"train_fn(masks) returned {k} models for {masks.shape[0]} masks")
     correct = correctness_stacked(logits_fn, stacked, x, y, batch_size)

@@ -24,13 +24,9 @@ from jax.scipy.special import log_ndtr
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.svm import SVC
 
+from jaxunlearn import _validate
 from jaxunlearn.metrics.accuracy import (
     DEFAULT_BATCH_SIZE,
-    _check_batch_size,
-    _check_labels,
-    _check_logits,
-    _check_x,
-    _num_models,
     logit_confidence_stacked,
     predict,
 )
@@ -56,7 +52,7 @@ MIA_FEATURES = ("correctness", "confidence", "entropy", "m_entropy", "max_prob")
 #: Attacks of :func:`mia_efficacy` (SalUn's ``SVC_MIA`` keys); ``mia`` = ``confidence``.
 MIA_ATTACKS = ("correctness", "confidence", "entropy", "m_entropy", "prob")
 
-_LOG_EPS = float(np.log(1e-30))   # SalUn clips probabilities at 1e-30 inside its logs
+_LOG_EPS = float(np.log(1e-30))  # SalUn clips probabilities at 1e-30 inside its logs
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -83,13 +79,19 @@ def _feature_parts(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarr
     onehot = np.zeros_like(p, dtype=bool)
     onehot[rows, labels] = True
     m_entropy = -(1.0 - p_y) * logp[rows, labels] - np.where(onehot, 0.0, p * log1mp).sum(axis=1)
-    return {"correctness": correct, "confidence": p_y, "entropy": entropy, "m_entropy": m_entropy,
-            "max_prob": p.max(axis=1), "prob": p}
+    return {
+        "correctness": correct,
+        "confidence": p_y,
+        "entropy": entropy,
+        "m_entropy": m_entropy,
+        "max_prob": p.max(axis=1),
+        "prob": p,
+    }
 
 
 def _check_logits_labels(logits, labels, logits_name="logits", labels_name="labels"):
-    logits = _check_logits(logits, logits_name)
-    labels = _check_labels(labels, logits.shape[0], labels_name, logits_name)
+    logits = _validate.logits(logits, logits_name)
+    labels = _validate.class_labels(labels, logits.shape[0], labels_name, logits_name)
     if np.any(labels >= logits.shape[1]):
         raise ValueError(f"{labels_name} holds a class >= the {logits.shape[1]} classes of {logits_name}")
     return logits, labels
@@ -164,9 +166,18 @@ def _shadow_indices(n_retain: int, n_test: int, max_shadow: int, seed: int):
     return ri, ti
 
 
-def mia_efficacy_from_logits(retain_logits: Any, retain_labels: Any, test_logits: Any, test_labels: Any,
-                             forget_logits: Any, forget_labels: Any, *, seed: int = 0,
-                             max_shadow: int = 5000, attacks: Sequence[str] | None = None) -> dict[str, float]:
+def mia_efficacy_from_logits(
+    retain_logits: Any,
+    retain_labels: Any,
+    test_logits: Any,
+    test_labels: Any,
+    forget_logits: Any,
+    forget_labels: Any,
+    *,
+    seed: int = 0,
+    max_shadow: int = 5000,
+    attacks: Sequence[str] | None = None,
+) -> dict[str, float]:
     """SalUn-style MIA-efficacy from precomputed logits (see :func:`mia_efficacy`).
 
     Shadow set: ``n = min(|retain|, |test|, max_shadow)`` retain examples (label 1, members) and ``n`` test
@@ -228,14 +239,23 @@ def _check_attacks(attacks: Sequence[str] | None) -> tuple[str, ...]:
 def _check_pair(pair: Any, name: str):
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise ValueError(f"{name} must be an (x, y) tuple")
-    x = _check_x(pair[0], f"{name}[0]")
-    y = _check_labels(pair[1], int(x.shape[0]), f"{name}[1]", f"{name}[0]")
+    x = _validate.examples(pair[0], f"{name}[0]")
+    y = _validate.class_labels(pair[1], int(x.shape[0]), f"{name}[1]", f"{name}[0]")
     return x, y
 
 
-def mia_efficacy(logits_fn: Callable, params: Any, retain: tuple, test: tuple, forget: tuple, *,
-                 seed: int = 0, max_shadow: int = 5000, attacks: Sequence[str] | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
+def mia_efficacy(
+    logits_fn: Callable,
+    params: Any,
+    retain: tuple,
+    test: tuple,
+    forget: tuple,
+    *,
+    seed: int = 0,
+    max_shadow: int = 5000,
+    attacks: Sequence[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, float]:
     """SalUn-style MIA-efficacy of a model on its forget set (higher = better forgetting).
 
     ``retain``, ``test``, ``forget`` are ``(x, y)`` tuples. The model's logits on the three sets are computed
@@ -244,16 +264,21 @@ def mia_efficacy(logits_fn: Callable, params: Any, retain: tuple, test: tuple, f
     returns per attack ``efficacy = |{i ∈ F : predicted non-member}| / |F|``, plus ``mia`` (= ``confidence``).
     ``attacks`` (default: all of :data:`MIA_ATTACKS`) restricts which attacks run; ``confidence`` always does.
 
-    Example::
-
-        res = mia_efficacy(logits_fn, params, (x_retain, y_retain), (x_test, y_test), (x_forget, y_forget))
-        res["mia"]          # the number reported as MIA-efficacy (confidence attack)
+    Example (inputs are the logits, scaled by the model's one parameter; the model is confident on the
+    retain set only, and the forget set looks like the test set):
+        >>> rng = np.random.default_rng(0)
+        >>> def examples(n, margin):
+        ...     return np.stack([margin + rng.normal(size=n), np.zeros(n)], 1).astype(np.float32), np.zeros(n, int)
+        >>> res = mia_efficacy(lambda w, x: w * x, 1.0, examples(100, 6.0), examples(100, 1.0), examples(40, 1.0),
+        ...                    attacks=["confidence"])
+        >>> sorted(res), res["mia"] > 0.8               # most forget examples are judged non-members
+        (['confidence', 'mia'], True)
     """
     _check_attacks(attacks)
     xr, yr = _check_pair(retain, "retain")
     xt, yt = _check_pair(test, "test")
     xf, yf = _check_pair(forget, "forget")
-    batch_size = _check_batch_size(batch_size)
+    batch_size = _validate.batch_size(batch_size)
     # only the shadow examples are needed: draw them here (same draw as mia_efficacy_from_logits, so the
     # result equals mia_efficacy_from_logits on the full logits) and evaluate the model on those only
     ri, ti = _shadow_indices(len(yr), len(yt), max_shadow, seed)
@@ -283,7 +308,7 @@ def logit_confidence(logits: Any, labels: Any) -> np.ndarray:
         raise ValueError(f"logits needs at least one example and 2 classes, got shape {z.shape}")
     if not np.all(np.isfinite(z)):
         raise ValueError("logits contains non-finite values")
-    y = _check_labels(labels, z.shape[-2], "labels", "logits")
+    y = _validate.class_labels(labels, z.shape[-2], "labels", "logits")
     if np.any(y >= z.shape[-1]):
         raise ValueError("labels holds a class >= the number of classes of logits")
     onehot = np.zeros(z.shape[-2:], dtype=bool)
@@ -303,8 +328,10 @@ def _fit(conf: np.ndarray, mask: np.ndarray, global_variance: bool, name: str):
     """Per-example mean and std of conf[k, i] over k with mask[k, i]; std pooled over examples if global."""
     cnt = mask.sum(axis=0)
     if np.any(cnt == 0):
-        raise ValueError(f"shadow_in_mask leaves {int((cnt == 0).sum())} example(s) without any {name} "
-                         "shadow model (train more shadows)")
+        raise ValueError(
+            f"shadow_in_mask leaves {int((cnt == 0).sum())} example(s) without any {name} "
+            "shadow model (train more shadows)"
+        )
     mu = np.where(mask, conf, 0.0).sum(axis=0) / cnt
     sq = np.where(mask, (conf - mu) ** 2, 0.0)
     if global_variance:
@@ -314,14 +341,14 @@ def _fit(conf: np.ndarray, mask: np.ndarray, global_variance: bool, name: str):
         sigma = np.full_like(mu, np.sqrt(sq.sum() / dof))
     else:
         if np.any(cnt < 2):
-            raise ValueError(f"per-example variance needs >= 2 {name} shadows per example; "
-                             "use global_variance=True")
+            raise ValueError(f"per-example variance needs >= 2 {name} shadows per example; use global_variance=True")
         sigma = np.sqrt(sq.sum(axis=0) / (cnt - 1))
     return mu, np.maximum(sigma, 1e-6)
 
 
-def lira_scores_from_confidence(target_conf: Any, shadow_conf: Any, shadow_in_mask: Any, *,
-                                online: bool = True, global_variance: bool | None = None) -> np.ndarray:
+def lira_scores_from_confidence(
+    target_conf: Any, shadow_conf: Any, shadow_in_mask: Any, *, online: bool = True, global_variance: bool | None = None
+) -> np.ndarray:
     """LiRA membership scores ``[N]`` from logit-scaled confidences (higher = more likely a member).
 
     ``target_conf``: φ of the attacked model ``[N]``; ``shadow_conf``: φ of K shadow models ``[K, N]``;
@@ -367,21 +394,33 @@ def lira_scores_from_confidence(target_conf: Any, shadow_conf: Any, shadow_in_ma
         mu_in, sd_in = _fit(sc, m, bool(global_variance), "IN")
         return _gauss_logpdf(t, mu_in, sd_in) - _gauss_logpdf(t, mu_out, sd_out)
     z = (t - mu_out) / sd_out
-    return -np.asarray(log_ndtr(jnp.asarray(-z)), dtype=np.float64)   # −log sf(z) = −log Φ(−z)
+    return -np.asarray(log_ndtr(jnp.asarray(-z)), dtype=np.float64)  # −log sf(z) = −log Φ(−z)
 
 
-def lira_scores(target_logits: Any, target_labels: Any, shadow_logits: Any, shadow_in_mask: Any, *,
-                online: bool = True, global_variance: bool | None = None) -> np.ndarray:
+def lira_scores(
+    target_logits: Any,
+    target_labels: Any,
+    shadow_logits: Any,
+    shadow_in_mask: Any,
+    *,
+    online: bool = True,
+    global_variance: bool | None = None,
+) -> np.ndarray:
     """LiRA scores ``[N]`` from logits: ``target_logits [N, C]``, ``shadow_logits [K, N, C]``, labels ``[N]``.
 
     ``φ = logit_confidence(·, target_labels)`` (``z_y − logsumexp_{j≠y} z_j``) for the target and every shadow,
     then :func:`lira_scores_from_confidence` (online: ``log N(φ; μ_in, σ_in²) − log N(φ; μ_out, σ_out²)``;
     offline: ``−log Pr_{Z~N(μ_out, σ_out²)}[Z ≥ φ]``).
 
-    Example::
-
-        scores = lira_scores(target_logits, labels, shadow_logits, in_mask)   # in_mask: bool[K, N]
-        attack_auc(scores, target_is_member)
+    Example (8 shadows; each example is IN for 4 of them, which are more confident on it):
+        >>> rng = np.random.default_rng(0)
+        >>> in_mask = np.arange(8)[:, None] % 2 == np.arange(2)[None]              # bool[K=8, N=2]
+        >>> margin = np.where(in_mask, 3.0, 0.5) + 0.1 * rng.normal(size=(8, 2))
+        >>> shadow_logits = np.stack([margin, np.zeros_like(margin)], -1)          # [K, N, C=2]
+        >>> target_logits = np.array([[3.0, 0.0], [0.5, 0.0]])                    # trained on example 0 only
+        >>> scores = lira_scores(target_logits, np.array([0, 0]), shadow_logits, in_mask)
+        >>> bool(scores[0] > 0 > scores[1])                                        # member, non-member
+        True
     """
     zt = np.asarray(target_logits)
     zs = np.asarray(shadow_logits)
@@ -391,8 +430,7 @@ def lira_scores(target_logits: Any, target_labels: Any, shadow_logits: Any, shad
         raise ValueError(f"shadow_logits must have shape [K, {zt.shape[0]}, {zt.shape[1]}], got {zs.shape}")
     phi_t = logit_confidence(zt, target_labels)
     phi_s = logit_confidence(zs, target_labels)
-    return lira_scores_from_confidence(phi_t, phi_s, shadow_in_mask, online=online,
-                                       global_variance=global_variance)
+    return lira_scores_from_confidence(phi_t, phi_s, shadow_in_mask, online=online, global_variance=global_variance)
 
 
 def _check_scores_members(scores: Any, is_member: Any):
@@ -441,9 +479,19 @@ def tpr_at_fpr(scores: Any, is_member: Any, fpr: float = 0.01) -> float:
     return float(t[f <= float(fpr) + 1e-12].max())
 
 
-def lira_attack(train_fn: Callable[[Any], Any], logits_fn: Callable, x: Any, y: Any, *, num_shadows: int,
-                target_index: int | None = 0, seed: int = 0, online: bool = True,
-                global_variance: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
+def lira_attack(
+    train_fn: Callable[[Any], Any],
+    logits_fn: Callable,
+    x: Any,
+    y: Any,
+    *,
+    num_shadows: int,
+    target_index: int | None = 0,
+    seed: int = 0,
+    online: bool = True,
+    global_variance: bool | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, Any]:
     """Run LiRA end to end with ``K = num_shadows + 1`` models trained by ``train_fn``.
 
     1. ``masks = subset_masks(K, N, 0.5, seed=seed)``: every example IN for exactly ``round(K/2)`` random
@@ -459,27 +507,34 @@ def lira_attack(train_fn: Callable[[Any], Any], logits_fn: Callable, x: Any, y: 
     Needs ``num_shadows >= 3``; LiRA is meant for tens to hundreds of shadows (per-example variances from 64).
     All K models are trained in ONE ``train_fn`` call and evaluated in one vmap, so memory scales with K.
 
-    Example::
-
-        out = lira_attack(train_fn, logits_fn, x, y, num_shadows=16, target_index=None, seed=0)
-        out["auc"], out["tpr_at_1fpr"]
+    Example (the lookup "model" of :func:`~jaxunlearn.metrics.memorization.memorization_scores`: it knows
+    exactly the examples it trained on, so membership is plain to see):
+        >>> import jax
+        >>> x, y = np.eye(6, dtype=np.float32), np.array([0, 0, 0, 0, 1, 2])
+        >>> def train_fn(masks):
+        ...     return {"w": masks[:, :, None] * jax.nn.one_hot(y, 3) + 0.5 * jax.nn.one_hot(0, 3)}
+        >>> out = lira_attack(train_fn, lambda p, x: x @ p["w"], x, y, num_shadows=5, target_index=None)
+        >>> out["auc"], out["tpr_at_1fpr"], out["scores"].shape, out["confidence"].shape   # K·N pairs
+        (1.0, 1.0, (36,), (6, 6))
     """
     if not callable(train_fn):
         raise ValueError(f"train_fn must be callable, got {type(train_fn).__name__}")
     if isinstance(num_shadows, bool) or not isinstance(num_shadows, (int, np.integer)) or num_shadows < 3:
-        raise ValueError(f"num_shadows must be an integer >= 3 (every example needs IN and OUT shadows "
-                         f"besides the target), got {num_shadows!r}")
-    x = _check_x(x)
+        raise ValueError(
+            f"num_shadows must be an integer >= 3 (every example needs IN and OUT shadows "
+            f"besides the target), got {num_shadows!r}"
+        )
+    x = _validate.examples(x)
     n = int(x.shape[0])
-    y = _check_labels(y, n)
+    y = _validate.class_labels(y, n)
     k = int(num_shadows) + 1
-    if target_index is not None and (isinstance(target_index, bool)
-                                     or not isinstance(target_index, (int, np.integer))
-                                     or not 0 <= target_index < k):
+    if target_index is not None and (
+        isinstance(target_index, bool) or not isinstance(target_index, (int, np.integer)) or not 0 <= target_index < k
+    ):
         raise ValueError(f"target_index must be None or an integer in [0, {k}), got {target_index!r}")
     masks = subset_masks(k, n, 0.5, seed=seed)
     stacked = train_fn(jnp.asarray(masks))
-    got = _num_models(stacked, "train_fn(masks)")
+    got = _validate.num_models(stacked, "train_fn(masks)")
     if got != k:
         raise ValueError(f"train_fn(masks) returned {got} models for {k} masks")
     conf = logit_confidence_stacked(logits_fn, stacked, x, y, batch_size).astype(np.float64)
@@ -487,10 +542,19 @@ def lira_attack(train_fn: Callable[[Any], Any], logits_fn: Callable, x: Any, y: 
     scores, members = [], []
     for t in targets:
         others = np.arange(k) != t
-        scores.append(lira_scores_from_confidence(conf[t], conf[others], masks[others], online=online,
-                                                  global_variance=global_variance))
+        scores.append(
+            lira_scores_from_confidence(
+                conf[t], conf[others], masks[others], online=online, global_variance=global_variance
+            )
+        )
         members.append(masks[t])
     s = np.concatenate(scores)
     m = np.concatenate(members)
-    return {"scores": s, "is_member": m, "auc": attack_auc(s, m), "tpr_at_1fpr": tpr_at_fpr(s, m, 0.01),
-            "masks": masks, "confidence": conf}
+    return {
+        "scores": s,
+        "is_member": m,
+        "auc": attack_auc(s, m),
+        "tpr_at_1fpr": tpr_at_fpr(s, m, 0.01),
+        "masks": masks,
+        "confidence": conf,
+    }

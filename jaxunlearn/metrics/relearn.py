@@ -40,9 +40,10 @@ def recovery_summary(steps, forget_acc, *, threshold: float | None = None) -> di
     point); ``initial_forget_acc`` = FA(t_first), ``final_forget_acc`` = FA(t_last),
     ``max_forget_acc`` = max_t FA(t).
 
-    Example::
-
-        recovery_summary([0, 5, 10], [0.1, 0.6, 0.9], threshold=0.5)["steps_to_recover"]   # 5
+    Example:
+        >>> s = recovery_summary([0, 5, 10], [0.1, 0.6, 0.9], threshold=0.5)
+        >>> s["steps_to_recover"], round(s["auc"], 3), s["final_forget_acc"]     # auc = (1.75 + 3.75) / 10
+        (5, 0.55, 0.9)
 
     Args:
       steps: strictly increasing step counts (at least one).
@@ -105,10 +106,11 @@ def relearn_curve(
     Evaluates FA at t = 0, e, 2e, ..., T (the last chunk may be shorter than e) and summarises it with
     ``recovery_summary``. Use it when the fine-tuning loop lives elsewhere (e.g. the engine's trainer).
 
-    Example::
-
-        curve, final_state = relearn_curve(lambda s, k: train(s, k), lambda s: forget_acc(s), state0,
-                                           steps=50, eval_every=5, threshold=0.9)
+    Example (a toy "training" that adds 0.1 forget accuracy per step):
+        >>> curve, final = relearn_curve(lambda s, k: s + 0.1 * k, lambda s: min(s, 1.0), 0.0,
+        ...                              steps=10, eval_every=4, threshold=0.5)
+        >>> curve["steps"], [round(a, 2) for a in curve["forget_acc"]], curve["steps_to_recover"]
+        ([0, 4, 8, 10], [0.0, 0.4, 0.8, 1.0], 8)
 
     Args:
       step_fn: ``step_fn(state, num_steps) -> state`` runs ``num_steps`` fine-tuning steps.
@@ -216,12 +218,15 @@ def relearn_attack(
     [argmax logits_fn(θ_t, x_forget_i) = y_forget_i] is computed in jitted batches. Summary statistics as
     in ``recovery_summary`` (``steps_to_recover``, ``auc`` = time-averaged FA).
 
-    Example::
-
-        ce = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, x), y).mean()
-        r = relearn_attack(ce, logits_fn, unlearned, x_f[:20], y_f[:20], x_f, y_f,
-                           steps=50, lr=0.01, eval_every=5, threshold=0.9)
-        r["forget_acc"], r["steps_to_recover"], r["auc"]
+    Example (a linear model that predicts class 0 on a forget set of class 1; relearning on half of it):
+        >>> logits_fn = lambda w, x: x @ w
+        >>> ce = lambda w, x, y: optax.softmax_cross_entropy_with_integer_labels(logits_fn(w, x), y).mean()
+        >>> x_f, y_f = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 1.0]]), jnp.ones(4, int)
+        >>> w = jnp.array([[1.0, 0.0], [1.0, 0.0]])
+        >>> r = relearn_attack(ce, logits_fn, w, x_f[:2], y_f[:2], x_f, y_f, steps=20, lr=0.2, eval_every=5,
+        ...                    threshold=0.9)
+        >>> r["steps"], r["forget_acc"], r["steps_to_recover"], r["auc"]
+        ([0, 5, 10, 15, 20], [0.0, 0.0, 1.0, 1.0, 1.0], 10, 0.625)
 
     Args:
       loss_fn: ``loss_fn(params, x, y) -> scalar`` (mean training loss), pure and differentiable.
@@ -274,8 +279,18 @@ def relearn_attack(
 
     def step_fn(state, k_steps):
         p, s, k = state
-        p, s, k, loss = _run_chunk(loss_fn, optimizer if named else opt, bs if minibatch else None, int(k_steps),
-                                   p, s, k, lr_arg, x_relearn, y_relearn)
+        p, s, k, loss = _run_chunk(
+            loss_fn,
+            optimizer if named else opt,
+            bs if minibatch else None,
+            int(k_steps),
+            p,
+            s,
+            k,
+            lr_arg,
+            x_relearn,
+            y_relearn,
+        )
         losses.append(float(loss))
         return p, s, k
 

@@ -104,14 +104,21 @@ def split_model(model: nnx.Module) -> tuple[ApplyFn, PyTree, PyTree]:
     ``BatchStat`` running averages; ``{}`` for models without batch norm), both as nested dicts of
     arrays. See `ApplyFn` for the calling convention. The model itself is left untouched.
 
-    Example:
+    Example (a model of one's own: any NNX module called as ``model(x, train=..., features=...)``):
         >>> import jax.numpy as jnp
-        >>> from jaxunlearn import models
-        >>> model = models.build("resnet18", num_classes=10, input_shape=(8, 8, 3), width=0.125)
-        >>> apply_fn, params, state = models.split_model(model)
-        >>> logits, new_state = apply_fn(params, state, jnp.ones((4, 8, 8, 3)), train=True)
-        >>> sorted(state["stem_bn"])
-        ['mean', 'var']
+        >>> from flax import nnx
+        >>> class Net(nnx.Module):
+        ...     def __init__(self, rngs):
+        ...         self.bn, self.head = nnx.BatchNorm(3, rngs=rngs), nnx.Linear(3, 2, rngs=rngs)
+        ...     def __call__(self, x, train=False, features=False):
+        ...         h = self.bn(x, use_running_average=not train)
+        ...         return h if features else self.head(h)
+        >>> apply_fn, params, state = split_model(Net(nnx.Rngs(0)))
+        >>> sorted(params), sorted(state["bn"])
+        (['bn', 'head'], ['mean', 'var'])
+        >>> logits, new_state = apply_fn(params, state, jnp.ones((4, 3)), train=True)
+        >>> logits.shape, [round(m, 4) for m in new_state["bn"]["mean"].tolist()]   # (1 − 0.99) · batch mean
+        ((4, 2), [0.01, 0.01, 0.01])
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"split_model expects a flax.nnx.Module, got {type(model).__name__}")

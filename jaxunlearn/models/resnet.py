@@ -81,12 +81,16 @@ class ResNet18(nnx.Module):
     ``model(x, train=False, features=False)``; ``features=True`` returns the pooled ``[B, w_3]`` vector.
     Batch-norm statistics are ``nnx.BatchStat`` variables (the ``model_state`` of ``split_model``).
 
-    Example:
+    Example (shapes only, with ``nnx.eval_shape``: nothing is computed):
         >>> import jax.numpy as jnp
         >>> from flax import nnx
-        >>> model = ResNet18((32, 32, 3), 10, width=0.125, rngs=nnx.Rngs(0))
-        >>> model(jnp.ones((2, 32, 32, 3))).shape, model(jnp.ones((2, 32, 32, 3)), features=True).shape
-        ((2, 10), (2, 64))
+        >>> from jaxunlearn.models import num_params
+        >>> model = nnx.eval_shape(lambda: ResNet18((32, 32, 3), 10, rngs=nnx.Rngs(0)))
+        >>> num_params(model)
+        11173962
+        >>> logits, feats = nnx.eval_shape(lambda m, x: (m(x), m(x, features=True)), model, jnp.ones((2, 32, 32, 3)))
+        >>> logits.shape, feats.shape
+        ((2, 10), (2, 512))
     """
 
     STAGES = (2, 2, 2, 2)
