@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import doctest
 import json
 import os
 
@@ -154,8 +153,3 @@ def test_every_setting_is_a_field_with_its_metadata():
 def test_each_setting_is_checked_by_its_field(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         JobConfig(**{field: value}).validate()
-
-
-def test_runner_docstring_examples_run():
-    result = doctest.testmod(runner, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 15 and result.failed == 0
