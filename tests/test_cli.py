@@ -75,6 +75,7 @@ def test_show_prints_one_row_per_method(run_dir, capsys):
     assert capsys.readouterr().out == out
 
 
+@pytest.mark.slow  # end to end: in the second CI step
 def test_toml_config_with_two_seeds_and_flag_override(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text(

@@ -136,6 +136,7 @@ def test_helpers_on_one_device():
         engine.train(None, {}, {}, tiny, epochs=1, progress=False, sam_mode="local")
 
 
+@pytest.mark.slow  # end to end: in the second CI step
 def test_vmapped_sweep_equals_separate_runs():
     """train_many over K=3 (seed, lr, rho) triples with SAM: one compiled program whose row k equals a
     separate train(..., seed=seeds[k], lr=lr[k], rho=rho[k]) run."""

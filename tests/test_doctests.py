@@ -30,6 +30,9 @@ def _not_yet(name: str) -> bool:
 
 
 MODULES = [m for m in _all_modules() if not _not_yet(m)]
+# Modules whose examples run a whole small training (seconds each): their examples run in the slow CI step.
+TRAINING_EXAMPLES = ("jaxunlearn.theory",)
+EXAMPLE_CASES = [pytest.param(m, marks=pytest.mark.slow) if m in TRAINING_EXAMPLES else m for m in MODULES]
 
 
 def test_the_doctest_options_come_from_the_pytest_settings(pytestconfig):
@@ -50,7 +53,7 @@ def _flags(config) -> int:
     return flags
 
 
-@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("name", EXAMPLE_CASES)
 def test_docstring_examples_run(name, pytestconfig):
     module = importlib.import_module(name)
     finder = doctest.DocTestFinder(exclude_empty=True)

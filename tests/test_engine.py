@@ -93,6 +93,7 @@ def exploding_loss(apply_fn, params, model_state, batch, hp, info):
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: in the second CI step
 @pytest.mark.parametrize("sam", ["none", "sam"])
 def test_cnn_learns_digits(digits, sam):
     """A small CNN trained with SGD (lr 0.05, momentum 0.9, cosine) or SAM (rho 0.1) for 15 epochs reaches

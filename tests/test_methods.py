@@ -322,6 +322,7 @@ def test_summed_gradient_over_chunks_equals_one_gradient_of_the_sum(setup, rando
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: in the second CI step
 def test_neggrad_with_sam_and_asam(setup, random_case):
     fi = random_case["forget_idx"]
     out = {}

@@ -62,6 +62,7 @@ def test_memorization_from_correctness_validation():
         Z.memorization_from_correctness(np.ones((2, 2)), np.full((2, 2), 2))
 
 
+@pytest.mark.slow  # end to end: in the second CI step
 def test_mislabelled_digits_are_more_memorized_than_clean_ones():
     d = load_digits()
     perm = np.random.default_rng(0).permutation(len(d.target))[:1000]

@@ -30,6 +30,7 @@ METRIC_KEYS = {
 }
 
 
+@pytest.mark.slow  # end to end: in the second CI step
 def test_tiny_run_writes_files(tmp_path):
     res = run_theory(tmp_path / "out", **TINY)
     out = tmp_path / "out"
@@ -53,6 +54,7 @@ def test_tiny_run_writes_files(tmp_path):
     assert os.path.samefile(res["files"]["json"], out / "theory.json")
 
 
+@pytest.mark.slow  # end to end: in the second CI step
 def test_sam_memorizes_less_noise_than_sgd(tmp_path):
     res = run_theory(
         tmp_path,
@@ -100,6 +102,7 @@ def test_invalid_settings(tmp_path, kwargs, match):
     assert not (tmp_path / "theory.json").exists()
 
 
+@pytest.mark.slow  # end to end: in the second CI step
 def test_cli_theory(tmp_path, capsys):
     out = tmp_path / "cli"
     assert cli.main(["theory", "--steps", "50", "--out", str(out), "--quiet"]) == 0
