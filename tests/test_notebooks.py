@@ -54,10 +54,10 @@ def _execute(name: str, tmp_path) -> tuple[str, float]:
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
-                text.append(out["text"])
+                text.append(out["text"])  # a stream may arrive in several chunks: they carry their own newlines
             elif "data" in out and "text/plain" in out["data"]:
-                text.append(out["data"]["text/plain"])
-    text = "\n".join(text)
+                text.append(out["data"]["text/plain"] + "\n")
+    text = "".join(text)
     m = re.search(r"notebook time ([0-9.]+) s", text)
     assert m, f"{name}: the last cell did not print its time\n{text}"
     return text, float(m.group(1))
