@@ -338,8 +338,7 @@ def compiled_step(apply_fn, loss, cfg, sign, mask_reading, masked, mesh, sam_mod
     def f(state: TrainState, ok, hp, info, mask, batch_args):
         p, s, o, c, ok, loss_v = jitted(state.params, state.model_state, state.opt_states[phase], state.step, ok, hp,
                                         info, mask, *batch_args)  # fmt: skip
-        opt_states = state.opt_states[:phase] + (o,) + state.opt_states[phase + 1 :]
-        return TrainState(p, s, opt_states, c), ok, loss_v
+        return state.with_opt_state(phase, o)._replace(params=p, model_state=s, step=c), ok, loss_v
 
     return f
 

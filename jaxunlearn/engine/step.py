@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -60,6 +60,17 @@ class TrainState(NamedTuple):
     model_state: PyTree
     opt_states: tuple
     step: Any
+
+    def with_opt_state(self, phase: int, opt_state) -> TrainState:
+        """A copy whose ``opt_states[phase]`` is ``opt_state``.
+
+        Example:
+            >>> s = TrainState({}, {}, ("a", "b"), 0).with_opt_state(1, "c")
+            >>> s.opt_states
+            ('a', 'c')
+        """
+        states = tuple(self.opt_states)
+        return self._replace(opt_states=states[:phase] + (opt_state,) + states[phase + 1 :])
 
 
 def init_state(params: PyTree, model_state: PyTree, *optimizers, total_steps: int = 1, masks=None) -> TrainState:
@@ -164,15 +175,10 @@ def make_step(
         tx = build_optimizer(cfg, total, sign=sign, mask=mask if masked else None, mask_reading=mask_reading)
         updates, opt_state = tx.update(g, state.opt_states[phase], params, grad_fn=grad_fn)
         params = optax.apply_updates(params, updates)
-        opt_states = _replace_at(state.opt_states, phase, opt_state)
-        return TrainState(params, new_state, opt_states, state.step + 1), loss_v
+        new = state.with_opt_state(phase, opt_state)
+        return new._replace(params=params, model_state=new_state, step=state.step + 1), loss_v
 
     return step
-
-
-def _replace_at(items: Sequence, i: int, value) -> tuple:
-    items = tuple(items)
-    return items[:i] + (value,) + items[i + 1 :]
 
 
 def _constrain(batch, mesh):
