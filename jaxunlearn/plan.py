@@ -350,6 +350,24 @@ class Plan:
     mask_reading: str = "strict"
     name: str = "run"
 
+    def phase_optimizer(self, i: int, total_steps: int) -> optax.GradientTransformationExtraArgs:
+        """The Optax transform phase ``i`` steps with, as the engine builds it: :func:`build_optimizer` of
+        the phase's optimizer (or the plan's), its sign and mask (``hp[mask_key]``), over ``total_steps``.
+
+        Example:
+            >>> plan = Plan((Phase("train", supervised_loss),), optimizer=OptimConfig(sam="sam"))
+            >>> tx = plan.phase_optimizer(0, total_steps=10)
+            >>> upd, _ = tx.update(jnp.ones(2), tx.init(jnp.ones(2)), jnp.ones(2), grad_fn=lambda p: 2 * p)
+            >>> upd.shape
+            (2,)
+        """
+        if not 0 <= int(i) < len(self.phases):
+            raise ValueError(f"phase index {i} out of range: this plan has {len(self.phases)} phase(s).")
+        ph = self.phases[int(i)]
+        cfg = ph.optimizer or self.optimizer
+        mask = self.hp[ph.mask_key] if ph.mask_key else None
+        return build_optimizer(cfg, total_steps, sign=ph.sign, mask=mask, mask_reading=self.mask_reading)
+
     def __post_init__(self):
         if not self.phases:
             raise ValueError("a Plan needs at least one Phase.")

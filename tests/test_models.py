@@ -442,3 +442,101 @@ def test_cnn_im2col_has_the_same_parameters_outputs_and_vmapped_grads():
         np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="conv must be one of"):
         models.build("cnn", num_classes=10, input_shape=(8, 8, 1), conv="fft")
+
+
+class _PlainMLP(nnx.Module):
+    """A user's model: ``__call__(self, x)`` with no train/features arguments, Dropout and BatchNorm."""
+
+    def __init__(self, rngs):
+        self.lin = nnx.Linear(64, 16, rngs=rngs)
+        self.bn = nnx.BatchNorm(16, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.head = nnx.Linear(16, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.drop(nnx.relu(self.bn(self.lin(x.reshape(x.shape[0], -1))))))
+
+
+class _Deterministic(nnx.Module):
+    def __init__(self, rngs):
+        self.lin, self.drop = nnx.Linear(3, 2, rngs=rngs), nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x, *, deterministic=True):
+        return self.drop(self.lin(x), deterministic=deterministic)
+
+
+def test_call_convention_is_read_from_the_signature():
+    assert models.call_convention(models.build("mlp", num_classes=3, input_shape=(4,))) == ("train", True)
+    assert models.call_convention(_PlainMLP(nnx.Rngs(0))) == ("switch", False)
+    assert models.call_convention(_Deterministic(nnx.Rngs(0))) == ("deterministic", False)
+
+
+@pytest.mark.parametrize("cls", [_PlainMLP, _Deterministic])
+def test_models_without_a_train_argument_get_train_and_eval_modes(cls):
+    apply_fn, params, state = models.split_model(cls(nnx.Rngs(0)))
+    x = jnp.ones((8, 64)) if cls is _PlainMLP else jnp.ones((8, 3))
+    e1, e2 = apply_fn(params, state, x)[0], apply_fn(params, state, x)[0]
+    np.testing.assert_array_equal(np.asarray(e1), np.asarray(e2))  # eval: Dropout off
+    t1, s1 = apply_fn(params, state, x, train=True)
+    t2, _ = apply_fn(params, s1, x, train=True)
+    assert not np.allclose(np.asarray(t1), np.asarray(t2))  # train: Dropout on, a fresh mask per call
+    assert not np.allclose(np.asarray(t1), np.asarray(e1))
+
+
+def test_a_plain_user_model_trains_through_the_engine_with_checkpoints(tmp_path):
+    from jaxunlearn import data, engine
+
+    ds = data.load("digits", seed=0)
+    apply_fn, params, state = models.split_model(_PlainMLP(nnx.Rngs(0)))
+    src = engine.DeviceData.from_numpy(ds.x_train[:300], ds.y_train[:300])
+    kw = dict(epochs=2, batch_size=50, progress=False, checkpoint_dir=tmp_path)
+    res = engine.train(apply_fn, params, state, src, **kw)
+    assert res.diverged is None and res.history[-1]["loss/train"] < res.history[0]["loss/train"]
+    again = engine.train(apply_fn, params, state, src, **{**kw, "epochs": 3}, resume=True)
+    assert again.resumed_from == 2 and len(again.history) == 1
+    with pytest.raises(TypeError, match="has no features= argument"):
+        models.features_fn(apply_fn, state)(params, jnp.ones((2, 64)))
+
+
+def test_signatures_that_cannot_take_the_input_fail_when_wrapped():
+    class NeedsMask(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(3, 2, rngs=rngs)
+
+        def __call__(self, x, mask):
+            return self.lin(x * mask)
+
+    class NoInput(nnx.Module):
+        def __call__(self):
+            return 0
+
+    with pytest.raises(TypeError, match=r"needs argument\(s\) \['mask'\] besides the input"):
+        models.split_model(NeedsMask(nnx.Rngs(0)))
+    with pytest.raises(TypeError, match="takes no input argument"):
+        models.split_model(NoInput())
+
+
+def test_update_model_writes_results_into_the_users_module():
+    model = _PlainMLP(nnx.Rngs(0))
+    apply_fn, params, state = models.split_model(model)
+    doubled = jax.tree.map(lambda a: 2 * a, params)
+    assert models.update_model(model, doubled, state) is model
+    np.testing.assert_array_equal(np.asarray(model.lin.kernel[...]), 2 * np.asarray(params["lin"]["kernel"]))
+    with pytest.raises(ValueError, match="params does not match _PlainMLP's structure"):
+        models.update_model(model, {"lin": params["lin"]})
+
+
+def test_merge_model_rejects_a_hand_written_apply_fn_with_the_alternative():
+    with pytest.raises(TypeError, match="models.update_model\\(module, params, model_state\\)"):
+        models.merge_model(lambda p, s, x, train=False: (x, s), {"w": jnp.ones(2)})
+
+
+def test_context_checks_the_model_against_num_classes():
+    from jaxunlearn import methods
+
+    ctx = methods.toy_context()
+    with pytest.raises(ValueError, match="with num_classes=100 and B=2 it gave \\(2, 3\\). Set num_classes"):
+        methods.Context(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.retain_idx, ctx.forget_idx, 100)
+    with pytest.raises(ValueError, match="the model cannot be called as apply_fn"):
+        methods.Context(ctx.apply_fn, ctx.params, ctx.model_state, np.ones((60, 7), np.float32), ctx.y,
+                        ctx.retain_idx, ctx.forget_idx, 3)  # fmt: skip

@@ -3,7 +3,10 @@
 Registry names: ``retrain``, ``ft``, ``ga``, ``neggrad``, ``rl``, ``scrub``, ``salun``, ``l1_sparse``,
 ``sharp_minmax``, ``ssd``, ``hessian_select``. Each gradient method runs with the unlearning optimizer of
 the :class:`Context` (plain AdamW/SGD, SAM or ASAM, or any Optax optimizer); :func:`unlearn` runs one.
-:func:`toy_context` builds a tiny untrained context to try them on.
+:func:`toy_context` builds a tiny untrained context to try them on. :func:`parts` takes a method apart
+(phase losses + Optax transforms) for a loop of one's own; a new method is a recipe builder registered
+with :func:`register`, composed of :class:`Phase`, :func:`method_plan`, :class:`Recipe` and
+:mod:`jaxunlearn.objectives` (see docs/methods.md for an NPO-style example).
 
 Example:
     >>> from jaxunlearn import methods
@@ -35,20 +38,34 @@ from jaxunlearn.methods.base import (
     Method,
     Recipe,
     get,
+    method_plan,
     register,
     resolve_options,
+    scaled,
     toy_context,
 )
+from jaxunlearn.methods.parts import MethodParts, PhasePart, parts
+from jaxunlearn.plan import OptimConfig, Phase, Plan, StepInfo, supervised_loss
 
 __all__ = [
     "METHODS",
     "VARIANT_SEP",
     "Context",
     "Method",
+    "MethodParts",
+    "OptimConfig",
+    "Phase",
+    "PhasePart",
+    "Plan",
     "Recipe",
+    "StepInfo",
     "get",
+    "method_plan",
+    "parts",
     "register",
     "resolve_options",
+    "scaled",
+    "supervised_loss",
     "toy_context",
     "unlearn",
 ]

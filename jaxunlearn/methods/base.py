@@ -134,6 +134,35 @@ class Context:
                 raise ValueError(f"{name} has indices outside [0, {n}).")
         if np.intersect1d(self.retain_idx, self.forget_idx).size:
             raise ValueError("retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.")
+        self._check_model()
+
+    def _check_model(self):
+        """Trace (no compute) one eval and one train call of the model on two examples: the call must work
+        and give logits ``[2, num_classes]``."""
+        if not callable(self.apply_fn):
+            raise TypeError(
+                f"ctx.apply_fn must be callable apply_fn(params, model_state, x, *, train), got {self.apply_fn!r}"
+            )
+        x2 = jax.ShapeDtypeStruct((min(2, len(self.y)), *np.shape(self.x)[1:]), jnp.asarray(self.x[:1]).dtype)
+        for train in (False, True):
+            try:
+                out = jax.eval_shape(
+                    lambda p, s, x, t=train: self.apply_fn(p, s, x, train=t), self.params, self.model_state, x2
+                )
+            except Exception as err:  # noqa: BLE001 - any failure of the user's model is reported in one line
+                msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(
+                    f"the model cannot be called as apply_fn(params, model_state, x, train={train}) on inputs of "
+                    f"shape {x2.shape}: {type(err).__name__}: {msg}"
+                ) from None
+            logits = out[0] if isinstance(out, tuple) and len(out) == 2 else None
+            if logits is None or getattr(logits, "shape", None) != (x2.shape[0], int(self.num_classes)):
+                got = getattr(logits, "shape", type(out).__name__)
+                raise ValueError(
+                    f"apply_fn(params, model_state, x, train={train}) must return (logits [B, num_classes], "
+                    f"model_state); with num_classes={self.num_classes} and B={x2.shape[0]} it gave {got}. "
+                    "Set num_classes to the model's number of outputs."
+                )
 
     @property
     def key(self) -> jax.Array:
@@ -214,8 +243,14 @@ VARIANT_SEP = "@"
 _TAG_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
-def register(name: str, summary: str, defaults: dict | None = None, *, gradient_based: bool = True):
+def register(
+    name: str, summary: str, defaults: dict | None = None, *, gradient_based: bool = True, overwrite: bool = False
+):
     """Decorator registering ``fn(ctx, options) -> Recipe`` under ``name``.
+
+    Registering a taken name raises ``ValueError`` unless ``overwrite=True`` (re-running a notebook cell
+    that defines a method). A method is a recipe builder: compose the pieces exported here
+    (:class:`~jaxunlearn.plan.Phase`, :func:`method_plan`, :class:`Recipe`, :mod:`jaxunlearn.objectives`).
 
     Example:
         >>> from jaxunlearn.plan import Phase, supervised_loss
@@ -224,12 +259,18 @@ def register(name: str, summary: str, defaults: dict | None = None, *, gradient_
         ...     return Recipe(plan=method_plan(ctx, opts, "my_ft", Phase("retain", supervised_loss)))
         >>> get("my_ft").recipe(toy_context()).plan.name
         'my_ft'
+        >>> _ = register("my_ft", "fine-tune, half rate", {"lr_scale": 0.5}, overwrite=True)(my_ft)
+        >>> get("my_ft").defaults
+        {'lr_scale': 0.5}
         >>> del METHODS["my_ft"]  # registered for this example only
     """
 
     def deco(fn):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered.")
+        if name in METHODS and not overwrite:
+            raise ValueError(
+                f"method {name!r} is already registered; pass register(..., overwrite=True) to replace it "
+                "(e.g. when re-running a notebook cell) or choose another name."
+            )
         if VARIANT_SEP in name:
             raise ValueError(
                 f"method names cannot contain {VARIANT_SEP!r} (it marks a variant NAME{VARIANT_SEP}TAG of a registered "

@@ -14,10 +14,21 @@ Example:
     (4, 10)
 """
 
-from jaxunlearn.models.adapter import ApplyFn, features_fn, logits_fn, merge_model, num_params, split_model
+from jaxunlearn.models.adapter import (
+    ApplyFn,
+    call_convention,
+    features_fn,
+    logits_fn,
+    merge_model,
+    num_params,
+    split_model,
+    update_model,
+)
 from jaxunlearn.models.cnn import CNN
 from jaxunlearn.models.layers import max_pool_2x2
+from jaxunlearn.models.linen import LinenApplyFn, from_linen, to_linen_variables
 from jaxunlearn.models.mlp import MLP
+from jaxunlearn.models.nnx_loop import pure_loss, sam_grad_fn
 from jaxunlearn.models.registry import MODELS, build
 from jaxunlearn.models.resnet import BasicBlock, ResNet18
 from jaxunlearn.models.theory import CLASS_SIGNS, TheoryCNN, theory_coefficients, theory_weights
@@ -28,16 +39,23 @@ __all__ = [
     "MLP",
     "MODELS",
     "ApplyFn",
+    "LinenApplyFn",
     "BasicBlock",
     "ResNet18",
     "TheoryCNN",
     "build",
+    "call_convention",
     "features_fn",
+    "from_linen",
     "logits_fn",
     "max_pool_2x2",
     "merge_model",
     "num_params",
+    "pure_loss",
+    "sam_grad_fn",
     "split_model",
+    "to_linen_variables",
+    "update_model",
     "theory_coefficients",
     "theory_weights",
 ]
