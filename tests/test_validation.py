@@ -332,3 +332,21 @@ def test_argparse_errors_exit_2(capsys):
 def test_at_least_25_cases():
     assert len(API_CASES) >= 25 and len(CLI_CASES) >= 25
     assert json.dumps([c[0] for c in API_CASES + CLI_CASES])  # ids are plain strings
+
+
+def test_top_fraction_names_a_string_fraction_as_such():
+    from jaxunlearn import selection
+
+    with pytest.raises(TypeError, match=r"fraction must be a number in \(0, 1\], got str '0.1'"):
+        selection.top_fraction({"w": jnp.ones(3)}, "0.1")
+
+
+def test_context_refuses_an_empty_forget_or_retain_set():
+    from jaxunlearn import methods
+
+    ctx = methods.toy_context()
+    kw = dict(apply_fn=ctx.apply_fn, params=ctx.params, model_state=ctx.model_state, x=ctx.x, y=ctx.y, num_classes=3)
+    with pytest.raises(ValueError, match="forget_idx is empty: there is nothing to unlearn"):
+        methods.Context(retain_idx=ctx.retain_idx, forget_idx=np.array([], np.int64), **kw)
+    with pytest.raises(ValueError, match="retain_idx is empty"):
+        methods.Context(retain_idx=np.array([], np.int64), forget_idx=ctx.forget_idx, **kw)

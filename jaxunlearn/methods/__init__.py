@@ -6,7 +6,7 @@ the :class:`Context` (plain AdamW/SGD, SAM or ASAM, or any Optax optimizer); :fu
 :func:`toy_context` builds a tiny untrained context to try them on. :func:`parts` takes a method apart
 (phase losses + Optax transforms) for a loop of one's own; a new method is a recipe builder registered
 with :func:`register`, composed of :class:`Phase`, :func:`method_plan`, :class:`Recipe` and
-:mod:`jaxunlearn.objectives` (see docs/methods.md for an NPO-style example).
+:mod:`jaxunlearn.objectives` (``notebooks/bring_your_own_model.ipynb`` registers an NPO-style method).
 
 Example:
     >>> from jaxunlearn import methods

@@ -132,6 +132,14 @@ class Context:
                 raise ValueError(f"{name} must be a 1-D integer index array, got shape {idx.shape} {idx.dtype}.")
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise ValueError(f"{name} has indices outside [0, {n}).")
+        if self.forget_idx.size == 0:
+            raise ValueError(
+                "forget_idx is empty: there is nothing to unlearn; give the indices of the examples to forget."
+            )
+        if self.retain_idx.size == 0:
+            raise ValueError(
+                "retain_idx is empty: the methods need retained examples (they fine-tune and evaluate on them)."
+            )
         if np.intersect1d(self.retain_idx, self.forget_idx).size:
             raise ValueError("retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.")
         self._check_model()
