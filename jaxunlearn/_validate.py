@@ -61,8 +61,10 @@ def fraction(name: str, value) -> float:
         ...
         ValueError: fraction must be in (0, 1] (a fraction of all parameters), got 30.
     """
-    if not is_concrete_number(value):
+    if isinstance(value, jax.core.Tracer):
         raise ValueError(f"{name} must be a concrete Python number in (0, 1], got a traced value.")
+    if not is_concrete_number(value):
+        raise TypeError(f"{name} must be a number in (0, 1], got {type(value).__name__} {value!r}.")
     v = float(value)
     if not (0.0 < v <= 1.0):
         raise ValueError(f"{name} must be in (0, 1] (a fraction of all parameters), got {value!r}.")
@@ -248,3 +250,171 @@ def num_models(stacked_params, name: str = "stacked_params") -> int:
     if k < 1:
         raise ValueError(f"{name} holds zero models")
     return int(k)
+
+
+def real_number(name: str, value, *, minimum: float | None = None, strict: bool = False, hint: str = "") -> None:
+    """Check a hyperparameter is a real number (finite, ``>= minimum``, or ``> minimum`` when ``strict``).
+
+    Python and NumPy numbers and concrete 0-d arrays are checked; traced values (under ``jit`` / ``vmap``)
+    pass unchecked. A string, ``None``, a bool, an array of more than one number or another type is a
+    ``TypeError``; a non-finite or out-of-range value a ``ValueError``. Both are one line naming ``name``.
+
+    Example:
+        >>> real_number("lamb", 0.5, minimum=0.0)
+        >>> real_number("rho", "0.05", minimum=0.0, strict=True, hint="e.g. rho=0.05.")
+        Traceback (most recent call last):
+        ...
+        TypeError: rho must be a real number, got '0.05' (str). e.g. rho=0.05.
+        >>> real_number("lamb", -5, minimum=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: lamb must be a finite number >= 0.0, got -5.
+    """
+    tail = f" {hint}" if hint else ""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real | np.ndarray | jax.Array):
+        raise TypeError(f"{name} must be a real number, got {_short(value)} ({type(value).__name__}).{tail}")
+    arr = np.asarray(value)
+    if arr.ndim != 0:
+        raise TypeError(f"{name} must be a scalar number, got an array of shape {arr.shape}.{tail}")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name} must be a real number, got dtype {arr.dtype}.{tail}")
+    v = float(arr)
+    ok = np.isfinite(v)
+    if ok and minimum is not None:
+        ok = v > minimum if strict else v >= minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}.{tail}")
+
+
+def sam_hyperparams(rho, eta, lamb, sign: str, signs: Iterable[str]) -> None:
+    """Check every SAM-family setting: ``rho > 0``, ``eta >= 0``, ``lamb >= 0`` (finite real numbers; traced
+    values pass) and ``sign`` in ``signs``.
+
+    Example:
+        >>> sam_hyperparams(0.05, 0.0, 1.0, "min", ("min", "max"))
+        >>> sam_hyperparams(0.05, 0.0, float("nan"), "min", ("min", "max"))
+        Traceback (most recent call last):
+        ...
+        ValueError: lamb must be a finite number >= 0.0, got nan. ...
+    """
+    real_number(
+        "rho", rho, minimum=0.0, strict=True, hint="SAM's neighbourhood radius ρ must be positive, e.g. rho=0.05."
+    )
+    real_number("eta", eta, minimum=0.0, hint="ASAM's offset η is >= 0, e.g. eta=0.01.")
+    real_number(
+        "lamb", lamb, minimum=0.0, hint="λ weighs g' − g; for sharpness maximization use sign='max', not λ < 0."
+    )
+    choice("sign", sign, signs)
+
+
+def loss_output(out, has_aux: bool, where: str):
+    """Split what a loss function returned into ``(loss, aux)`` after checking it: a scalar when
+    ``has_aux=False`` (``aux`` is then None), a pair ``(scalar, aux)`` when ``has_aux=True``.
+
+    Example:
+        >>> loss_output(np.float32(1.5), False, "f")
+        (np.float32(1.5), None)
+        >>> loss_output((np.float32(1.5), {"acc": 1}), False, "curvature.hvp")
+        Traceback (most recent call last):
+        ...
+        TypeError: curvature.hvp: loss_fn returned a tuple of 2; if it returns (loss, aux), pass has_aux=True.
+    """
+    if has_aux:
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            raise TypeError(f"{where}: with has_aux=True loss_fn must return a pair (loss, aux), got {_kind(out)}.")
+        loss, aux = out
+    else:
+        if isinstance(out, tuple | list):
+            raise TypeError(
+                f"{where}: loss_fn returned a {type(out).__name__} of {len(out)}; "
+                "if it returns (loss, aux), pass has_aux=True."
+            )
+        loss, aux = out, None
+    shape = getattr(loss, "shape", None)
+    if shape is None and not isinstance(loss, numbers.Real):
+        raise TypeError(f"{where}: loss_fn must return a scalar array, got {_kind(loss)}.")
+    if shape is not None and tuple(shape) != ():
+        raise ValueError(
+            f"{where}: loss_fn must return a scalar, got shape {tuple(shape)}; reduce it (e.g. jnp.mean) "
+            "or, to return extra outputs, return (loss, aux) and pass has_aux=True."
+        )
+    return loss, aux
+
+
+def _short(x, limit: int = 40) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(x) -> str:
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return f"an array of shape {tuple(shape)}"
+    if isinstance(x, tuple | list):
+        return f"a {type(x).__name__} of {len(x)}"
+    return f"a {type(x).__name__}"
+
+
+def is_prng_key(x) -> bool:
+    """True for a JAX PRNG key: a typed key (``jax.random.key``) or a raw ``uint32`` key (``jax.random.PRNGKey``).
+    Works on traced keys too (it only looks at dtype and shape).
+
+    Example:
+        >>> import jax
+        >>> is_prng_key(jax.random.key(0)), is_prng_key(jax.random.PRNGKey(0)), is_prng_key(np.ones(2))
+        (True, True, False)
+    """
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return dtype == np.uint32 and len(np.shape(x)) >= 1 and np.shape(x)[-1] in (2, 4)
+
+
+def in_axes(value, num_args: int, where: str) -> tuple:
+    """Normalize ``in_axes`` (``0`` or one ``0`` / ``None`` per positional argument, as in ``jax.vmap``) to a tuple.
+
+    Example:
+        >>> in_axes(0, 2, "f"), in_axes((0, None), 2, "f")
+        ((0, 0), (0, None))
+        >>> in_axes((0,), 2, "f")
+        Traceback (most recent call last):
+        ...
+        ValueError: f: in_axes must be 0 or a tuple of 0 / None, one per argument (2 arguments), got (0,).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return (0,) * num_args
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == num_args
+        and all(a is None or (isinstance(a, int) and not isinstance(a, bool) and a == 0) for a in value)
+    ):
+        return tuple(value)
+    raise ValueError(
+        f"{where}: in_axes must be 0 or a tuple of 0 / None, one per argument ({num_args} arguments), got {value!r}."
+    )
+
+
+def leading_axis(tree, what: str) -> int:
+    """The size of the leading axis shared by every leaf of ``tree`` (>= 1).
+
+    Example:
+        >>> leading_axis({"x": np.zeros((4, 3)), "y": np.zeros(4)}, "micro-batches")
+        4
+        >>> leading_axis({"x": np.zeros((4, 3)), "y": np.zeros(2)}, "micro-batches")
+        Traceback (most recent call last):
+        ...
+        ValueError: micro-batches: every array needs the same non-empty leading axis; got shapes [(4, 3), (2,)].
+    """
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError(f"{what}: no arrays to split along a leading axis.")
+    shapes = [tuple(np.shape(x)) for x in leaves]
+    n = shapes[0][0] if shapes[0] else 0
+    if n == 0 or any(not s or s[0] != n for s in shapes):
+        raise ValueError(f"{what}: every array needs the same non-empty leading axis; got shapes {shapes}.")
+    return int(n)

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import mlp_loss
+from conftest import mlp_apply, mlp_loss
 from jax.flatten_util import ravel_pytree
 
 from jaxunlearn import curvature
@@ -161,3 +161,156 @@ def test_unrolled_and_vmapped_probes_give_the_same_estimate(dense, num_probes, c
     assert curvature.default_probe_mode(curvature.MAX_UNROLL + 1) == "vmap"
     with pytest.raises(ValueError, match="probe_mode"):
         curvature.hutchinson_diagonal(mlp_loss, params, batch, key, 4, probe_mode="scan")
+
+
+# --------------------------------------------------------------------------------------------------------
+# jax.grad manners: loss_fn(params, *args), has_aux, the earlier positional forms, clear errors
+# --------------------------------------------------------------------------------------------------------
+def _xy_loss(p, x, y):
+    return mlp_loss(p, (x, y))
+
+
+def _aux_loss(p, x, y):
+    return mlp_loss(p, (x, y)), {"logits_mean": jnp.mean(x)}
+
+
+def test_star_args_and_has_aux_give_the_batch_form_results(mlp):
+    """``loss_fn(params, x, y) -> (loss, aux)`` with ``has_aux=True``: the results of ``loss_fn(params, batch)``."""
+    params, (x, y) = mlp
+    key = jax.random.key(2)
+    v = jax.tree.map(jnp.ones_like, params)
+    kw = {"has_aux": True}
+    pairs = [
+        (curvature.hvp(_aux_loss, params, x, y, v=v, **kw), curvature.hvp(mlp_loss, params, (x, y), v)),
+        (
+            curvature.hessian_diagonal(_aux_loss, params, x, y, **kw),
+            curvature.hessian_diagonal(mlp_loss, params, (x, y)),
+        ),
+        (
+            curvature.hutchinson_diagonal(_aux_loss, params, x, y, key=key, num_probes=4, **kw),
+            curvature.hutchinson_diagonal(mlp_loss, params, (x, y), key, 4),
+        ),
+        (
+            curvature.fisher_diagonal(_aux_loss, params, x, y, chunk_size=8, **kw),
+            curvature.fisher_diagonal(mlp_loss, params, (x, y), chunk_size=8),
+        ),
+        (
+            curvature.top_eigenvalue(_aux_loss, params, x, y, key=key, num_iters=5, **kw),
+            curvature.top_eigenvalue(mlp_loss, params, (x, y), key, 5),
+        ),
+        (
+            curvature.hessian_trace(_aux_loss, params, x, y, key=key, num_probes=4, **kw),
+            curvature.hessian_trace(mlp_loss, params, (x, y), key, 4),
+        ),
+    ]
+    for got, expected in pairs:
+        np.testing.assert_allclose(_flat(got), _flat(expected), rtol=1e-5, atol=1e-7)
+
+
+def test_earlier_positional_forms_equal_the_keyword_forms(mlp):
+    params, batch = mlp
+    key = jax.random.key(4)
+    v = jax.tree.map(jnp.ones_like, params)
+    np.testing.assert_array_equal(
+        _flat(curvature.hvp(mlp_loss, params, batch, v)), _flat(curvature.hvp(mlp_loss, params, batch, v=v))
+    )
+    kw = curvature.top_eigenvalue(mlp_loss, params, batch, key=key, num_iters=7)
+    assert float(curvature.top_eigenvalue(mlp_loss, params, batch, key, 7)) == float(kw)
+    assert float(curvature.top_eigenvalue(mlp_loss, params, batch, key, num_iters=7)) == float(kw)
+    hk = curvature.hutchinson_diagonal(mlp_loss, params, batch, key=key, num_probes=6)
+    for got in (
+        curvature.hutchinson_diagonal(mlp_loss, params, batch, key, 6),
+        curvature.hutchinson_diagonal(mlp_loss, params, batch, key, num_probes=6),
+    ):
+        np.testing.assert_array_equal(_flat(got), _flat(hk))
+    assert float(curvature.hessian_trace(mlp_loss, params, batch, key, 6)) == pytest.approx(
+        float(curvature.hessian_trace(mlp_loss, params, batch, key=key, num_probes=6))
+    )
+    # a raw uint32 key (jax.random.PRNGKey) is a key too
+    raw = curvature.top_eigenvalue(mlp_loss, params, batch, jax.random.PRNGKey(0), 3)
+    assert np.isfinite(float(raw))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda loss, p, b: curvature.hvp(loss, p, b, v=p),
+        lambda loss, p, b: curvature.hessian_diagonal(loss, p, b),
+        lambda loss, p, b: curvature.hutchinson_diagonal(loss, p, b, key=jax.random.key(0), num_probes=2),
+        lambda loss, p, b: curvature.fisher_diagonal(loss, p, b),
+        lambda loss, p, b: curvature.top_eigenvalue(loss, p, b, key=jax.random.key(0), num_iters=2),
+        lambda loss, p, b: curvature.hessian_trace(loss, p, b, key=jax.random.key(0), num_probes=2),
+    ],
+    ids=["hvp", "hessian_diagonal", "hutchinson_diagonal", "fisher_diagonal", "top_eigenvalue", "hessian_trace"],
+)
+def test_a_tuple_without_has_aux_or_a_non_scalar_loss_is_one_clear_line(mlp, call):
+    params, batch = mlp
+    with pytest.raises(TypeError, match=r"returned a tuple of 2; if it returns \(loss, aux\), pass has_aux=True"):
+        call(lambda p, b: (mlp_loss(p, b), 0.0), params, batch)
+    with pytest.raises(ValueError, match=r"must return a scalar, got shape \(\d+, 3\).*has_aux=True"):
+        call(lambda p, b: mlp_apply(p, b[0]), params, batch)
+
+
+def test_missing_options_name_the_keyword(mlp):
+    params, batch = mlp
+    with pytest.raises(TypeError, match=r"key must be a PRNG key.*key=jax.random.key\(0\)"):
+        curvature.top_eigenvalue(mlp_loss, params, batch)  # no key: the batch is not a key
+    with pytest.raises(TypeError, match="num_probes"):
+        curvature.hutchinson_diagonal(mlp_loss, params, batch, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="the vector v"):
+        curvature.hvp(mlp_loss, params)
+    with pytest.raises(TypeError, match="loss_fn must be a function"):
+        curvature.hessian_diagonal("mlp_loss", params, batch)
+
+
+def test_fisher_in_axes_passes_an_argument_whole_to_every_example(mlp):
+    params, (x, y) = mlp
+    scaled = lambda p, x, y, s: s * mlp_loss(p, (x, y))
+    got = curvature.fisher_diagonal(scaled, params, x, y, 3.0, in_axes=(0, 0, None), chunk_size=5)
+    expected = curvature.fisher_diagonal(mlp_loss, params, (x, y), chunk_size=5)
+    np.testing.assert_allclose(_flat(got), 9.0 * _flat(expected), rtol=1e-5)
+    with pytest.raises(ValueError, match="in_axes"):
+        curvature.fisher_diagonal(scaled, params, x, y, 3.0, in_axes=(0, 0))
+
+
+def test_equal_losses_share_compiled_programs(mlp):
+    """A fresh but identical lambda and a new batch of the same shape reuse the programs; a closure over a
+    different batch is a different loss (compiled again, and its result is that batch's)."""
+    from jaxunlearn import engine
+
+    params, (x, y) = mlp
+    key = jax.random.key(0)
+
+    def run(loss, *args):
+        return curvature.top_eigenvalue(loss, params, *args, key=key, num_iters=4)
+
+    def fresh():  # the same lambda expression evaluated again: a new function object each time
+        return lambda p, x, y: mlp_loss(p, (x, y))
+
+    x1 = x + 1.0
+    run(fresh(), x, y)  # warm up
+    before = engine.COMPILE_COUNTER.compiles
+    again = run(fresh(), x, y)
+    other = run(fresh(), x1, y)  # ... and a new batch of the same shapes
+    assert engine.COMPILE_COUNTER.compiles == before
+    assert float(other) != float(again)
+
+    # the same loss object, a new batch of the same shapes: compiled once (Hutchinson and the exact diagonal)
+    for f in (
+        lambda b: curvature.hutchinson_diagonal(_xy_loss, params, *b, key=key, num_probes=4),
+        lambda b: curvature.hessian_diagonal(_xy_loss, params, *b),
+    ):
+        f((x, y))
+        before = engine.COMPILE_COUNTER.compiles
+        f((x1, y))
+        assert engine.COMPILE_COUNTER.compiles == before
+
+    def closing_over(xb):
+        return lambda p: mlp_loss(p, (xb, y))
+
+    first = run(closing_over(x))
+    before = engine.COMPILE_COUNTER.compiles
+    second = run(closing_over(x1))  # same code, a different captured array: not shared
+    assert engine.COMPILE_COUNTER.compiles > before
+    assert float(first) == pytest.approx(float(again), rel=1e-5)
+    assert float(second) == pytest.approx(float(other), rel=1e-5)

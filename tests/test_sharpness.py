@@ -169,3 +169,86 @@ def test_mismatched_pytrees_raise(mlp):
 def test_sign_error_suggests_close_option():
     with pytest.raises(ValueError, match="Did you mean 'max'"):
         value_and_sam_grad(mlp_loss, 0.1, sign="maxx")
+
+
+# --------------------------------------------------------------------------------------------------------
+# settings checked at construction, *args and has_aux
+# --------------------------------------------------------------------------------------------------------
+BAD_SETTINGS = [
+    ({"rho": "0.05"}, TypeError, r"rho must be a real number, got '0.05' \(str\)"),
+    ({"rho": None}, TypeError, r"rho must be a real number, got None"),
+    ({"rho": float("nan")}, ValueError, r"rho must be a finite number > 0.0, got nan"),
+    ({"rho": 0.1, "lamb": float("nan")}, ValueError, r"lamb must be a finite number >= 0.0, got nan"),
+    ({"rho": 0.1, "lamb": -5}, ValueError, r"lamb must be a finite number >= 0.0, got -5.*sign='max'"),
+    ({"rho": 0.1, "eta": -0.01}, ValueError, r"eta must be a finite number >= 0.0, got -0.01"),
+    ({"rho": 0.1, "eta": "0.01"}, TypeError, r"eta must be a real number"),
+]
+
+
+@pytest.mark.parametrize("kwargs, exc, match", BAD_SETTINGS)
+def test_bad_settings_raise_one_line_at_construction(kwargs, exc, match):
+    kwargs = dict(kwargs)
+    rho = kwargs.pop("rho")
+    for build in (
+        lambda: value_and_sam_grad(mlp_loss, rho, **kwargs),
+        lambda: sharpness.sam_grad(mlp_loss, rho, **kwargs),
+        lambda: sharpness.accumulated_value_and_sam_grad(mlp_loss, rho, **kwargs),
+    ):
+        with pytest.raises(exc, match=match) as info:
+            build()
+        assert "\n" not in str(info.value)
+    if "lamb" not in kwargs:  # perturbation has no λ
+        with pytest.raises(exc, match=match):
+            perturbation({"w": jnp.ones(2)}, {"w": jnp.ones(2)}, rho, **kwargs)
+
+
+def test_traced_settings_are_accepted_under_vmap(mlp):
+    params, batch = mlp
+    lambs = jnp.array([0.0, 0.5, 2.0])
+    etas = jnp.array([0.0, 0.01, 0.1])
+    d = jax.vmap(
+        lambda lamb, eta: value_and_sam_grad(mlp_loss, 0.1, lamb=lamb, adaptive=True, eta=eta)(params, batch)[1]
+    )(lambs, etas)
+    single = value_and_sam_grad(mlp_loss, 0.1, lamb=0.5, adaptive=True, eta=0.01)(params, batch)[1]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6), d, single)
+    # numpy scalars and 0-d arrays are numbers too
+    value_and_sam_grad(mlp_loss, np.float32(0.1), lamb=np.float64(1.0))
+    value_and_sam_grad(mlp_loss, jnp.asarray(0.1))
+
+
+def test_a_tuple_without_has_aux_or_a_non_scalar_loss_is_one_clear_line(mlp):
+    params, batch = mlp
+    pair = lambda p, b: (mlp_loss(p, b), {"n": 1})
+    with pytest.raises(TypeError, match=r"if it returns \(loss, aux\), pass has_aux=True"):
+        value_and_sam_grad(pair, 0.1)(params, batch)
+    with pytest.raises(TypeError, match="pass has_aux=True"):
+        sharpness.sharpness(pair, params, batch, rho=0.1)
+    per_example = lambda p, b: -jnp.take_along_axis(jax.nn.log_softmax(b[0] @ p["l0"]["w"]), b[1][:, None], 1)
+    with pytest.raises(ValueError, match=r"must return a scalar, got shape \(16, 1\)"):
+        value_and_sam_grad(per_example, 0.1)(params, batch)
+    with pytest.raises(TypeError, match=r"has_aux=True loss_fn must return a pair \(loss, aux\)"):
+        value_and_sam_grad(mlp_loss, 0.1, has_aux=True)(params, batch)
+    with pytest.raises(TypeError, match="loss_fn must be a function"):
+        value_and_sam_grad("mlp_loss", 0.1)
+
+
+def test_sam_grad_with_aux_returns_direction_and_unperturbed_aux(mlp):
+    params, batch = mlp
+    aux_loss = lambda p, x, y: (mlp_loss(p, (x, y)), jnp.mean(x))
+    d, aux = sharpness.sam_grad(aux_loss, 0.1, has_aux=True)(params, *batch)
+    _, expected = value_and_sam_grad(mlp_loss, 0.1)(params, batch)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), d, expected)
+    assert float(aux) == pytest.approx(float(jnp.mean(batch[0])))
+
+
+def test_sharpness_takes_star_args_rho_by_keyword_and_the_earlier_positional_radius(mlp):
+    params, (x, y) = mlp
+    earlier = sharpness.sharpness(mlp_loss, params, (x, y), 0.1)
+    by_keyword = sharpness.sharpness(lambda p, x, y: mlp_loss(p, (x, y)), params, x, y, rho=0.1)
+    with_aux = sharpness.sharpness(lambda p, x, y: (mlp_loss(p, (x, y)), 0), params, x, y, rho=0.1, has_aux=True)
+    assert float(by_keyword) == pytest.approx(float(earlier), rel=1e-6)
+    assert float(with_aux) == pytest.approx(float(earlier), rel=1e-6)
+    with pytest.raises(TypeError, match=r"Pass the radius by keyword: sharpness\(loss_fn, params, \*args, rho=0.05\)"):
+        sharpness.sharpness(lambda p, x, y: mlp_loss(p, (x, y)), params, x, y)  # y taken as the radius
+    with pytest.raises(TypeError, match="needs the radius"):
+        sharpness.sharpness(lambda p: jnp.sum(p), jnp.ones(2))
