@@ -418,3 +418,41 @@ def leading_axis(tree, what: str) -> int:
     if n == 0 or any(not s or s[0] != n for s in shapes):
         raise ValueError(f"{what}: every array needs the same non-empty leading axis; got shapes {shapes}.")
     return int(n)
+
+
+def non_negative_int(name: str, value) -> int:
+    """Return ``value`` as int after checking it is an integer >= 0 (``True`` is not an integer here).
+
+    Example:
+        >>> non_negative_int("seed", 0)
+        0
+        >>> non_negative_int("seed", -1)
+        Traceback (most recent call last):
+        ...
+        ValueError: seed must be an integer >= 0, got -1.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+    return int(value)
+
+
+def unit_interval(name: str, value, *, open_right: bool = False, hint: str = "") -> None:
+    """Raise ``ValueError`` unless a concrete ``value`` lies in ``[0, 1]`` (``[0, 1)`` with ``open_right``);
+    traced values pass.
+
+    Example:
+        >>> unit_interval("average_start", 0.8)
+        >>> unit_interval("average_decay", 1.0, open_right=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: average_decay must be a number in [0, 1), got 1.0.
+    """
+    if not is_concrete_number(value):
+        if isinstance(value, jax.core.Tracer):
+            return
+        raise ValueError(f"{name} must be a number in [0, 1{')' if open_right else ']'}, got {value!r}.")
+    v = float(value)
+    ok = np.isfinite(v) and 0.0 <= v and (v < 1.0 if open_right else v <= 1.0)
+    if not ok:
+        tail = f" {hint}" if hint else ""
+        raise ValueError(f"{name} must be a number in [0, 1{')' if open_right else ']'}, got {value!r}.{tail}")

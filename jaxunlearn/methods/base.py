@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxunlearn.methods import options as _options
 from jaxunlearn.plan import PRETRAIN_DEFAULT, UNLEARN_DEFAULT, OptimConfig, Plan, as_optim_config
 
 __all__ = [
@@ -228,6 +229,7 @@ class Method:
     recipe_fn: Callable[[Context, dict], Recipe]
     defaults: dict = dataclasses.field(default_factory=dict)
     gradient_based: bool = True
+    checks: dict = dataclasses.field(default_factory=dict)
 
     def recipe(self, ctx: Context) -> Recipe:
         """The method's recipe for ``ctx`` (its options merged over the defaults); a plan's ``corrected``
@@ -252,13 +254,21 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 def register(
-    name: str, summary: str, defaults: dict | None = None, *, gradient_based: bool = True, overwrite: bool = False
+    name: str,
+    summary: str,
+    defaults: dict | None = None,
+    *,
+    gradient_based: bool = True,
+    overwrite: bool = False,
+    checks: dict | None = None,
 ):
     """Decorator registering ``fn(ctx, options) -> Recipe`` under ``name``.
 
     Registering a taken name raises ``ValueError`` unless ``overwrite=True`` (re-running a notebook cell
-    that defines a method). A method is a recipe builder: compose the pieces exported here
-    (:class:`~jaxunlearn.plan.Phase`, :func:`method_plan`, :class:`Recipe`, :mod:`jaxunlearn.objectives`).
+    that defines a method). ``checks``: ``{option: rule}`` (:mod:`jaxunlearn.methods.options`), checked with
+    the common rules whenever options are resolved, so a bad value fails before any training. A method is a
+    recipe builder: compose the pieces exported here (:class:`~jaxunlearn.plan.Phase`, :func:`method_plan`,
+    :class:`Recipe`, :mod:`jaxunlearn.objectives`).
 
     Example:
         >>> from jaxunlearn.plan import Phase, supervised_loss
@@ -284,7 +294,7 @@ def register(
                 f"method names cannot contain {VARIANT_SEP!r} (it marks a variant NAME{VARIANT_SEP}TAG of a registered "
                 f"method, which needs no registration), got {name!r}."
             )
-        METHODS[name] = Method(name, summary, fn, dict(defaults or {}), gradient_based)
+        METHODS[name] = Method(name, summary, fn, dict(defaults or {}), gradient_based, dict(checks or {}))
         return fn
 
     return deco
@@ -324,7 +334,8 @@ def get(name: str) -> Method:
 
 
 def resolve_options(method: Method, options: dict) -> dict:
-    """Merge ``options`` over the method's defaults; unknown option names raise ``ValueError``.
+    """Merge ``options`` over the method's defaults; unknown option names and values outside an option's
+    range (:mod:`jaxunlearn.methods.options`) raise ``ValueError``.
 
     Example:
         >>> resolve_options(get("neggrad"), {"alpha": 0.9})
@@ -332,6 +343,9 @@ def resolve_options(method: Method, options: dict) -> dict:
         >>> resolve_options(get("neggrad"), {"alpah": 0.9})
         Traceback (most recent call last):
         ValueError: neggrad has no option(s) ['alpah']; its options are alpha=0.99, lr_scale=1.0, epochs=None.
+        >>> resolve_options(get("neggrad"), {"alpha": 5})
+        Traceback (most recent call last):
+        ValueError: neggrad option alpha=5: must be a number in [0, 1].
     """
     unknown = set(options) - set(method.defaults)
     if unknown:
@@ -339,7 +353,7 @@ def resolve_options(method: Method, options: dict) -> dict:
             f"{method.name} has no option(s) {sorted(unknown)}; its options are "
             f"{', '.join(f'{k}={v!r}' for k, v in method.defaults.items()) or 'none'}."
         )
-    return {**method.defaults, **options}
+    return _options.check(method.name, {**method.defaults, **options}, method.checks)
 
 
 def method_plan(ctx: Context, opts: dict, name: str, *phases, **kw) -> Plan:

@@ -24,7 +24,8 @@ import numpy as np
 
 from jaxunlearn import _validate, curvature, selection
 from jaxunlearn.methods import base as base_mod
-from jaxunlearn.methods.base import Recipe, register
+from jaxunlearn.methods import options
+from jaxunlearn.methods.base import METHODS, Recipe, register
 from jaxunlearn.methods.common import MeanCE, summed_gradient
 
 SCORES = ("hessian", "hutchinson", "exact", "fisher", "gradient", "random", "last_layer", "all")
@@ -155,6 +156,12 @@ def _corrected_update(ctx, mask, opts, diag):
     return params
 
 
+def _gradient_method(name) -> str | None:
+    """Rule of the ``base`` option: a registered gradient method other than hessian_select."""
+    ok = [n for n, m in METHODS.items() if m.gradient_based and n not in ("hessian_select", "retrain")]
+    return None if name in ok else "must be a registered gradient method: " + ", ".join(sorted(ok))
+
+
 @register(
     "hessian_select",
     "update only the parameters with the largest Hessian diagonal",
@@ -171,6 +178,19 @@ def _corrected_update(ctx, mask, opts, diag):
         "steps": 1,
         "damping": 1e-3,
         "base_options": None,
+    },
+    checks={
+        "scores": options.one_of(SCORES),
+        "data": options.one_of(("forget", "retain", "all")),
+        "base": _gradient_method,
+        "update": options.one_of(UPDATES),
+        "num_probes": options.count(1),
+        "exact_limit": options.count(0),
+        "max_examples": options.count(1),
+        "tau": options.positive(),
+        "steps": options.count(1),
+        "damping": options.nonnegative(),
+        "base_options": options.mapping(),
     },
 )
 def hessian_select(ctx, opts):

@@ -6,6 +6,7 @@ Loss at epoch e (0-based) of E: ``CE(D_r) + γ·(1 − e/E)·‖w‖₁``.
 import jax.numpy as jnp
 
 from jaxunlearn import objectives
+from jaxunlearn.methods import options
 from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.plan import Phase
 
@@ -32,7 +33,12 @@ def l1_loss(apply_fn, params, model_state, batch, hp, info):
     ), new_state
 
 
-@register("l1_sparse", "fine-tune + linearly decaying L1 penalty", {"gamma": 5e-5, "lr_scale": 1.0, "epochs": None})
+@register(
+    "l1_sparse",
+    "fine-tune + linearly decaying L1 penalty",
+    {"gamma": 5e-5, "lr_scale": 1.0, "epochs": None},
+    checks={"gamma": options.nonnegative()},
+)
 def l1_sparse(ctx, opts):
     """L1-sparse's recipe: one phase minimizing :func:`l1_loss` on the retain set, ``hp["gamma"] = opts["gamma"]``.
 

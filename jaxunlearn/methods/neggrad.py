@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 
 from jaxunlearn import objectives
+from jaxunlearn.methods import options
 from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.plan import Phase
 
@@ -36,7 +37,12 @@ def neggrad_loss(apply_fn, params, model_state, batch, hp, info):
     return a * ce_r - (1.0 - a) * ce_f, new_state
 
 
-@register("neggrad", "alpha*CE(R) - (1-alpha)*CE(F)", {"alpha": 0.99, "lr_scale": 1.0, "epochs": None})
+@register(
+    "neggrad",
+    "alpha*CE(R) - (1-alpha)*CE(F)",
+    {"alpha": 0.99, "lr_scale": 1.0, "epochs": None},
+    checks={"alpha": options.unit_interval()},
+)
 def neggrad(ctx, opts):
     """NegGrad's recipe: one phase minimizing :func:`neggrad_loss` on paired retain/forget batches, an epoch
     being a pass over the retain set, ``hp["alpha"] = opts["alpha"]``.

@@ -4,11 +4,17 @@ Every metric is compared with Retrain. It repeats the original training (optimiz
 fresh initialisation, on ``D_r`` only.
 """
 
+from jaxunlearn.methods import options
 from jaxunlearn.methods.base import Recipe, register
 from jaxunlearn.plan import Phase, Plan, supervised_loss
 
 
-@register("retrain", "train from scratch on the retain set (the reference)", {"init_seed": None})
+@register(
+    "retrain",
+    "train from scratch on the retain set (the reference)",
+    {"init_seed": None},
+    checks={"init_seed": options.optional_seed()},
+)
 def retrain(ctx, opts):
     """Retrain's recipe: minimize ``CE(R)`` from ``ctx.init_fn(seed)`` (``opts["init_seed"]``, default
     ``ctx.seed + 1000``) with ``ctx.pretrain_optimizer`` for ``ctx.pretrain_epochs`` epochs.

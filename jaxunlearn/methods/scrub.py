@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxunlearn import objectives
+from jaxunlearn.methods import options
 from jaxunlearn.methods.base import Recipe, method_plan, register
 from jaxunlearn.plan import Phase
 
@@ -61,6 +62,12 @@ def scrub_min_loss(apply_fn, params, model_state, batch, hp, info):
     "scrub",
     "max KL(teacher||student) on F, then min CE + KL on R",
     {"msteps": 2, "kd_T": 4.0, "gamma": 0.99, "beta": 0.1, "lr_scale": 0.1, "epochs": 5},
+    checks={
+        "msteps": options.count(0),
+        "kd_T": options.positive(),
+        "gamma": options.nonnegative(),
+        "beta": options.nonnegative(),
+    },
 )
 def scrub(ctx, opts):
     """SCRUB's recipe: a max phase (:func:`scrub_max_loss` on F, active in the first ``opts["msteps"]`` epochs)

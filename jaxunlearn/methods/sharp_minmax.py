@@ -20,9 +20,10 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxunlearn import objectives, selection
+from jaxunlearn.methods import options
 from jaxunlearn.methods.base import Recipe, register, scaled
 from jaxunlearn.methods.common import forget_saliency_mask
-from jaxunlearn.plan import Phase, Plan
+from jaxunlearn.plan import MASK_READINGS, Phase, Plan
 
 
 def retain_loss(apply_fn, params, model_state, batch, hp, info):
@@ -75,6 +76,11 @@ def forget_loss(apply_fn, params, model_state, batch, hp, info):
         "lr_scale": 1.0,
         "forget_lr_scale": 0.01,
         "epochs": None,
+    },
+    checks={
+        "largest": options.boolean(),
+        "alpha": options.unit_interval(),
+        "mask_reading": options.one_of(MASK_READINGS),
     },
 )
 def sharp_minmax(ctx, opts):

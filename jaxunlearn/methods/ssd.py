@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn import curvature
+from jaxunlearn.methods import options
 from jaxunlearn.methods.base import Recipe, register
 from jaxunlearn.methods.common import MeanCE
 
@@ -27,6 +28,12 @@ def _fisher(ctx, idx, chunk):
     "dampen parameters far more important to F than to D (Fisher)",
     {"alpha": 5.0, "lam": 1.0, "max_examples": 2000, "chunk_size": 64},
     gradient_based=False,
+    checks={
+        "alpha": options.positive(),
+        "lam": options.positive(),
+        "max_examples": options.count(1),
+        "chunk_size": options.count(1),
+    },
 )
 def ssd(ctx, opts):
     """SSD's recipe, a direct edit: Fisher diagonals ``I_D`` (at most ``opts["max_examples"]`` training
