@@ -82,3 +82,28 @@ def save_figure(fig, path, *, dpi: int = 150) -> str:
         prefix=".tmp-fig-",
         suffix="." + ext,
     )
+
+
+def remove_stale_temps(directory) -> list[str]:
+    """Remove the temporary files an interrupted atomic write left in ``directory`` (``.tmp-*.tmp`` and
+    ``.tmp-fig-*``); return their names. Call it only while no other process writes there (on resume).
+
+    Example:
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> for name in (".tmp-abc.tmp", "results.json"):
+        ...     _ = open(os.path.join(tmp.name, name), "w").write("x")
+        >>> remove_stale_temps(tmp.name), sorted(os.listdir(tmp.name))
+        (['.tmp-abc.tmp'], ['results.json'])
+        >>> tmp.cleanup()
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        stale = (name.startswith(".tmp-") and name.endswith(".tmp")) or name.startswith(".tmp-fig-")
+        path = os.path.join(directory, name)
+        if stale and os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
+    return removed

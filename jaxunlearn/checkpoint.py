@@ -172,6 +172,7 @@ def _placed_like(want, got):
 def _first_line(exc: BaseException, limit: int = 240) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else ""
+    line = line.split(" See full TensorStore details")[0]  # the rest is a repr of a C++ binding
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
