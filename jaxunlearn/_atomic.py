@@ -107,3 +107,27 @@ def remove_stale_temps(directory) -> list[str]:
             os.remove(path)
             removed.append(name)
     return removed
+
+
+def unique_dir(parent, stem: str) -> str:
+    """Create and return a NEW directory ``parent/stem``, or ``parent/stem-2``, ``-3``, ... when taken.
+
+    ``os.mkdir`` either creates the directory or fails, so two processes started in the same second (same
+    timestamped ``stem``) never share a folder.
+
+    Example:
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> [os.path.basename(unique_dir(tmp.name, "run")) for _ in range(3)]
+        ['run', 'run-2', 'run-3']
+        >>> tmp.cleanup()
+    """
+    parent = os.fspath(parent)
+    os.makedirs(parent, exist_ok=True)
+    k = 1
+    while True:
+        path = os.path.join(parent, stem if k == 1 else f"{stem}-{k}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            k += 1

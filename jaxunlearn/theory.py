@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxunlearn import _validate, models, report, sharpness
+from jaxunlearn import _atomic, _validate, models, report, sharpness
 from jaxunlearn.data import make_signal_noise
 
 __all__ = ["run_theory", "UNLEARN_KINDS", "RESULT_KEYS"]
@@ -147,6 +147,7 @@ def run_theory(
     phi_sweep: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
     sweep_seeds: int = 3,
     figures: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Pretrain the theory CNN with SGD and SAM, unlearn a forget set, sweep ‖φ‖; write figures + JSON.
 
@@ -165,7 +166,8 @@ def run_theory(
     signal (test error ≈ 0) with less than half the noise memorization. ~10 s on 2 CPU cores.
 
     Args:
-        out: output directory (created); default ``runs/theory-<timestamp>``.
+        out: output directory (created); default a new ``runs/theory-<timestamp>``. A non-empty ``out`` is
+            refused unless ``overwrite=True``.
         n, d, phi_norm, sigma_p: data (``make_signal_noise``, P = 2 patches); ``n_test`` test examples.
         steps, lr, rho: pretraining steps, learning rate η, SAM radius ρ.
         seed: seed of the data (train/test/forget set) and of the initialization.
@@ -237,12 +239,20 @@ def run_theory(
     phis = settings["phi_sweep"] = _check(settings)
     t_start = time.perf_counter()
     unlearn_lr = settings["unlearn_lr"] = float(lr if unlearn_lr is None else unlearn_lr)
-    out = (
-        os.fspath(out)
-        if out is not None
-        else os.path.join("runs", "theory-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    )
-    os.makedirs(out, exist_ok=True)
+    if out is None:
+        out = _atomic.unique_dir("runs", "theory-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    else:
+        out = os.fspath(out)
+        kept = sorted(os.listdir(out)) if os.path.isdir(out) else []
+        if kept and not overwrite:
+            shown = ", ".join(kept[:4]) + (", ..." if len(kept) > 4 else "")
+            raise ValueError(
+                f"{out} is not empty ({shown}); choose a new --out, or pass --overwrite (overwrite=True) to "
+                "replace the theory run's files there."
+            )
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"--out {out} is a file; choose a directory.")
+        os.makedirs(out, exist_ok=True)
     bar = tqdm(total=3, desc="theory", disable=not progress, leave=False, dynamic_ncols=True)
 
     # ---- data, model, forget set -------------------------------------------------------------------

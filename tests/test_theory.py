@@ -114,3 +114,10 @@ def test_cli_theory(tmp_path, capsys):
 def test_cli_theory_bad_value(tmp_path, capsys):
     assert cli.main(["theory", "--steps", "0", "--out", str(tmp_path / "x")]) == 2
     assert "steps must be" in capsys.readouterr().err
+
+
+def test_a_non_empty_out_is_refused_unless_overwrite(tmp_path):
+    (tmp_path / "theory.json").write_text('{"kept": true}')
+    with pytest.raises(ValueError, match=r"is not empty \(theory.json\); choose a new --out, or pass --overwrite"):
+        run_theory(tmp_path, progress=False)
+    assert (tmp_path / "theory.json").read_text() == '{"kept": true}'
