@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxunlearn import data, engine, models
+from jaxunlearn import data, engine, methods, models
 from jaxunlearn.data.idx import DEFAULT_FASHION_MNIST_DIR
 
 # ---------------------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def test_unsaved_epochs_are_recomputed_on_resume(small, tmp_path):
 def test_checkpoint_schedule_is_validated(small, tmp_path, kw, message):
     plan = engine.Plan((engine.Phase("train", engine.supervised_loss),), epochs=1)
     with pytest.raises(ValueError, match=message):
-        engine.run(plan, *_mlp(), small, retain_idx=np.arange(10), checkpoint_dir=tmp_path, progress=False, **kw)
+        engine.run(plan, *_mlp(), small, retain_idx=np.arange(64), checkpoint_dir=tmp_path, progress=False, **kw)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's failed async reads
@@ -677,3 +677,13 @@ def test_evaluate_uses_running_batchnorm_statistics(digits):
     full = engine.evaluate(apply_fn, params, state, x)["logits"]
     part = engine.evaluate(apply_fn, params, state, x[:5])["logits"]
     np.testing.assert_allclose(part, full[:5], rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_larger_than_the_retain_set_is_refused_before_any_step():
+    ctx = methods.toy_context()
+    plan = engine.Plan((engine.Phase("train", engine.supervised_loss),), epochs=1, batch_size=10**6)
+    with pytest.raises(
+        ValueError, match=r"batch_size 1000000 is larger than the 48 retained examples .*use batch_size <= 48"
+    ):
+        engine.run(plan, ctx.apply_fn, ctx.params, ctx.model_state, engine.DeviceData(ctx.x, ctx.y),
+                   retain_idx=ctx.retain_idx, forget_idx=ctx.forget_idx, progress=False)  # fmt: skip

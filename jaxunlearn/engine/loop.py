@@ -223,6 +223,11 @@ def _check(plan, n, retain_idx, forget_idx, mesh, sam_mode, param_sharding):
     if param_sharding == "fsdp" and sam_mode == "per_device":
         raise ValueError("sam_mode='per_device' needs replicated parameters; use param_sharding='replicated'.")
     pool = retain_idx if plan.epoch_over == "retain" else forget_idx
+    if "retain" in uses and plan.batch_size > retain_idx.size:
+        raise ValueError(
+            f"{plan.name}: batch_size {plan.batch_size} is larger than the {retain_idx.size} retained examples "
+            f"(each batch would repeat them); use batch_size <= {retain_idx.size}."
+        )
     steps = max(1, math.ceil(pool.size / plan.batch_size))
     r_pool = retain_idx if retain_idx.size else forget_idx
     f_pool = forget_idx if forget_idx.size else retain_idx
