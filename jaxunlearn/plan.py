@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -42,23 +43,64 @@ __all__ = [
     "UNLEARN_DEFAULT",
     "OPTIMIZERS",
     "SAM_KINDS",
+    "AVERAGES",
+    "OPTIMIZER_KINDS",
+    "optimizer_kind",
+    "final_params",
 ]
 
 PyTree = Any
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
-SAM_KINDS = ("none", "sam", "asam")
+SAM_KINDS = ("none", "sam", "asam", "looksam", "gsam", "rs", "gnp", "cr")
+AVERAGES = ("none", "uniform", "ema")
+#: kinds with a sharpness-maximization form (a phase with ``sign="max"``, e.g. Sharp MinMax's forget phase)
+_MAX_KINDS = ("none", "sam", "asam", "looksam", "gnp", "cr")
+#: the variant defaults of ``alpha`` and ``penalty`` (None in an OptimConfig): LookSAM's α, GSAM's α, γ of GNP / CR
+_ALPHA_DEFAULT = {"looksam": 0.7, "gsam": 0.1}
+_PENALTY_DEFAULT = {"gnp": 0.01, "cr": 10.0}
+#: optimizer names of a job (``--unlearn-optimizer``) -> the OptimConfig fields they set on the base optimizer
+OPTIMIZER_KINDS = {
+    "sgd": {},
+    "sam": {"sam": "sam"},
+    "asam": {"sam": "asam"},
+    "looksam": {"sam": "looksam"},
+    "gsam": {"sam": "gsam"},
+    "rs": {"sam": "rs"},
+    "gnp": {"sam": "gnp"},
+    "cr": {"sam": "cr"},
+    "wa": {"average": "uniform"},
+}
 SCHEDULES = ("cosine", "constant")
 MASK_READINGS = ("strict", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer settings: a base Optax optimizer, optionally wrapped in SAM or ASAM.
+    """Optimizer settings: a base Optax optimizer, optionally wrapped in SAM or one of its relatives, optionally
+    averaging the weights.
 
     ``name``: ``sgd`` (momentum, coupled weight decay as in PyTorch), ``adamw`` or ``adam``;
-    ``schedule``: ``cosine`` decay to 0 over the run, or ``constant``; ``sam``: ``none``, ``sam``
-    (T = 1) or ``asam`` (T = |w| + η); ``rho``, ``lamb`` (λ of ``g + s·λ·(g' − g)``), ``eta``.
+    ``schedule``: ``cosine`` decay to 0 over the run, or ``constant``; ``sam`` (the gradient transform put
+    first, :mod:`jaxunlearn.transforms`; gradients per step in brackets):
+
+    * ``none`` [1]; ``sam`` (T = 1) or ``asam`` (T = |w| + η) [2]: ``rho``, ``lamb`` (λ of
+      ``g + s·λ·(g' − g)``), ``eta`` (:func:`~jaxunlearn.transforms.sam`);
+    * ``looksam`` [1 + 1/k]: ``rho``, ``lamb``, ``k`` (SAM every k-th step), ``alpha`` (default 0.7)
+      (:func:`~jaxunlearn.transforms.looksam`);
+    * ``gsam`` [2]: ``rho``, ``alpha`` (default 0.1) (:func:`~jaxunlearn.transforms.gsam`, constant ρ; no
+      ``sign="max"``);
+    * ``rs`` [1 + samples]: randomized smoothing, ``sigma``, ``samples``, ``seed``
+      (:func:`~jaxunlearn.transforms.randomized_smoothing`; no ``sign="max"``);
+    * ``gnp`` [2]: gradient-norm penalty, ``penalty`` γ (default 0.01), ``fd_radius``
+      (:func:`~jaxunlearn.transforms.gradient_norm_penalty`);
+    * ``cr`` [4]: curvature regularization, ``penalty`` γ (default 10), ``fd_radius``
+      (:func:`~jaxunlearn.transforms.curvature_penalty`).
+
+    ``average``: ``none``, ``uniform`` or ``ema`` weight averaging (:func:`~jaxunlearn.transforms.weight_average`,
+    put last): snapshots every ``average_every`` updates from ``ceil(average_start · total_steps)`` on
+    (defaults 5 and 0.8, Unlearn-Smooth's 100 of 125 steps), EMA decay ``average_decay``. The average lives in
+    the optimizer state; :func:`final_params` reads it at the end of a run.
 
     Defaults are the papers' pretraining recipe (SGD lr 0.1, momentum 0.9, wd 5e-4, cosine);
     :data:`UNLEARN_DEFAULT` is the unlearning one (AdamW lr 0.01, wd 5e-4).
@@ -78,6 +120,8 @@ class OptimConfig:
         >>> import optax
         >>> OptimConfig(base=optax.adamw(1e-3), sam="sam", rho=0.05).uses_base
         True
+        >>> OptimConfig(sam="looksam", k=4).alpha_value, OptimConfig(sam="cr").penalty_value
+        (0.7, 10.0)
     """
 
     name: str = "sgd"
@@ -91,6 +135,17 @@ class OptimConfig:
     eta: float = 0.01
     base: Any = None
     scale: float = 1.0
+    k: int = 5
+    alpha: float | None = None
+    sigma: float = 0.01
+    samples: int = 3
+    seed: int = 0
+    penalty: float | None = None
+    fd_radius: float = 0.01
+    average: str = "none"
+    average_start: float = 0.8
+    average_every: int = 5
+    average_decay: float = 0.9
 
     def __post_init__(self):
         if self.base is not None and not (_is_transform(self.base) or callable(self.base)):
@@ -108,6 +163,31 @@ class OptimConfig:
         _validate.positive("momentum", self.momentum, allow_zero=True)
         _validate.positive("lamb", self.lamb, allow_zero=True)
         _validate.positive("eta", self.eta, allow_zero=True)
+        _validate.positive_int("k", self.k)
+        if self.alpha is not None:
+            _validate.positive("alpha", self.alpha, allow_zero=True, hint="LookSAM's / GSAM's α, e.g. 0.7 / 0.1.")
+        _validate.positive("sigma", self.sigma, hint="The noise scale of randomized smoothing, e.g. 0.01.")
+        _validate.positive_int("samples", self.samples)
+        _validate.non_negative_int("seed", self.seed)
+        if self.penalty is not None:
+            _validate.positive("penalty", self.penalty, allow_zero=True, hint="The weight γ of GNP / CR, e.g. 0.01.")
+        _validate.positive("fd_radius", self.fd_radius, hint="The finite-difference radius, e.g. 0.01.")
+        _validate.choice("average", self.average, AVERAGES)
+        _validate.unit_interval("average_start", self.average_start, hint="A fraction of the run's steps, e.g. 0.8.")
+        _validate.positive_int("average_every", self.average_every)
+        _validate.unit_interval("average_decay", self.average_decay, open_right=True)
+
+    @property
+    def alpha_value(self) -> float:
+        """``alpha``, or the variant's default when it is None: 0.7 for ``looksam``, 0.1 for ``gsam`` (0.0
+        otherwise, unused)."""
+        return float(self.alpha) if self.alpha is not None else _ALPHA_DEFAULT.get(self.sam, 0.0)
+
+    @property
+    def penalty_value(self) -> float:
+        """``penalty``, or the variant's default when it is None: 0.01 for ``gnp``, 10.0 for ``cr`` (0.0
+        otherwise, unused)."""
+        return float(self.penalty) if self.penalty is not None else _PENALTY_DEFAULT.get(self.sam, 0.0)
 
     def with_sam(self, kind: str, **kw) -> OptimConfig:
         """A copy with ``sam=kind`` (and e.g. ``rho=``)."""
@@ -219,6 +299,33 @@ def _base_optimizer(cfg: OptimConfig, total_steps) -> optax.GradientTransformati
     return optax.adam(lr)
 
 
+def _sam_transform(cfg: OptimConfig, sign: str, perturbed_mask) -> optax.GradientTransformationExtraArgs:
+    """The gradient transform of ``cfg.sam`` (not ``none``) for a phase of ``sign``."""
+    kind = cfg.sam
+    if kind in ("sam", "asam"):
+        asam = kind == "asam"
+        return transforms.sam(
+            cfg.rho, adaptive=asam, eta=cfg.eta if asam else 0.0, lamb=cfg.lamb, sign=sign,
+            perturbed_mask=perturbed_mask,
+        )  # fmt: skip
+    if kind == "looksam":
+        return transforms.looksam(cfg.rho, k=cfg.k, alpha=cfg.alpha_value, lamb=cfg.lamb, sign=sign)
+    if kind == "gsam":
+        return transforms.gsam(cfg.rho, alpha=cfg.alpha_value)
+    if kind == "rs":
+        return transforms.randomized_smoothing(cfg.sigma, samples=cfg.samples, seed=cfg.seed)
+    if kind == "gnp":
+        return transforms.gradient_norm_penalty(cfg.penalty_value, radius=cfg.fd_radius, sign=sign)
+    return transforms.curvature_penalty(cfg.penalty_value, radius=cfg.fd_radius, sign=sign)
+
+
+def _average_start(fraction: float, total_steps):
+    """``ceil(fraction · total_steps)`` (a Python int, or an int32 array for a traced run length)."""
+    if isinstance(total_steps, int | np.integer):
+        return int(math.ceil(fraction * int(total_steps)))
+    return jnp.ceil(fraction * jnp.asarray(total_steps, jnp.float32)).astype(jnp.int32)
+
+
 def build_optimizer(
     cfg: OptimConfig,
     total_steps,
@@ -227,13 +334,18 @@ def build_optimizer(
     mask: PyTree | None = None,
     mask_reading: str = "strict",
 ) -> optax.GradientTransformationExtraArgs:
-    """The Optax optimizer of a phase: ``[sam] -> [mask] -> base [-> mask]``.
+    """The Optax optimizer of a phase: ``[sam kind] -> [mask] -> base [-> mask] [-> weight average]``.
 
-    * no SAM: ``g ↦ base(g)``; with SAM/ASAM: ``g ↦ base(g + s·λ·(g' − g))``.
+    * no SAM: ``g ↦ base(g)``; with ``cfg.sam`` = ``sam``/``asam``: ``g ↦ base(g + s·λ·(g' − g))``; any other
+      kind puts its transform (:class:`OptimConfig` lists them) in SAM's place.
     * ``mask`` M, ``mask_reading="strict"``: the whole update is ``M ⊙ base(M ⊙ d)`` (parameters outside
       M never move). ``"reference"``: as the Sharp MinMax PyTorch code, only ``g'`` is masked inside SAM
-      (``g + s·λ·(M⊙g' − g)``), or only the gradient without SAM, and AdamW's decay hits every parameter.
-    * ``sign="max"`` (sharpness maximization) needs SAM; without SAM the sign has no effect.
+      (``g + s·λ·(M⊙g' − g)``), or only the gradient without SAM, and AdamW's decay hits every parameter;
+      it is defined for ``sam`` / ``asam`` / ``none`` only (a ``ValueError`` for the other kinds).
+    * ``sign="max"`` (sharpness maximization) needs a kind with a max form: ``sam``, ``asam``, ``looksam``,
+      ``gnp``, ``cr`` (``gsam`` / ``rs`` raise a ``ValueError``); without SAM the sign has no effect.
+    * ``cfg.average`` != ``none`` appends :func:`jaxunlearn.transforms.weight_average` (read the result with
+      :func:`final_params`).
 
     Example:
         >>> import jax
@@ -244,21 +356,28 @@ def build_optimizer(
         >>> upd, state = opt.update(jax.grad(loss)(params), state, params, grad_fn=jax.grad(loss))
         >>> upd.shape
         (3,)
+        >>> opt = build_optimizer(OptimConfig(sam="looksam", k=2, average="uniform"), 100)
+        >>> upd, state = opt.update(jax.grad(loss)(params), opt.init(params), params, grad_fn=jax.grad(loss))
+        >>> upd.shape
+        (3,)
     """
     _validate.choice("mask_reading", mask_reading, MASK_READINGS)
+    _validate.choice("sign", sign, ("min", "max"))
+    if sign == "max" and cfg.sam not in _MAX_KINDS:
+        raise ValueError(
+            f"OptimConfig(sam={cfg.sam!r}) has no sharpness-maximization form, but this phase has sign='max' "
+            f"(e.g. Sharp MinMax's forget phase): use one of {list(_MAX_KINDS[1:])} for it."
+        )
+    reference = mask is not None and mask_reading == "reference"
+    if reference and cfg.sam not in ("none", "sam", "asam"):
+        raise ValueError(
+            f"mask_reading='reference' masks SAM's perturbed gradient and is defined for sam/asam only, got "
+            f"OptimConfig(sam={cfg.sam!r}): use mask_reading='strict'."
+        )
     base = _base_optimizer(cfg, total_steps)
     parts = []
     if cfg.sam != "none":
-        parts.append(
-            transforms.sam(
-                cfg.rho,
-                adaptive=cfg.sam == "asam",
-                eta=cfg.eta if cfg.sam == "asam" else 0.0,
-                lamb=cfg.lamb,
-                sign=sign,
-                perturbed_mask=mask if (mask is not None and mask_reading == "reference") else None,
-            )
-        )
+        parts.append(_sam_transform(cfg, sign, mask if reference else None))
     if mask is None:
         parts.append(base)
     elif mask_reading == "strict":
@@ -267,7 +386,60 @@ def build_optimizer(
         parts.append(transforms.masked(base, mask, mask_output=False))
     else:
         parts.append(base)
+    if cfg.average != "none":
+        parts.append(
+            transforms.weight_average(
+                cfg.average,
+                start=_average_start(cfg.average_start, total_steps),
+                every=cfg.average_every,
+                decay=cfg.average_decay,
+            )
+        )
     return optax.chain(*parts)
+
+
+def final_params(optimizer, params: PyTree, opt_state) -> PyTree:
+    """The parameters a run with ``optimizer`` ends with: the weight average kept in ``opt_state`` when the
+    optimizer averages (``OptimConfig.average`` != ``none``; the final ``params`` before its first snapshot),
+    else ``params``. ``optimizer``: anything :func:`as_optim_config` accepts; ``opt_state``: the state of the
+    optimizer :func:`build_optimizer` made of it (a phase's ``TrainState.opt_states[i]``; in a plan of several
+    phases, the state of the last phase with averaging, whose snapshots are the parameters after each full step).
+
+    Example:
+        >>> import jax
+        >>> cfg = OptimConfig(name="sgd", lr=0.5, momentum=0.0, weight_decay=0.0, schedule="constant",
+        ...                   average="uniform", average_start=0.0, average_every=1)
+        >>> tx, w = build_optimizer(cfg, 2), jnp.array([4.0])
+        >>> state = tx.init(w)
+        >>> for _ in range(2):                           # w: 4 -> 2 -> 1 (loss w²/2)
+        ...     u, state = tx.update(w, state, w, grad_fn=None); w = w + u
+        >>> float(final_params(cfg, w, state)[0])        # (2 + 1) / 2
+        1.5
+    """
+    cfg = as_optim_config(optimizer)
+    if cfg.average == "none":
+        return params
+    return transforms.averaged_params(opt_state, params)
+
+
+def optimizer_kind(kind: str, base: OptimConfig, **overrides) -> OptimConfig:
+    """The optimizer of a job's optimizer name (``--unlearn-optimizer``, :data:`OPTIMIZER_KINDS`): ``base``
+    with the kind's fields set (``sgd``: ``base`` itself; ``sam`` / ``asam`` / ``looksam`` / ``gsam`` / ``rs`` /
+    ``gnp`` / ``cr``: ``sam=kind``; ``wa``: ``average="uniform"``), then ``overrides`` (e.g. ``rho=``, ``lamb=``).
+
+    Example:
+        >>> cfg = optimizer_kind("looksam", UNLEARN_DEFAULT, rho=0.05)
+        >>> cfg.sam, cfg.rho, cfg.k, cfg.name
+        ('looksam', 0.05, 5, 'adamw')
+        >>> optimizer_kind("wa", UNLEARN_DEFAULT).average
+        'uniform'
+        >>> optimizer_kind("sgd", UNLEARN_DEFAULT, rho=0.05) is UNLEARN_DEFAULT
+        True
+    """
+    _validate.choice("optimizer kind", kind, OPTIMIZER_KINDS)
+    if kind == "sgd":
+        return base
+    return dataclasses.replace(base, **OPTIMIZER_KINDS[kind], **overrides)
 
 
 def supervised_loss(apply_fn, params, model_state, batch, hp, info):
