@@ -1,6 +1,6 @@
 """SAM variants and the smoothing family: step cost relative to the plain unlearning step (one process run).
 
-    .venv/bin/python benchmarks/sam_variants.py            # digits + Fashion-MNIST CNN, writes the RESULTS.md section
+    .venv/bin/python benchmarks/sam_variants.py            # digits + Fashion-MNIST CNN
     .venv/bin/python benchmarks/sam_variants.py --quick    # digits, few variants, seconds (the smoke test)
 
 For each optimizer kind of :class:`jaxunlearn.plan.OptimConfig` (``sam``, ``asam``, ``looksam``, ``gsam``,
@@ -15,8 +15,8 @@ Two more rows check that LookSAM's ``lax.cond`` does not evaluate the second gra
 same LookSAM step timed with its state frozen at a SAM step (``count = 0``) and at a reuse step (``count = 1``).
 
 Results: ``--json`` (default ``benchmarks/results-sam-variants.json``) and the section between the markers
-``<!-- sam_variants:begin -->`` / ``<!-- sam_variants:end -->`` of ``--md`` (default ``benchmarks/RESULTS.md``;
-appended when the markers are missing).
+``<!-- sam_variants:begin -->`` / ``<!-- sam_variants:end -->`` of ``--md`` (default
+``benchmarks/RESULTS-sam-variants.md``; appended when the markers are missing).
 """
 
 from __future__ import annotations
@@ -252,7 +252,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--inner", type=int, default=None, help="steps per round, a multiple of 10 (default 20; quick 10)")
     ap.add_argument("--max-train", type=int, default=None, help="training examples loaded (default all; quick 256)")
     ap.add_argument("--json", default=os.path.join(HERE, "results-sam-variants.json"), help="raw results")
-    ap.add_argument("--md", default=os.path.join(HERE, "RESULTS.md"), help="markdown file holding the section")
+    ap.add_argument(
+        "--md", default=os.path.join(HERE, "RESULTS-sam-variants.md"), help="markdown file holding the section"
+    )
     ap.add_argument("--from-json", default=None, help="re-render the section from an earlier --json file; runs nothing")
     cfg = ap.parse_args(argv)
     if cfg.from_json:
