@@ -1,7 +1,9 @@
 """The ``jaxunlearn`` command.
 
 ``jaxunlearn run``    pretrain (SGD and SAM), unlearn with every method (plain and SAM optimizers),
-                      evaluate and write ``results.json``, markdown tables and figures.
+                      evaluate and write ``results.json``, markdown tables and figures; with
+                      ``--population N`` also N models per population (originals, Retrain, every method),
+                      scored with the unlearning challenge's ε-score and U-LiRA.
 ``jaxunlearn show``   print the tables of a finished run directory.
 ``jaxunlearn theory`` the synthetic signal/noise experiment of the theory (SGD vs SAM).
 ``jaxunlearn methods`` list the unlearning methods and their options.

@@ -34,6 +34,8 @@ __all__ = [
     "REQUIRED_KEYS",
     "markdown_table",
     "plot_bars",
+    "plot_epsilons",
+    "population_table",
     "read_results",
     "results_path",
     "save_figure",
@@ -168,8 +170,9 @@ def validate_results(obj: Any) -> dict:
     return obj  # type: ignore[return-value]
 
 
-def write_results(path, settings: Mapping, methods: Mapping) -> str:
-    """Validate and atomically write ``{"settings": settings, "methods": methods}`` as JSON.
+def write_results(path, settings: Mapping, methods: Mapping, *, population: Mapping | None = None) -> str:
+    """Validate and atomically write ``{"settings": settings, "methods": methods}`` as JSON (with
+    ``"population": population`` when given: the population scores of ``jaxunlearn run --population N``).
 
     ``path`` is a directory (the file is ``path/results.json``, directories are created) or a ``.json``
     file. Values are converted with ``to_jsonable``; the object is validated (``validate_results``)
@@ -193,6 +196,8 @@ def write_results(path, settings: Mapping, methods: Mapping) -> str:
     if not isinstance(methods, Mapping):
         raise ValueError(f"methods must be a dict, got {type(methods).__name__}")
     obj = {"settings": to_jsonable(settings), "methods": to_jsonable(methods)}
+    if population is not None:
+        obj["population"] = to_jsonable(population)
     validate_results(obj)
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     target = results_path(path)
@@ -431,5 +436,135 @@ def plot_bars(
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="method (--- retrain)")
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=dpi)
+
+
+# ------------------------------------------------------------------------------------------------ populations
+
+#: Columns of :func:`population_table`: (entry key, header).
+POPULATION_COLUMNS = (
+    ("final_score", "final"),
+    ("forget_score", "forget"),
+    ("epsilon_median", "median ε"),
+    ("ulira_auc", "U-LiRA AUC"),
+    ("ulira_tpr_at_1fpr", "TPR@1%FPR"),
+    ("retain_ratio", "RA ratio"),
+    ("test_ratio", "TA ratio"),
+    ("forget_acc", "FA (%)"),
+    ("seconds", "Time (s)"),
+)
+_POP_FIRST = ("original", "retrain", "retrain_independent")
+
+
+def _population_methods(population: Mapping) -> tuple[Mapping, int | None]:
+    methods = population.get("methods") if isinstance(population, Mapping) else None
+    if not isinstance(methods, Mapping) or not methods:
+        raise ValueError("population must hold a non-empty 'methods' dict (the population entry of a results file)")
+    return methods, population.get("models")
+
+
+def _population_order(methods: Mapping) -> list[str]:
+    return [n for n in _POP_FIRST if n in methods] + [n for n in methods if n not in _POP_FIRST]
+
+
+def population_table(population: Mapping, *, digits: int = 3) -> str:
+    """Render a run's population scores (``results["population"]``) as a markdown table, one row per population.
+
+    Rows: ``original`` (the models before unlearning: should score worst), ``retrain`` (the reference every other
+    population is scored against: no score), ``retrain_independent`` (a second, independent Retrain population:
+    what a perfect method scores at this N), then the methods. Columns: the challenge's final score (forget score ×
+    RA ratio × TA ratio) and forget score, the median per-example ε, U-LiRA's AUC and TPR at 1 % FPR, the accuracy
+    ratios RA_u / RA_r and TA_u / TA_r, the mean forget accuracy and the population's wall time. A method trained
+    model by model (not as batches of models) is marked ``(one by one)``; ``(k diverged)`` counts models the
+    divergence guard stopped.
+
+    Example:
+        >>> e = {"final_score": 0.2, "forget_score": 0.21, "epsilon_median": 1.6, "ulira_auc": 0.5,
+        ...      "ulira_tpr_at_1fpr": 0.01, "retain_ratio": 1.0, "test_ratio": 0.95, "forget_acc": 0.97,
+        ...      "seconds": 12.0, "batched": True}
+        >>> print(population_table({"models": 8, "methods": {"ft": e, "retrain": {"forget_acc": 0.96, "seconds": 30.0,
+        ...                                                                     "batched": True}}}))
+        #### populations of 8 models: the challenge's score and U-LiRA against Retrain
+        <BLANKLINE>
+        | Population | final | forget | median ε | U-LiRA AUC | TPR@1%FPR | RA ratio | TA ratio | FA (%) | Time (s) |
+        |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+        | retrain (reference) | — | — | — | — | — | — | — | 96.0 | 30.0 |
+        | ft | 0.2 | 0.21 | 1.6 | 0.5 | 0.01 | 1 | 0.95 | 97.0 | 12.0 |
+        <BLANKLINE>
+    """
+    methods, n = _population_methods(population)
+    title = f"#### populations of {n} models" if n else "#### populations"
+    lines = [
+        title + ": the challenge's score and U-LiRA against Retrain",
+        "",
+        "| Population | " + " | ".join(h for _, h in POPULATION_COLUMNS) + " |",
+        "|---|" + "|".join("---:" for _ in POPULATION_COLUMNS) + "|",
+    ]
+    for name in _population_order(methods):
+        entry = methods[name] if isinstance(methods[name], Mapping) else {}
+        cells = []
+        for key, _ in POPULATION_COLUMNS:
+            v = entry.get(key)
+            if not _value_ok(v):
+                cells.append("—")
+            elif key == "forget_acc":
+                cells.append(f"{100 * float(v):.1f}")
+            elif key == "seconds":
+                cells.append(f"{float(v):.1f}")
+            else:
+                cells.append(f"{float(v):.{digits}g}")
+        label = name + (" (reference)" if name == "retrain" else "")
+        if entry.get("batched") is False:
+            label += " (one by one)"
+        if entry.get("diverged_models"):
+            label += f" ({entry['diverged_models']} diverged)"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_epsilons(population: Mapping, path, *, title: str | None = None, dpi: int = 150) -> str:
+    """Box plot of the per-example ε of each population (``entry["epsilons"]``), one box per population, with
+    the challenge's buckets (0.5 wide: ε < 0.5 earns 1 point, each further 0.5 halves it) as grid lines and each
+    population's final score in its label; ε = 50 (perfectly separated, capped) is drawn at the top.
+
+    Example:
+        >>> import tempfile
+        >>> pop = {"models": 8, "methods": {"original": {"epsilons": [50.0, 3.1], "final_score": 0.0},
+        ...                                 "ft": {"epsilons": [1.2, 1.6, 0.4], "final_score": 0.2}}}
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = plot_epsilons(pop, os.path.join(tmp.name, "eps.png"), dpi=50)
+        >>> os.path.basename(path), os.path.getsize(path) > 0
+        ('eps.png', True)
+        >>> tmp.cleanup()
+    """
+    from matplotlib.figure import Figure
+
+    methods, n = _population_methods(population)
+    names = [m for m in _population_order(methods) if isinstance(methods[m], Mapping) and methods[m].get("epsilons")]
+    if not names:
+        raise ValueError("no population entry holds per-example 'epsilons' to plot")
+    data = [np.asarray(methods[m]["epsilons"], dtype=float) for m in names]
+    top = max(5.0, float(max(np.max(np.where(d >= 50.0, 0.0, d)) for d in data)) + 0.5)
+    fig = Figure(figsize=(max(6.0, 0.75 * len(names) + 2.0), 4.6))
+    ax = fig.add_subplot()
+    shown = [np.minimum(d, top) for d in data]
+    ax.boxplot(shown, showfliers=True, widths=0.6)
+    for i, d in enumerate(data):
+        capped = float(np.mean(d >= 50.0))
+        if capped:
+            ax.annotate(f"{100 * capped:.0f}% at ε=50", (i + 1, top), ha="center", va="bottom", fontsize=7)
+    labels = []
+    for m in names:
+        score = methods[m].get("final_score")
+        labels.append(m + (f"\n{float(score):.3f}" if _value_ok(score) else ""))
+    ax.set_xticks(np.arange(1, len(names) + 1))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+    for b in np.arange(0.5, top, 0.5):
+        ax.axhline(b, color="grey", linewidth=0.4, alpha=0.5)
+    ax.set_ylim(0, top * 1.08)
+    ax.set_ylabel("per-example ε (vs Retrain)")
+    head = f"per-example ε over the forget set, populations of {n} models" if n else "per-example ε"
+    ax.set_title(head + (f"\n{title}" if title else ""), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=dpi)

@@ -22,6 +22,16 @@ parameters kept) and its entry's ``diverged`` is ``{"epoch", "reason"}`` (``null
 seed with several seeds); non-finite outputs of the returned parameters are clipped for the metrics and
 reported there too, so ``results.json`` always holds finite numbers and the other methods still run.
 
+Populations (``population=N``, ``jaxunlearn run --population N``): for the first seed and each pretraining, N
+original models, N Retrain models, a second independent Retrain population and N unlearned models per (unlearning
+optimizer, method), each model from its own initialisation and seed, trained as batches of models
+(:mod:`jaxunlearn.population`); each population is recorded in ``progress.json`` with its forget-set confidences
+and accuracies in ``OUT/population/*.npz`` (so ``--resume`` skips it; one still training resumes from its
+checkpoints), then scored against Retrain with the unlearning challenge's ε-score and U-LiRA
+(:func:`jaxunlearn.metrics.population.population_scores`). ``results.json`` gets a ``population`` entry per variant
+(``{"models", "seed", "methods": {NAME: scores}}``), ``table.md`` its table and ``VARIANT/population_epsilons.png``
+the per-example ε of each population.
+
 A caller can pass the memorization scores and the unlearning of each method in (``run_job(cfg,
 memorization_fn=..., unlearn_fn=...)``), e.g. to cache the scores across jobs or to count compilations per method.
 
@@ -60,6 +70,7 @@ from jaxunlearn import (
     methods,
     metrics,
     models,
+    population,
     report,
 )
 from jaxunlearn.methods.common import MeanCE
@@ -175,6 +186,17 @@ def _setting(
 
 
 _DATA, _TRAIN, _UNLEARN, _RUN = "data", "model and training", "unlearning", "run"
+#: The largest --population (each population's seeds are spaced by this much; see ``_population_seeds``).
+MAX_POPULATION = 10_000
+
+
+def _check_population(flag: str, value: int) -> None:
+    if value < 2:
+        raise ValueError(
+            f"{flag} must be an integer >= 2 (a population compares distributions of models), got {value}."
+        )
+    if value > MAX_POPULATION:
+        raise ValueError(f"{flag} must be at most {MAX_POPULATION}, got {value}.")
 
 
 @dataclasses.dataclass
@@ -276,6 +298,22 @@ class JobConfig:
         check=_check_devices,
     )
     progress: bool = _setting(True, "no progress bars", group=_RUN, flag="--quiet")
+    population: int | None = _setting(
+        None,
+        "also train N models per population (originals, two independent Retrain populations, each method x "
+        "unlearning optimizer; own initialisation and seed each, trained as batches of models) and score "
+        "forgetting with the unlearning challenge's epsilon-score and U-LiRA (first seed only; N >= 2)",
+        group=_RUN,
+        metavar="N",
+        check=_check_population,
+    )
+    population_chunk: int | None = _setting(
+        None,
+        "models trained per program in --population runs (default: all on accelerators, 4 per device on CPU)",
+        group=_RUN,
+        metavar="K",
+        check=_positive_int,
+    )
 
     def validate(self) -> JobConfig:
         """Check (and normalise) every field; raise ``ValueError`` naming the bad one and how to fix it.
@@ -321,6 +359,12 @@ class JobConfig:
                 )
         if self.devices is not None and self.batch_size % self.devices:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices}.")
+        if self.devices is not None and self.population is not None:
+            for flag, v in (("--population", self.population), ("--population-chunk", self.population_chunk)):
+                if v is not None and v % self.devices:
+                    raise ValueError(f"{flag} {v} must be a multiple of --devices {self.devices} (models per device).")
+        if self.population_chunk is not None and self.population is None:
+            raise ValueError("--population-chunk needs --population N.")
         if self.resume and self.out is None:
             raise ValueError("--resume needs --out DIR: the directory of the run to continue.")
         return self
@@ -913,8 +957,11 @@ def run_job(
     t_job = time.perf_counter()
     method_list = [m for m in cfg.methods if m != "retrain"]
     n_tasks = cfg.seeds * len(cfg.pretrain) * (2 + len(method_list) * len(cfg.unlearn_optimizer))
+    if cfg.population:
+        n_tasks += len(cfg.pretrain) * (3 + len(method_list) * len(cfg.unlearn_optimizer))
     bar = tqdm(total=n_tasks, desc="jaxunlearn run", disable=not cfg.progress, dynamic_ncols=True)
     per_variant: dict[str, list[dict]] = {}
+    per_variant_population: dict[str, dict] = {}
     un_base = dataclasses.replace(engine.UNLEARN_DEFAULT, lr=cfg.unlearn_lr)
     try:
         for s in range(cfg.seeds):
@@ -952,9 +999,11 @@ def run_job(
                 if figure is not None and distributed.is_main_process():
                     fig_dir = os.path.join(cfg.out, "figures")
                     _figures(cfg, sd.ds, sd.apply_fn, orig, figure, sd.forget_idx, sd.retain_idx, fig_dir)
+                if cfg.population and s == 0:  # populations of the first seed
+                    per_variant_population.update(_population_cells(job, sd, pre, pre_cfg, un_base, method_list, bar))
     finally:
         bar.close()
-    return _write_all(cfg, per_variant, time.perf_counter() - t_job)
+    return _write_all(cfg, per_variant, time.perf_counter() - t_job, per_variant_population)
 
 
 @dataclasses.dataclass
@@ -1033,13 +1082,13 @@ def _pretrain(job: _Job, sd: _Seed, pre: str, pre_cfg: OptimConfig) -> engine.Ru
     )
 
 
-def _unlearn(job: _Job, sd: _Seed, orig, pre_cfg: OptimConfig, name: str, optimizer, *checkpoint: str):
-    """Run method ``name`` from the original model ``orig`` through the job's unlearning function."""
+def _context(job: _Job, sd: _Seed, params, model_state, pre_cfg: OptimConfig, name: str, optimizer):
+    """The ``methods.Context`` of method ``name`` from the original model ``(params, model_state)`` of seed ``sd``."""
     cfg = job.cfg
-    ctx = methods.Context(
+    return methods.Context(
         apply_fn=sd.apply_fn,
-        params=orig.params,
-        model_state=orig.model_state,
+        params=params,
+        model_state=model_state,
         x=sd.dd.x,
         y=sd.dd.y,
         retain_idx=sd.retain_idx,
@@ -1054,7 +1103,182 @@ def _unlearn(job: _Job, sd: _Seed, orig, pre_cfg: OptimConfig, name: str, optimi
         optimizer=optimizer,
         options=dict(cfg.method_options.get(name, {})),
     )
+
+
+def _unlearn(job: _Job, sd: _Seed, orig, pre_cfg: OptimConfig, name: str, optimizer, *checkpoint: str):
+    """Run method ``name`` from the original model ``orig`` through the job's unlearning function."""
+    ctx = _context(job, sd, orig.params, orig.model_state, pre_cfg, name, optimizer)
     return job.unlearn_fn(name, ctx, **job.run_kwargs(*checkpoint))
+
+
+# ------------------------------------------------------------------------------------------- populations
+
+
+def _population_seeds(seed: int, n: int, stage: int) -> list[int]:
+    """The seeds of one population's N models: ``stage`` 0 the originals (their initialisations and batches), 1
+    Retrain, 2 the independent Retrain, 3 the unlearned models (their batches and the methods' randomness; Retrain
+    initialises from its seed + 1000). Distinct across stages for N <= ``MAX_POPULATION``, below 2^31.
+
+    Example:
+        >>> _population_seeds(0, 3, 0), _population_seeds(0, 2, 3)
+        ([0, 1, 2], [300000000, 300000001])
+    """
+    return [stage * 100_000_000 + (seed % 1000) * 100_000 + k for k in range(n)]
+
+
+def _population_cells(job: _Job, sd: _Seed, pre: str, pre_cfg: OptimConfig, un_base, method_list, bar) -> dict:
+    """The populations of the pretraining ``pre`` (first seed): N originals, N Retrain, N independent Retrain and
+    N unlearned models per (unlearning optimizer, method), each stage recorded in ``progress.json`` with its
+    confidences and accuracies in ``OUT/population/*.npz`` (and checkpointed while it trains), then scored against
+    Retrain. Returns ``{variant label: population entry}`` (:func:`_population_entries`)."""
+    cfg = job.cfg
+    n = cfg.population
+    x, y = np.asarray(sd.ds.x_train), np.asarray(sd.ds.y_train)
+    splits = {
+        "forget": (x[sd.forget_idx], y[sd.forget_idx]),
+        "retain": (x[sd.retain_idx], y[sd.retain_idx]),
+        "test": (sd.ds.x_test, sd.ds.y_test),
+    }
+    kw = dict(chunk=cfg.population_chunk, mesh=job.mesh, resume=True, checkpoint_every=cfg.checkpoint_every,
+              checkpoint_seconds=cfg.checkpoint_seconds, progress=cfg.progress)  # fmt: skip
+
+    def where(*stage):
+        return job.progress.checkpoint_dir(f"seed{sd.seed}", f"pretrain-{pre}", "population", *stage)
+
+    def key(stage, un=None):
+        return Progress.key(sd.seed, pre, f"population/{stage}", unlearn=un)
+
+    def stage(k, build, keep=False):
+        out = _population_stage(job, sd, k, splits, build, keep=keep)
+        bar.update(1)
+        return out
+
+    bar.set_postfix_str(f"population ({n} models) pretrain {pre}")
+    originals = stage(
+        key("original"),
+        lambda: population.train_population(
+            sd.apply_fn,
+            sd.init_fn,
+            sd.dd,
+            n,
+            optimizer=pre_cfg,
+            epochs=cfg.pretrain_epochs,
+            batch_size=cfg.batch_size,
+            seeds=_population_seeds(sd.seed, n, 0),
+            checkpoint_dir=where("original"),
+            desc=f"population: original ({pre})",
+            **kw,
+        ),  # fmt: skip
+        keep=True,
+    )
+    p0, s0 = originals.model(0)
+
+    def unlearn(name, optimizer, seeds, *ckpt):
+        ctx = _context(job, sd, p0, s0, pre_cfg, name, optimizer)
+        return lambda: population.unlearn_population(name, ctx, originals, seeds=seeds, checkpoint_dir=where(*ckpt),
+                                                     **kw)  # fmt: skip
+
+    stage(key("retrain"), unlearn("retrain", un_base, _population_seeds(sd.seed, n, 1), "retrain"))
+    independent = _population_seeds(sd.seed, n, 2)
+    stage(key("retrain_independent"), unlearn("retrain", un_base, independent, "retrain_independent"))
+    for un in cfg.unlearn_optimizer:
+        un_cfg = optimizer_for(un, un_base, cfg.rho, cfg.lamb)
+        for name in method_list:
+            bar.set_postfix_str(f"population ({n} models) {variant_label(pre, un)} {name}")
+            seeds = _population_seeds(sd.seed, n, 3)
+            stage(key(name, un), unlearn(name, un_cfg, seeds, f"unlearn-{un}", name))
+    return {
+        variant_label(pre, un): _population_entries(job, sd, pre, un, method_list, key) for un in cfg.unlearn_optimizer
+    }
+
+
+def _population_stage(job: _Job, sd: _Seed, key: str, splits: dict, build: Callable, *, keep: bool = False):
+    """One population: ``build()`` it unless ``key`` is recorded (``keep``: also then, from its checkpoints),
+    evaluate its models and record the entry; returns the :class:`~jaxunlearn.population.Population` or None."""
+    if job.progress.is_done(key) and not keep:
+        return None
+    pop = build()
+    if not job.progress.is_done(key):
+        ev = population.evaluate_population(sd.apply_fn, pop, splits)
+        rel = os.path.join("population", key.replace("/", "_") + ".npz")
+        _atomic_npz(os.path.join(job.cfg.out, rel), ev)
+        entry = {
+            "file": rel,
+            "models": pop.size,
+            "seconds": pop.seconds,
+            "compile_seconds": pop.compile_seconds,
+            "batched": pop.batched,
+            "diverged_models": 0 if pop.diverged is None else sum(d is not None for d in pop.diverged),
+            "nonfinite_models": int(ev["nonfinite"].sum()),
+            **{f"info_{k}": v for k, v in pop.info.items()},
+        }
+        job.progress.record(key, entry)
+    return pop
+
+
+def _atomic_npz(path: str, arrays: dict) -> None:
+    """Write ``arrays`` as an ``.npz`` file atomically (temporary file, then ``os.replace``); main process only."""
+    if not distributed.is_main_process():
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _population_entries(job: _Job, sd: _Seed, pre: str, un: str, method_list, key) -> dict:
+    """The population entry of a variant: every population scored against Retrain's
+    (:func:`jaxunlearn.metrics.population.population_scores`), each score recorded once in ``progress.json``.
+
+    ``{"models": N, "seed", "methods": {"original", "retrain", "retrain_independent", METHOD...: entry}}``; an entry
+    holds ``final_score``, ``forget_score``, ``retain_ratio``, ``test_ratio``, ``ulira_auc``, ``ulira_tpr_at_1fpr``,
+    the median and mean per-example ε and the per-example ``epsilons``, the populations' mean ``forget_acc``,
+    ``retain_acc``, ``test_acc``, and how they were trained (``seconds``, ``batched``, ``diverged_models``).
+    Retrain's own entry holds no score (it is the reference)."""
+    done = job.progress.done
+    ref = done[key("retrain")]
+    out = {"retrain": _population_summary(job, ref)}
+    stages = [("original", key("original")), ("retrain_independent", key("retrain_independent"))]
+    stages += [(name, key(name, un)) for name in method_list]
+    for name, k in stages:
+        shared = name in ("original", "retrain_independent")  # scored once per pretraining
+        score_key = Progress.key(sd.seed, pre, f"population-score/{name}", unlearn=None if shared else un)
+        if not job.progress.is_done(score_key):
+            job.progress.record(score_key, _population_score(job, done[k], ref))
+        out[name] = {**_population_summary(job, done[k]), **done[score_key]}
+    return {"models": job.cfg.population, "seed": sd.seed, "methods": out}
+
+
+def _load_population(job: _Job, record: dict) -> dict:
+    with np.load(os.path.join(job.cfg.out, record["file"])) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _population_summary(job: _Job, record: dict) -> dict:
+    ev = _load_population(job, record)
+    keep = ("models", "seconds", "compile_seconds", "batched", "diverged_models", "nonfinite_models")
+    return {
+        **{k: record[k] for k in keep},
+        "forget_acc": float(ev["forget_acc"].mean()),
+        "retain_acc": float(ev["retain_acc"].mean()),
+        "test_acc": float(ev["test_acc"].mean()),
+    }
+
+
+def _population_score(job: _Job, record: dict, ref: dict) -> dict:
+    u, r = _load_population(job, record), _load_population(job, ref)
+    sc = metrics.population.population_scores(
+        u["forget_conf"],
+        r["forget_conf"],
+        unlearned_retain_acc=u["retain_acc"],
+        retrained_retain_acc=r["retain_acc"],
+        unlearned_test_acc=u["test_acc"],
+        retrained_test_acc=r["test_acc"],
+    )
+    eps = np.asarray(sc["epsilons"])
+    keys = ("final_score", "forget_score", "retain_ratio", "test_ratio", "ulira_auc", "ulira_tpr_at_1fpr")
+    return {**{k: sc[k] for k in keys}, "epsilon_median": float(np.median(eps)), "epsilon_mean": float(eps.mean()),
+            "epsilons": eps.tolist()}  # fmt: skip
 
 
 def _run_cell(job: _Job, sd: _Seed, key: str, run: Callable[[], Any], *, keep: bool = False, info: bool = False):
@@ -1120,8 +1344,9 @@ def variant_entries(done, seed, pre, un, method_list, ref) -> dict:
     return out
 
 
-def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: float) -> dict:
+def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: float, populations=None) -> dict:
     variants = {}
+    populations = populations or {}
     for label, per_seed in per_variant.items():
         merged = per_seed[0] if len(per_seed) == 1 else metrics.aggregate_seeds(per_seed)
         if len(per_seed) > 1:  # one divergence report per seed (null where the seed ran normally)
@@ -1130,18 +1355,28 @@ def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: floa
                 merged[name]["diverged"] = reports if any(r is not None for r in reports) else None
         settings = {**cfg.settings(), "variant": label, "seeds_run": len(per_seed)}
         vdir = os.path.join(cfg.out, label)
+        pop = populations.get(label)
         if distributed.is_main_process():
-            report.write_results(vdir, settings, merged)
+            report.write_results(vdir, settings, merged, population=pop)
         if cfg.figures and distributed.is_main_process():
             report.plot_bars({"methods": merged}, os.path.join(vdir, "bars.png"), title=label)
-        _atomic_text(os.path.join(vdir, "table.md"), report.markdown_table({"methods": merged}, columns=_TABLE_COLUMNS))
+            if pop is not None:
+                report.plot_epsilons(pop, os.path.join(vdir, "population_epsilons.png"), title=label)
+        table = report.markdown_table({"methods": merged}, columns=_TABLE_COLUMNS)
+        if pop is not None:
+            table += "\n" + report.population_table(pop)
+        _atomic_text(os.path.join(vdir, "table.md"), table)
         variants[label] = {"settings": settings, "methods": merged}
+        if pop is not None:
+            variants[label]["population"] = pop
     first = next(iter(variants.values()))
     top = {
         "settings": {**cfg.settings(), "variants": list(variants), "seconds": seconds},
         "methods": first["methods"],
         "variants": variants,
     }
+    if "population" in first:
+        top["population"] = first["population"]
     report.validate_results(top)
     _atomic_json(os.path.join(cfg.out, "results.json"), report.to_jsonable(top))
     _atomic_text(os.path.join(cfg.out, "table.md"), format_tables(top))
@@ -1163,10 +1398,17 @@ def format_tables(results: dict) -> str:
         |---|---:|---:|---:|---:|---:|---:|
         | ft | 50.0 | 90.0 | 80.0 | 30.0 | 50.0 | 1.0 |
     """
-    variants = results.get("variants") or {"results": {"methods": results["methods"]}}
+    variants = results.get("variants") or {
+        "results": {
+            "methods": results["methods"],
+            **({"population": results["population"]} if "population" in results else {}),
+        }  # fmt: skip
+    }
     parts = []
     for label, v in variants.items():
         parts.append(f"### {label}\n\n" + report.markdown_table({"methods": v["methods"]}, columns=_TABLE_COLUMNS))
+        if v.get("population"):
+            parts.append(report.population_table(v["population"]))
     return "\n".join(parts)
 
 

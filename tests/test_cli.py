@@ -338,3 +338,20 @@ def test_devices_flag_runs_data_parallel_on_cpu_cores_without_xla_flags(tmp_path
     for name in ("original", "retrain", "ft", "neggrad"):
         for key in ("forget_acc", "retain_acc", "test_acc"):
             assert two["methods"][name][key] == pytest.approx(one["methods"][name][key], abs=0.03), (name, key)
+
+
+def test_population_below_two_is_a_one_line_error(tmp_path, capsys):
+    status = cli.main(["run", *TINY, "--methods", "ft", "--population", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == (
+        "jaxunlearn: error: --population must be an integer >= 2 (a population compares distributions of models), "
+        "got 1.\n"
+    )
+    assert not os.path.exists(tmp_path / "o")  # refused before any work
+
+
+def test_population_flags_are_generated_from_the_job_settings():
+    args = cli.build_parser().parse_args(["run", "--population", "64", "--population-chunk", "8"])
+    assert (args.population, args.population_chunk) == (64, 8)
+    assert cli._job_config(args).population == 64

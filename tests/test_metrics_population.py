@@ -335,3 +335,54 @@ def test_bad_accuracies_points_and_ulira_inputs_raise():
         pop.ulira_scores(np.array([0.0, np.inf]), u, r)
     with pytest.raises(ValueError, match="retrained_conf holds 1 model"):
         pop.ulira_scores(np.zeros(2), u, r[:1])
+
+
+# --------------------------------------------------------------------------------------------------------
+# population_scores: both metrics of one unlearned population against the retrained one
+# --------------------------------------------------------------------------------------------------------
+def test_population_scores_combine_the_challenge_score_and_ulira():
+    u, r = gaussian_populations(12, 9, shift=1.0, seed=3)
+    acc = dict(
+        unlearned_retain_acc=[0.9] * 12, retrained_retain_acc=1.0, unlearned_test_acc=0.8, retrained_test_acc=0.9
+    )
+    out = pop.population_scores(u, r, **acc)
+    ref = pop.challenge_score_from_confidence(u, r, **acc)
+    attack = pop.ulira_attack(u, r)
+    for key in ("forget_score", "final_score", "retain_ratio", "test_ratio"):
+        assert out[key] == ref[key]
+    np.testing.assert_array_equal(out["epsilons"], ref["epsilons"])
+    assert out["ulira_auc"] == attack["auc"] and out["ulira_tpr_at_1fpr"] == attack["tpr_at_1fpr"]
+    assert out["num_models"] == 12
+    two = pop.population_scores(u[:2], r[:2], **{**acc, "unlearned_retain_acc": 0.9})
+    assert two["ulira_auc"] is None and two["ulira_tpr_at_1fpr"] is None  # leave-one-out needs 3 per population
+
+
+@pytest.mark.parametrize(
+    "u_rows,r_rows,nan,match",
+    [
+        (1, 1, False, "holds 1 model"),  # N < 2
+        (4, 5, False, "differ in size: 4 unlearned vs 5 retrained"),
+        (4, 4, True, "contains NaN or infinite confidences"),
+    ],
+)
+def test_population_scores_reject_bad_populations(u_rows, r_rows, nan, match):
+    u, r = gaussian_populations(5, 3, shift=0.0)
+    u = u[:u_rows].copy()
+    if nan:
+        u[0, 0] = np.nan
+    acc = dict(unlearned_retain_acc=1.0, retrained_retain_acc=1.0, unlearned_test_acc=1.0, retrained_test_acc=1.0)
+    with pytest.raises(ValueError, match=match) as info:
+        pop.population_scores(u, r[:r_rows], **acc)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("k", [8, 64])
+def test_two_samples_of_one_law_score_far_below_one_whatever_k(k):
+    """The documented reading of the score: a rule catching j models of one population and one of the other has
+    ε = log j, and the tails always offer small counts, so two independent samples of one law get ε between
+    log 3 and log 7 (not ≈ 0) at small and large K alike, earning 1/4 to 1/8 point per example."""
+    rng = np.random.default_rng(11)
+    u, r = rng.normal(size=(k, 40)), rng.normal(size=(k, 40))
+    eps = pop.challenge_epsilons(u, r)
+    assert np.log(3) - 1e-9 <= np.median(eps) < np.log(7)
+    assert 1 / 8 - 0.05 < pop.challenge_forget_score(u, r) < 1 / 4 + 0.05

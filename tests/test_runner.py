@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -153,3 +154,78 @@ def test_every_setting_is_a_field_with_its_metadata():
 def test_each_setting_is_checked_by_its_field(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         JobConfig(**{field: value}).validate()
+
+
+# ------------------------------------------------------------------------------------------ populations
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"population": 1}, "--population must be an integer >= 2 (a population compares distributions of models), got 1"),
+     ({"population": 0}, "--population must be an integer >= 2"),
+     ({"population": 2.5}, "--population must be an integer, got 2.5"),
+     ({"population_chunk": 4}, "--population-chunk needs --population N."),
+     ({"population": 8, "population_chunk": 0}, "--population-chunk must be an integer >= 1"),
+     ({"population": 5, "devices": 1, "population_chunk": 2}, None),
+     ({"population": 20_000}, "--population must be at most 10000")],
+)  # fmt: skip
+def test_population_settings_are_checked(settings, message):
+    if message is None:
+        JobConfig(**settings).validate()
+        return
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        JobConfig(**settings).validate()
+    assert "\n" not in str(info.value)
+
+
+def test_population_seeds_are_distinct_across_stages_and_models():
+    seeds = [s for stage in range(4) for s in runner._population_seeds(3, 64, stage)]
+    retrain_inits = [s + 1000 for stage in (1, 2) for s in runner._population_seeds(3, 64, stage)]
+    assert len(set(seeds)) == len(seeds) and not set(retrain_inits) & set(runner._population_seeds(3, 64, 0))
+    assert max(seeds) < 2**31
+
+
+@pytest.mark.slow  # trains 4 populations of 4 models and an interrupted copy of the job (about a minute)
+def test_population_job_records_scores_tables_and_figure_and_resumes(tmp_path, monkeypatch):
+    """``run_job(population=4)``: results.json holds a population entry per variant (scores for the originals, the
+    independent Retrain and each method, Retrain as the reference), the tables show it and the ε figure exists.
+    The same job interrupted when it starts a method's population resumes, skips the populations it recorded and
+    ends with the same scores (an interruption inside a population's training: tests/test_population.py)."""
+    cfg = dict(TINY, methods=("retrain", "ft", "ssd"), unlearn_optimizer=("sgd",), population=4, figures=True)
+    res = runner.run_job(JobConfig(**cfg, out=str(tmp_path / "full")))
+    pop = res["population"]
+    assert pop["models"] == 4 and res["variants"]["pretrain-sgd_unlearn-sgd"]["population"] == pop
+    assert set(pop["methods"]) == {"original", "retrain", "retrain_independent", "ft", "ssd"}
+    assert "final_score" not in pop["methods"]["retrain"]  # the reference
+    lengths = set()
+    for name in ("original", "retrain_independent", "ft", "ssd"):
+        e = pop["methods"][name]
+        assert 0.0 <= e["forget_score"] <= 1.0 and 0.0 <= e["ulira_auc"] <= 1.0 and e["models"] == 4
+        lengths.add(len(e["epsilons"]))  # one ε per forget example
+    assert len(lengths) == 1 and lengths.pop() > 0
+    assert pop["methods"]["ssd"]["batched"] is False and pop["methods"]["ft"]["batched"] is True
+    table = runner.format_tables(res)
+    assert "populations of 4 models" in table and "ssd (one by one)" in table
+    assert os.path.getsize(tmp_path / "full" / "pretrain-sgd_unlearn-sgd" / "population_epsilons.png") > 0
+    with open(tmp_path / "full" / "results.json") as f:
+        assert json.load(f)["population"]["methods"]["ft"]["final_score"] == pop["methods"]["ft"]["final_score"]
+
+    real, started = runner.population.unlearn_population, []
+
+    def stop_at_ft(method, *args, **kw):  # the population stages run in order: original, retrain x2, ft, ssd
+        started.append(method)
+        if method == "ft":
+            raise KeyboardInterrupt
+        return real(method, *args, **kw)
+
+    monkeypatch.setattr(runner.population, "unlearn_population", stop_at_ft)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_job(JobConfig(**cfg, out=str(tmp_path / "cut")))
+    monkeypatch.setattr(runner.population, "unlearn_population", real)
+    assert started == ["retrain", "retrain", "ft"]
+    done = Progress.read(tmp_path / "cut")
+    assert "0/sgd/population/retrain_independent" in done and "0/sgd/sgd/population/ft" not in done
+    again = runner.run_job(JobConfig(**cfg, out=str(tmp_path / "cut"), resume=True))
+    for name, e in pop["methods"].items():
+        for key in ("final_score", "forget_score", "ulira_auc", "retain_acc"):
+            assert again["population"]["methods"][name].get(key) == pytest.approx(e.get(key), abs=1e-6), (name, key)

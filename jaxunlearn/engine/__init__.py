@@ -8,7 +8,8 @@
   guard, progress, callbacks, timing); :func:`train` is its one-phase form.
 * :mod:`.sources`: batch pytrees from an in-device gather by index (:class:`ArraySource`,
   :class:`DeviceData`) or streamed from Grain / TFDS (:class:`StreamingSource`).
-* :mod:`.many`: :func:`train_many`, K models in one compiled program.
+* :mod:`.many`: :func:`run_many`, a plan for K models at once (one compiled program per phase), and its
+  one-phase form :func:`train_many`.
 * :mod:`.evaluate`: batched eval-mode logits and accuracy of a classifier.
 
 The engine knows nothing of classification: a phase loss receives the batch pytree the source gives.
@@ -19,7 +20,7 @@ Example:
     >>> apply_fn, params, state = models.split_model(models.build("mlp", num_classes=2, input_shape=(3,)))
     >>> x = np.random.default_rng(0).normal(size=(16, 3)); y = (x[:, 0] > 0).astype(int)
     >>> res = engine.train(apply_fn, params, state, engine.DeviceData.from_numpy(x, y), optimizer=optax.sgd(0.1),
-    ...                    epochs=2, progress=False)
+    ...                    epochs=2, batch_size=8, progress=False)
     >>> len(res.history)
     2
 """
@@ -35,7 +36,14 @@ from jaxunlearn.engine.hooks import (
     Timer,
 )
 from jaxunlearn.engine.loop import RunResult, check_indices, compiled_step, run, train
-from jaxunlearn.engine.many import MAX_UNROLL_MODELS, MODEL_MODES, default_model_mode, train_many
+from jaxunlearn.engine.many import (
+    MAX_UNROLL_MODELS,
+    MODEL_MODES,
+    default_model_mode,
+    run_many,
+    stack_plans,
+    train_many,
+)
 from jaxunlearn.engine.sources import ArraySource, DeviceData, StreamingSource, as_source, epoch_indices
 from jaxunlearn.engine.step import SAM_MODES, TrainState, init_state, make_step
 from jaxunlearn.plan import (
@@ -58,6 +66,8 @@ __all__ = [
     "run",
     "train",
     "train_many",
+    "run_many",
+    "stack_plans",
     "evaluate",
     "RunResult",
     "ArraySource",

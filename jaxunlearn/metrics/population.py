@@ -66,6 +66,7 @@ __all__ = [
     "challenge_score_from_confidence",
     "ulira_scores",
     "ulira_attack",
+    "population_scores",
 ]
 
 #: δ of the (ε, δ) test (``metric.DELTA``).
@@ -347,6 +348,16 @@ def challenge_forget_score(unlearned_conf: Any, retrained_conf: Any, *, delta: f
     Only the very same confidences score 1: two independent samples of one distribution do not, since each
     ε is the largest of ~160 000 noisy rate ratios, driven by the populations' tails (for two Gaussian
     populations of one law, ε ≈ 1.4–1.7 per example and the score ≈ 0.2, at K = 8 as at K = 512).
+    Why, and why not with K: a rule that catches j models of one population and a single one of the other has
+    ``ε = log(j)`` (e.g. the threshold just above the lowest positive: FNR = 1/K, 1 − FPR = j/K). A rule can
+    always move to the tails, where the counts are small whatever K is, and the tail counts of two samples of
+    one law fluctuate the same at every K: the best single threshold gives ε ≈ log 3 = 1.10 (median), the best
+    interval ε ≈ log 4 – log 5 (1.4–1.6), at K = 8, 64 and 512 alike. Buckets [1, 1.5) and [1.5, 2) earn 0.25
+    and 0.125 points, hence ≈ 0.19. K enters the points only through the cap ``E = ceil(log(K − 1))``
+    (:func:`challenge_points`; K = 8: E = 2, K = 512: E = 7), which ε ≈ 1.6 does not reach: the ≈ 0.19 is not
+    an effect of bucketing by K. So ≈ 0.19 is what a perfect unlearning method (its population drawn from
+    Retrain's law) scores in expectation, and an independent Retrain population is the reference to read a
+    method's score against.
 
     Example (two populations of 8 models drawn from the same distribution, and far apart):
         >>> rng = np.random.default_rng(0)
@@ -545,3 +556,53 @@ def ulira_attack(unlearned_conf: Any, retrained_conf: Any, *, global_variance: b
         "auc": attack_auc(flat_s, flat_m),
         "tpr_at_1fpr": tpr_at_fpr(flat_s, flat_m, 0.01),
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# both, for one unlearned population against the retrained one
+# --------------------------------------------------------------------------------------------------------
+def population_scores(
+    unlearned_conf: Any,
+    retrained_conf: Any,
+    *,
+    unlearned_retain_acc: Any,
+    retrained_retain_acc: Any,
+    unlearned_test_acc: Any,
+    retrained_test_acc: Any,
+    delta: float = DELTA,
+) -> dict[str, Any]:
+    """The challenge's score and U-LiRA of one unlearned population against the retrained one.
+
+    Inputs as :func:`challenge_score_from_confidence` (confidences ``[K, N_forget]`` of two populations of the
+    same size K ≥ 2, per-model or mean accuracies). Returns its ``epsilons``, ``points``, ``forget_score``,
+    ``retain_ratio`` = RA_u / RA_r, ``test_ratio`` = TA_u / TA_r and ``final_score`` = forget score × both
+    ratios, plus :func:`ulira_attack`'s ``ulira_auc`` and ``ulira_tpr_at_1fpr`` (None below 3 models per
+    population, where leave-one-out U-LiRA is undefined), and ``num_models`` = K.
+
+    Example (the unlearned population is the retrained one shifted up: the attack sees it, the score drops):
+        >>> rng = np.random.default_rng(0)
+        >>> r = rng.normal(size=(16, 6))
+        >>> same = population_scores(r, r, unlearned_retain_acc=1.0, retrained_retain_acc=1.0, unlearned_test_acc=0.9,
+        ...                          retrained_test_acc=0.9)
+        >>> far = population_scores(r + 5.0, r, unlearned_retain_acc=1.0, retrained_retain_acc=1.0,
+        ...                         unlearned_test_acc=0.9, retrained_test_acc=0.9)
+        >>> same["final_score"], round(same["ulira_auc"], 2) < 0.6, far["final_score"], far["ulira_auc"] > 0.99
+        (1.0, True, 0.0, True)
+    """
+    out = challenge_score_from_confidence(
+        unlearned_conf,
+        retrained_conf,
+        unlearned_retain_acc=unlearned_retain_acc,
+        retrained_retain_acc=retrained_retain_acc,
+        unlearned_test_acc=unlearned_test_acc,
+        retrained_test_acc=retrained_test_acc,
+        delta=delta,
+    )
+    u, r = _two_populations(unlearned_conf, retrained_conf)
+    out["num_models"] = int(u.shape[0])
+    if u.shape[0] >= 3:
+        attack = ulira_attack(u, r)
+        out["ulira_auc"], out["ulira_tpr_at_1fpr"] = attack["auc"], attack["tpr_at_1fpr"]
+    else:
+        out["ulira_auc"] = out["ulira_tpr_at_1fpr"] = None
+    return out
