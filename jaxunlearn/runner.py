@@ -343,9 +343,14 @@ class JobConfig:
                     "only to that variant, so list it in --methods."
                 )
             method = methods.get(name)
-            methods.resolve_options(method, opts)
+            if set(opts) - set(method.defaults):
+                methods.resolve_options(method, opts)  # names the unknown options and lists the known ones
             for key, value in opts.items():
                 _check_option_type(name, key, value, method.defaults[key])
+            try:
+                methods.resolve_options(method, opts)
+            except methods.OptionError as err:
+                raise ValueError(f"--option {name}.{err.option}={err.value!r}: {err.problem}.") from None
         if self.forget == "class":
             if self.forget_class is None:
                 raise ValueError("--forget class needs --forget-class K (the class to forget).")

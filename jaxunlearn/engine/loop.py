@@ -373,7 +373,7 @@ def train(
         >>> apply_fn, params, state = models.split_model(models.build("mlp", num_classes=2, input_shape=(3,)))
         >>> x = np.random.default_rng(0).normal(size=(16, 3)); y = (x[:, 0] > 0).astype(int)
         >>> res = train(apply_fn, params, state, DeviceData.from_numpy(x, y), optimizer=optax.adam(1e-2), epochs=2,
-        ...             progress=False)
+        ...             batch_size=8, progress=False)
         >>> [r["epoch"] for r in res.history]
         [1, 2]
     """

@@ -44,6 +44,7 @@ from jaxunlearn.methods.base import (
     scaled,
     toy_context,
 )
+from jaxunlearn.methods.options import OptionError
 from jaxunlearn.methods.parts import MethodParts, PhasePart, parts
 from jaxunlearn.plan import OptimConfig, Phase, Plan, StepInfo, supervised_loss
 
@@ -53,6 +54,7 @@ __all__ = [
     "Context",
     "Method",
     "MethodParts",
+    "OptionError",
     "OptimConfig",
     "Phase",
     "PhasePart",

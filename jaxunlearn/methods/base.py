@@ -345,7 +345,7 @@ def resolve_options(method: Method, options: dict) -> dict:
         ValueError: neggrad has no option(s) ['alpah']; its options are alpha=0.99, lr_scale=1.0, epochs=None.
         >>> resolve_options(get("neggrad"), {"alpha": 5})
         Traceback (most recent call last):
-        ValueError: neggrad option alpha=5: must be a number in [0, 1].
+        jaxunlearn.methods.options.OptionError: neggrad option alpha=5: must be a number in [0, 1].
     """
     unknown = set(options) - set(method.defaults)
     if unknown:

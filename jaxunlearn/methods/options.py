@@ -8,7 +8,7 @@ every method that has them; a method adds its own with ``register(..., checks={n
 Example:
     >>> check("neggrad", {"alpha": 5.0, "lr_scale": 1.0}, {"alpha": unit_interval()})
     Traceback (most recent call last):
-    ValueError: neggrad option alpha=5.0: must be a number in [0, 1].
+    jaxunlearn.methods.options.OptionError: neggrad option alpha=5.0: must be a number in [0, 1].
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 __all__ = [
     "COMMON",
+    "OptionError",
     "Rule",
     "check",
     "count",
@@ -34,6 +35,19 @@ __all__ = [
 ]
 
 Rule = Callable[[object], "str | None"]
+
+
+class OptionError(ValueError):
+    """A method option outside its range: ``method``, ``option``, ``value`` and ``problem`` (what it must be).
+
+    Example:
+        >>> str(OptionError("ga", "epochs", 0, "must be an integer >= 1"))
+        'ga option epochs=0: must be an integer >= 1.'
+    """
+
+    def __init__(self, method: str, option: str, value, problem: str):
+        self.method, self.option, self.value, self.problem = method, option, value, problem
+        super().__init__(f"{method} option {option}={value!r}: {problem}.")
 
 
 def _number(v) -> bool:
@@ -170,12 +184,12 @@ def check(method: str, options: dict, checks: dict[str, Rule] | None = None) -> 
         {'lr_scale': 0.5, 'epochs': None}
         >>> check("ft", {"lr_scale": -1})
         Traceback (most recent call last):
-        ValueError: ft option lr_scale=-1: must be a finite number > 0.
+        jaxunlearn.methods.options.OptionError: ft option lr_scale=-1: must be a finite number > 0.
     """
     rules = {**COMMON, **(checks or {})}
     for name, value in options.items():
         rule = rules.get(name)
         problem = rule(value) if rule is not None else None
         if problem:
-            raise ValueError(f"{method} option {name}={value!r}: {problem}.")
+            raise OptionError(method, name, value, problem)
     return options
