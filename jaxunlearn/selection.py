@@ -25,7 +25,10 @@ from jax.flatten_util import ravel_pytree
 
 from jaxunlearn import _validate
 
+ROUNDINGS = ("ceil", "floor")
+
 __all__ = [
+    "ROUNDINGS",
     "top_fraction",
     "random_fraction",
     "by_path",
@@ -49,7 +52,7 @@ def count(tree: PyTree) -> int:
     return int(sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(tree)))
 
 
-def top_fraction(scores: PyTree, fraction: float, *, largest: bool = True) -> PyTree:
+def top_fraction(scores: PyTree, fraction: float, *, largest: bool = True, rounding: str = "ceil") -> PyTree:
     """Select exactly ``k = ⌈fraction · N⌉`` entries of ``scores`` by GLOBAL rank across all leaves.
 
     ``largest=True`` keeps the k largest scores, ``largest=False`` the k smallest (the reference code
@@ -61,6 +64,8 @@ def top_fraction(scores: PyTree, fraction: float, *, largest: bool = True) -> Py
         scores: pytree of arrays (any float dtype).
         fraction: in (0, 1]; must be a Python number (k decides the output structure).
         largest: keep the largest (default) or the smallest scores.
+        rounding: ``"ceil"`` (default, ``k = ⌈fraction · N⌉``: never an empty mask) or ``"floor"``
+            (``k = ⌊fraction · N⌋``, the ``int(N · f)`` of Sharp MinMax's reference code; may be 0).
 
     Returns:
         A boolean pytree with the structure and shapes of ``scores`` and exactly k ``True`` entries.
@@ -68,12 +73,16 @@ def top_fraction(scores: PyTree, fraction: float, *, largest: bool = True) -> Py
     Example:
         >>> top_fraction({"w": jnp.array([1.0, 3.0, 2.0])}, 0.34)["w"]
         Array([False,  True,  True], dtype=bool)
+        >>> top_fraction({"w": jnp.array([1.0, 3.0, 2.0])}, 0.34, rounding="floor")["w"]  # ⌊1.02⌋ = 1
+        Array([False,  True, False], dtype=bool)
     """
     frac = _validate.fraction("fraction", fraction)
+    _validate.choice("rounding", rounding, ROUNDINGS)
     n = count(scores)
     if n == 0:
         raise ValueError("scores has no entries to select from.")
-    k = min(n, math.ceil(frac * n - 1e-9))
+    # "floor" is exactly the reference code's int(N · f), floating-point product included
+    k = min(n, math.ceil(frac * n - 1e-9)) if rounding == "ceil" else int(n * frac)
     # host values (NumPy arrays of any dtype, Python numbers) become float32 on the host, before jit
     # would narrow 64-bit integers; JAX arrays are converted inside the program
     scores = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x, np.float32), scores)

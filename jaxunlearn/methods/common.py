@@ -38,11 +38,16 @@ def _grad_sum_fn(apply_fn):
     return jax.jit(f)
 
 
-def summed_gradient(apply_fn, params, model_state, x, y, idx, *, labels=None, batch_size: int = 256) -> PyTree:
+def summed_gradient(
+    apply_fn, params, model_state, x, y, idx, *, labels=None, batch_size: int = 256, batch_mean: bool = False
+) -> PyTree:
     """``Σ_{i ∈ idx} ∇_w CE(f(x_i), y_i)`` in eval mode (batch-norm running statistics), batched.
 
     ``labels`` (same length as ``idx``) replaces ``y[idx]``. The magnitude ``|Σ ∇(−CE)|`` is the saliency
-    that SalUn and Sharp MinMax rank parameters by.
+    that SalUn and Sharp MinMax rank parameters by. ``batch_mean=True`` sums per-batch MEANS instead,
+    ``Σ_b (1/|B_b|) Σ_{i ∈ B_b} ∇CE_i`` over consecutive batches ``B_b`` of ``batch_size`` examples of
+    ``idx`` (the last one may be smaller), as the reference code of Sharp MinMax accumulates the
+    gradients of its forget loader; the two differ only by the weight of the last, shorter batch.
 
     Example:
         >>> from jaxunlearn.methods import toy_context
@@ -56,6 +61,12 @@ def summed_gradient(apply_fn, params, model_state, x, y, idx, *, labels=None, ba
         >>> all(np.allclose(a, b, atol=1e-5) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)))
         True
         >>> scores = jax.tree.map(jnp.abs, g)  # the saliency of SalUn and Sharp MinMax
+        >>> gm = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, idx, batch_size=5,
+        ...                      batch_mean=True)  # batches of 5, 5 and 2: (g₁ + g₂)/5 + g₃/2
+        >>> g3 = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, idx[10:])
+        >>> ref = jax.tree.map(lambda a, b: (a - b) / 5 + b / 2, g, g3)
+        >>> all(np.allclose(a, b, atol=1e-5) for a, b in zip(jax.tree.leaves(gm), jax.tree.leaves(ref)))
+        True
     """
     idx = np.asarray(idx)
     if idx.size == 0:
@@ -65,6 +76,8 @@ def summed_gradient(apply_fn, params, model_state, x, y, idx, *, labels=None, ba
     fn = _grad_sum_fn(apply_fn)
 
     def add_chunk(chunk, weights, total):  # the chunk's examples gathered and summed inside one program
+        if batch_mean:
+            weights = weights / weights.sum()
         return fn(params, model_state, x, y, jnp.asarray(chunk, jnp.int32), jnp.asarray(weights), total)
 
     return batching.batched_sum(add_chunk, idx, batch_size=batch_size, carry=True)
@@ -116,9 +129,15 @@ class MeanCE:
         )
 
 
-def forget_saliency_mask(ctx, fraction: float, *, largest: bool = True) -> PyTree:
+def forget_saliency_mask(
+    ctx, fraction: float, *, largest: bool = True, batch_mean: bool = False, rounding: str = "ceil"
+) -> PyTree:
     """``M``: the top (or, ``largest=False``, bottom) ``fraction`` of ``|Σ_{i∈F} ∇CE_i|`` over all parameters,
     ranked globally (SalUn's and Sharp MinMax's mask; ``|Σ∇(−CE)| = |Σ∇CE|``).
+
+    ``batch_mean=True`` ranks ``|Σ_b mean_{i∈B_b} ∇CE_i|`` over the forget set in batches of
+    ``ctx.batch_size`` (:func:`summed_gradient`), and ``rounding`` is :func:`selection.top_fraction`'s
+    (``"floor"``: ``int(N·f)`` entries): Sharp MinMax's reference code does both.
 
     Example:
         >>> from jaxunlearn.methods import toy_context
@@ -130,5 +149,6 @@ def forget_saliency_mask(ctx, fraction: float, *, largest: bool = True) -> PyTre
         >>> any(bool(jnp.any(a & b)) for a, b in zip(jax.tree.leaves(mask), jax.tree.leaves(low)))
         False
     """
-    g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx)
-    return selection.top_fraction(jax.tree.map(jnp.abs, g), fraction, largest=largest)
+    kw = {"batch_size": ctx.batch_size, "batch_mean": True} if batch_mean else {}
+    g = summed_gradient(ctx.apply_fn, ctx.params, ctx.model_state, ctx.x, ctx.y, ctx.forget_idx, **kw)
+    return selection.top_fraction(jax.tree.map(jnp.abs, g), fraction, largest=largest, rounding=rounding)

@@ -1,5 +1,13 @@
-"""NegGrad (NegGrad+ in RUM): minimize ``α·CE(D_r) − (1−α)·CE(D_f)`` on paired batches (α = 0.99)."""
+"""NegGrad (NegGrad+ in RUM): minimize ``α·CE(D_r) − (1−α)·CE(D_f)`` on paired batches (α = 0.99).
 
+The retain and the forget batch go through the model in two forward passes, as in the reference code:
+with batch normalization each set is normalized by its own batch statistics and the running averages are
+updated twice per step (retain, then forget). A model without state (no batch statistics, no RNG
+streams) gives the same loss from one pass over the two batches concatenated, which is faster: that is
+what runs then.
+"""
+
+import jax
 import jax.numpy as jnp
 
 from jaxunlearn import objectives
@@ -9,7 +17,10 @@ from jaxunlearn.plan import Phase
 
 
 def neggrad_loss(apply_fn, params, model_state, batch, hp, info):
-    """``α·CE(R) − (1−α)·CE(F)`` with ``α = hp["alpha"]``; one forward pass over the concatenated batches.
+    """``α·CE(R) − (1−α)·CE(F)`` with ``α = hp["alpha"]``.
+
+    Two forward passes, ``f(x_R; s) → s'`` then ``f(x_F; s') → s''`` (the model state threaded through
+    both, so batch-norm statistics are per set); one pass over ``[x_R; x_F]`` when the model has no state.
 
     Example:
         >>> from jaxunlearn.engine import ArraySource
@@ -27,12 +38,16 @@ def neggrad_loss(apply_fn, params, model_state, batch, hp, info):
         >>> bool(jnp.isclose(loss, 0.9 * ce("retain") - 0.1 * ce("forget"), atol=1e-6))
         True
     """
-    n_r = batch["retain"]["x"].shape[0]
-    logits, new_state = apply_fn(
-        params, model_state, jnp.concatenate([batch["retain"]["x"], batch["forget"]["x"]]), train=True
-    )
-    ce_r = objectives.cross_entropy(logits[:n_r], batch["retain"]["y"])
-    ce_f = objectives.cross_entropy(logits[n_r:], batch["forget"]["y"])
+    r, f = batch["retain"], batch["forget"]
+    if jax.tree.leaves(model_state):  # batch statistics / RNG streams: one pass per set, state threaded
+        logits_r, state = apply_fn(params, model_state, r["x"], train=True)
+        logits_f, new_state = apply_fn(params, state, f["x"], train=True)
+    else:  # stateless: the concatenated pass computes the same logits
+        n_r = r["x"].shape[0]
+        logits, new_state = apply_fn(params, model_state, jnp.concatenate([r["x"], f["x"]]), train=True)
+        logits_r, logits_f = logits[:n_r], logits[n_r:]
+    ce_r = objectives.cross_entropy(logits_r, r["y"])
+    ce_f = objectives.cross_entropy(logits_f, f["y"])
     a = hp["alpha"]
     return a * ce_r - (1.0 - a) * ce_f, new_state
 

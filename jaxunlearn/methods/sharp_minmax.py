@@ -4,7 +4,10 @@
 * forget step: sharpness maximization (SAM with ``sign="max"``) on ``−(1−α)·CE(F)``, restricted to M.
 
 ``M`` = top fraction ``t`` of ``|Σ_{i∈F} ∇(−CE_i)|`` ranked globally (``largest=True``, the paper's text)
-or the smallest fraction (``largest=False``, what the reference code's ascending sort selects).
+or the smallest fraction (``largest=False``, what the reference code's ascending sort selects);
+``⌈t·N⌉`` entries (``rounding="ceil"``) or the reference code's ``int(t·N)`` (``"floor"``), of the summed
+per-example gradients (``saliency="sum"``) or the reference code's sum of per-batch means
+(``"batch_mean"``, batches of the unlearning batch size).
 ``mask_reading="strict"`` masks each whole update; ``"reference"`` masks only the perturbed gradient
 ``g'`` inside SAM, as the reference code does (then parameters outside M still get ``(1+λ)g`` on the
 forget step). The unlearning optimizer's SAM flavour is used (SAM when plain was asked: the method is
@@ -24,6 +27,8 @@ from jaxunlearn.methods import options
 from jaxunlearn.methods.base import Recipe, register, scaled
 from jaxunlearn.methods.common import forget_saliency_mask
 from jaxunlearn.plan import MASK_READINGS, Phase, Plan
+
+SALIENCIES = ("sum", "batch_mean")
 
 
 def retain_loss(apply_fn, params, model_state, batch, hp, info):
@@ -73,6 +78,8 @@ def forget_loss(apply_fn, params, model_state, batch, hp, info):
         "largest": True,
         "alpha": 0.99,
         "mask_reading": "strict",
+        "saliency": "sum",
+        "rounding": "ceil",
         "lr_scale": 1.0,
         "forget_lr_scale": 0.01,
         "epochs": None,
@@ -81,6 +88,8 @@ def forget_loss(apply_fn, params, model_state, batch, hp, info):
         "largest": options.boolean(),
         "alpha": options.unit_interval(),
         "mask_reading": options.one_of(MASK_READINGS),
+        "saliency": options.one_of(SALIENCIES),
+        "rounding": options.one_of(selection.ROUNDINGS),
     },
 )
 def sharp_minmax(ctx, opts):
@@ -96,7 +105,13 @@ def sharp_minmax(ctx, opts):
         >>> recipe.plan.optimizer.sam, round(recipe.plan.phases[1].optimizer.lr, 8), recipe.info
         ('sam', 0.0001, {'mask_size': 21, 'num_params': 67})
     """
-    mask = forget_saliency_mask(ctx, opts["fraction"], largest=bool(opts["largest"]))
+    mask = forget_saliency_mask(
+        ctx,
+        opts["fraction"],
+        largest=bool(opts["largest"]),
+        batch_mean=opts["saliency"] == "batch_mean",
+        rounding=opts["rounding"],
+    )
     cfg = scaled(ctx.optimizer, opts["lr_scale"])
     if cfg.sam == "none":
         cfg = dataclasses.replace(cfg, sam="sam")
