@@ -49,16 +49,18 @@ import argparse
 import json
 import math
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks._timing import interleaved, machine  # noqa: E402
+
 PROG = "python benchmarks/accelerator.py"
 SECTIONS = {
     "sam_step": "(a) SAM step vs SGD step",
@@ -174,31 +176,6 @@ def _import_library() -> None:
 
     jax, jnp, np, optax = _jax, _jnp, _np, _optax
     curvature, data_lib, engine, models, plan, runner = _curvature, _data, _engine, _models, _plan, _runner
-
-
-def block(x):
-    return jax.block_until_ready(x)
-
-
-def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, inner: int = 1) -> dict:
-    """Per contender: the first call timed alone (``first_s``), then ``repeats`` interleaved rounds
-    (A, B, A, B, ...) of ``inner`` consecutive calls ended by ``block_until_ready``; ``median_s`` per call."""
-    out = {}
-    for name, fn in contenders.items():
-        t = time.perf_counter()
-        block(fn())
-        out[name] = {"first_s": time.perf_counter() - t, "all_s": []}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            t = time.perf_counter()
-            r = None
-            for _ in range(inner):
-                r = fn()
-            block(r)
-            out[name]["all_s"].append((time.perf_counter() - t) / inner)
-    for v in out.values():
-        v["median_s"] = statistics.median(v["all_s"])
-    return out
 
 
 def random_data(n, shape, seed=0, classes=10):
@@ -434,19 +411,16 @@ def environment(smoke: bool) -> dict:
 
     devs = jax.devices()
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        **machine(),
         "mode": "smoke" if smoke else "full",
         "backend": jax.default_backend(),
         "devices": repr(devs),
         "device_kind": devs[0].device_kind if devs else "?",
         "device_count": len(devs),
-        "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": getattr(jaxlib, "__version__", "?"),
         "flax": flax.__version__,
         "optax": optax.__version__,
-        "machine": f"{platform.machine()} {platform.platform()}",
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", "(unset)"),
     }
 

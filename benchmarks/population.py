@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks._timing import interleaved, machine  # noqa: E402
 from jaxunlearn import distributed  # noqa: E402
 
 MESH = None
@@ -128,7 +128,7 @@ def bench_population(cfg) -> dict:
             "population_vmap_all": lambda k=k, pop=pop: pop(chunk=k, model_mode="vmap"),
         }
         c0 = engine.COMPILE_COUNTER.count
-        t = _interleaved(contenders, cfg.repeats)
+        t = interleaved(contenders, cfg.repeats)
         many = pop().params
         seq = sequential()
         diff = max(
@@ -196,31 +196,11 @@ def _bound(cfg, ctx) -> dict:
     return {"step_s": out, "per_model": {k: v / int(k) / out["1"] for k, v in out.items()}}
 
 
-def _interleaved(contenders: dict, repeats: int) -> dict:
-    out = {}
-    for name, fn in contenders.items():
-        t = time.perf_counter()
-        fn()
-        out[name] = {"first_s": time.perf_counter() - t, "all_s": []}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            t = time.perf_counter()
-            fn()
-            out[name]["all_s"].append(time.perf_counter() - t)
-    for v in out.values():
-        v["median_s"] = statistics.median(v["all_s"])
-    return out
-
-
 def environment() -> dict:
     import jax
 
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()} {platform.platform()}",
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_start": os.getloadavg(),
-        "python": platform.python_version(),
+        **machine(),
         "jax": jax.__version__,
         "jax_devices": f"{jax.device_count()} x {jax.default_backend()}",
         "jax_mesh": "none (one device)" if MESH is None else f"data={distributed.data_size(MESH)}",

@@ -28,14 +28,11 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +43,7 @@ from jax.flatten_util import ravel_pytree
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks._timing import interleaved, machine  # noqa: E402
 from jaxunlearn import curvature, distributed, engine, models, objectives  # noqa: E402
 from jaxunlearn.methods import neggrad as neggrad_mod  # noqa: E402
 from jaxunlearn.methods import sharp_minmax as smm  # noqa: E402
@@ -60,25 +58,6 @@ MESH = None  # the ("data",) mesh over the CPU cores (distributed.cpu_devices), 
 
 def _block(x):
     return jax.block_until_ready(x)
-
-
-def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, inner: int = 1) -> dict:
-    """Time each contender: first call separately ("compile"), then ``repeats`` interleaved rounds of
-    ``inner`` calls each; returns ``{name: {"first_s", "median_s", "all_s"}}`` (per call)."""
-    out = {}
-    for name, fn in contenders.items():
-        t = time.perf_counter()
-        fn()
-        out[name] = {"first_s": time.perf_counter() - t, "all_s": []}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            t = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            out[name]["all_s"].append((time.perf_counter() - t) / inner)
-    for v in out.values():
-        v["median_s"] = statistics.median(v["all_s"])
-    return out
 
 
 def _run_child(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -1285,11 +1264,8 @@ def environment() -> dict:
     import flax
 
     env = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {platform.platform()}".strip(),
+        **machine(),
         "cpus": _torch_threads(),
-        "load_start": os.getloadavg(),
-        "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": getattr(__import__("jaxlib"), "__version__", "?"),
         "flax": flax.__version__,

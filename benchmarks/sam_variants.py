@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -37,6 +36,7 @@ import optax
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks._timing import interleaved  # noqa: E402
 from benchmarks.run import environment, equivalent_step  # noqa: E402
 from jaxunlearn import data, engine, models  # noqa: E402
 from jaxunlearn.plan import UNLEARN_DEFAULT, StepInfo, build_optimizer, supervised_loss  # noqa: E402
@@ -133,23 +133,6 @@ def _with_count(opt_state, count):
         return s._replace(count=jnp.asarray(count, jnp.int32)) if isinstance(s, LookSAMState) else s
 
     return jax.tree.map(fix, opt_state, is_leaf=lambda s: isinstance(s, LookSAMState))
-
-
-def interleaved(contenders: dict, repeats: int) -> dict:
-    """First call of each contender timed alone ("compile"), then ``repeats`` interleaved rounds."""
-    out = {}
-    for name, fn in contenders.items():
-        t = time.perf_counter()
-        fn()
-        out[name] = {"first_s": time.perf_counter() - t, "all_s": []}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            t = time.perf_counter()
-            fn()
-            out[name]["all_s"].append((time.perf_counter() - t) / fn.inner)
-    for v in out.values():
-        v["median_s"] = statistics.median(v["all_s"])
-    return out
 
 
 def bench_dataset(name: str, variants, batch: int, repeats: int, inner: int, max_train: int | None) -> dict:
