@@ -540,6 +540,37 @@ class Plan:
         mask = self.hp[ph.mask_key] if ph.mask_key else None
         return build_optimizer(cfg, total_steps, sign=ph.sign, mask=mask, mask_reading=self.mask_reading)
 
+    def final_params(self, params: PyTree, opt_states) -> PyTree:
+        """The parameters a run of this plan ends with (the engine returns them): the weight average of the last
+        phase whose optimizer averages (``OptimConfig.average``), read from ``opt_states[i]`` by
+        :func:`final_params`, or ``params`` when no phase averages.
+
+        Example:
+            >>> cfg = OptimConfig(name="sgd", lr=0.5, momentum=0.0, weight_decay=0.0, schedule="constant",
+            ...                   average="uniform", average_start=0.0, average_every=1)
+            >>> plan = Plan((Phase("train", supervised_loss),), optimizer=cfg)
+            >>> tx, w = plan.phase_optimizer(0, 2), jnp.array([4.0])
+            >>> state = tx.init(w)
+            >>> for _ in range(2):                           # w: 4 -> 2 -> 1 (loss w²/2)
+            ...     u, state = tx.update(w, state, w, grad_fn=None); w = w + u
+            >>> float(plan.final_params(w, (state,))[0]), float(Plan((Phase("t", supervised_loss),)).final_params(
+            ...     w, (state,))[0])
+            (1.5, 1.0)
+        """
+        i = self.averaging_phase
+        return params if i is None else final_params(self.phases[i].optimizer or self.optimizer, params, opt_states[i])
+
+    @property
+    def averaging_phase(self) -> int | None:
+        """The index of the last phase whose optimizer averages the weights, or None.
+
+        Example:
+            >>> Plan((Phase("train", supervised_loss),), optimizer=OptimConfig(average="ema")).averaging_phase
+            0
+        """
+        found = [i for i, ph in enumerate(self.phases) if (ph.optimizer or self.optimizer).average != "none"]
+        return found[-1] if found else None
+
     def __post_init__(self):
         if not self.phases:
             raise ValueError("a Plan needs at least one Phase.")

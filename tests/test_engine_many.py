@@ -250,3 +250,30 @@ def test_run_many_on_a_mesh_equals_the_one_device_run(tmp_path):
     assert out["vmap"] < 1e-5 and out["unroll"] < 1e-5
     assert "data" in out["vmap_spec"] and "data" in out["unroll_spec"]
     assert "multiple of that many models" in out["indivisible"]
+
+
+def test_weight_averaging_runs_end_at_the_average_of_the_trajectory():
+    """engine.run and engine.run_many return the optimizer's weight average: with one step per epoch and a
+    snapshot after every step, the mean of the plain run's epoch-end parameters."""
+    ctxs, data = _contexts()
+    retain = ctxs[0].retain_idx
+    plain_cfg = OptimConfig(name="sgd", lr=0.05, momentum=0.0, weight_decay=0.0, schedule="constant")
+    avg_cfg = dataclasses.replace(plain_cfg, average="uniform", average_start=0.0, average_every=1)
+    plan = Plan((Phase("train", supervised_loss),), optimizer=avg_cfg, epochs=4, batch_size=len(retain))
+    plain = dataclasses.replace(plan, optimizer=plain_cfg)
+    assert plan.averaging_phase == 0 and plain.averaging_phase is None
+    kw = dict(retain_idx=retain, progress=False)
+    averaged = []
+    for k, c in enumerate(ctxs):
+        seen = []
+        last = engine.run(plain, c.apply_fn, c.params, c.model_state, data, seed=SEEDS[k],
+                          on_epoch_end=lambda e, p, s: seen.append(p), **kw).params  # fmt: skip
+        want = jax.tree.map(lambda *a: sum(a) / len(a), *seen)
+        got = engine.run(plan, c.apply_fn, c.params, c.model_state, data, seed=SEEDS[k], **kw).params
+        for a, b, z in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(last)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+            assert not np.allclose(np.asarray(a), np.asarray(z))  # not the last iterate
+        averaged.append(got)
+    params, state = _stack([c.params for c in ctxs]), _stack([c.model_state for c in ctxs])
+    res = engine.run_many(plan, ctxs[0].apply_fn, params, state, data, seeds=SEEDS, **kw)
+    _assert_rows_equal(res.params, averaged)

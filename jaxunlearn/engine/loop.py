@@ -168,6 +168,8 @@ def run(
     finally:
         bar.close()
         ckpt.close()
+    if diverged is None:  # weight averaging: the run ends at the average its optimizer kept
+        state = state._replace(params=plan.final_params(state.params, state.opt_states))
     jax.block_until_ready(state.params)
     return RunResult(state.params, state.model_state, history, timer.seconds, diverged,
                      start if restored is not None else None, compile_seconds=timer.compile_seconds)  # fmt: skip

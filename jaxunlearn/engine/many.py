@@ -334,6 +334,9 @@ def _run(plan, apply_fn, params, model_state, data, *, retain_idx, forget_idx, s
     finally:
         bar.close()
         ckpt.close()
+    if plan.averaging_phase is not None:  # weight averaging: live models end at their average
+        avg = plan.final_params(state.params, state.opt_states)
+        state = state._replace(params=_select_models(per_model(jnp.asarray(~live)), state.params, avg))
     jax.block_until_ready(state.params)
     diverged = None
     if (diverged_at > 0).any():

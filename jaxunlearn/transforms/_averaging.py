@@ -31,12 +31,13 @@ AVERAGE_KINDS = ("uniform", "ema")
 
 class WeightAverageState(NamedTuple):
     """State of :func:`weight_average`: ``count`` (int32, updates seen), ``n`` (int32, snapshots in the average)
-    and ``average`` (the parameters' average, float32 or wider; the initial parameters before any snapshot).
+    and ``average`` (the parameters' average, float32 or wider; zeros before the first snapshot, which
+    overwrites them: :func:`averaged_params` returns the parameters themselves until then).
 
     Example:
         >>> s = weight_average().init({"w": jnp.ones(2)})
         >>> int(s.count), int(s.n), s.average["w"].tolist()
-        (0, 0, [1.0, 1.0])
+        (0, 0, [0.0, 0.0])
     """
 
     count: jax.Array
@@ -90,7 +91,11 @@ def weight_average(kind: str = "uniform", *, start=0, every=1, decay=0.9) -> opt
         raise ValueError(f"weight_average: decay must be in [0, 1), got {decay!r}.")
 
     def init_fn(params):
-        average = jax.tree.map(lambda p: jnp.asarray(p, jnp.promote_types(jnp.result_type(p), jnp.float32)), params)
+        # zeros, not a view of params (the first snapshot overwrites it): a jitted loop that donates both the
+        # parameters and the optimizer state must not get one buffer twice
+        average = jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), jnp.promote_types(jnp.result_type(p), jnp.float32)), params
+        )
         return WeightAverageState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), average)
 
     def update_fn(updates, state, params=None):
