@@ -45,6 +45,7 @@ __all__ = [
     "SAM_KINDS",
     "AVERAGES",
     "OPTIMIZER_KINDS",
+    "MAX_KINDS",
     "optimizer_kind",
     "final_params",
 ]
@@ -55,7 +56,7 @@ OPTIMIZERS = ("sgd", "adamw", "adam")
 SAM_KINDS = ("none", "sam", "asam", "looksam", "gsam", "rs", "gnp", "cr")
 AVERAGES = ("none", "uniform", "ema")
 #: kinds with a sharpness-maximization form (a phase with ``sign="max"``, e.g. Sharp MinMax's forget phase)
-_MAX_KINDS = ("none", "sam", "asam", "looksam", "gnp", "cr")
+MAX_KINDS = ("none", "sam", "asam", "looksam", "gnp", "cr")
 #: the variant defaults of ``alpha`` and ``penalty`` (None in an OptimConfig): LookSAM's α, GSAM's α, γ of GNP / CR
 _ALPHA_DEFAULT = {"looksam": 0.7, "gsam": 0.1}
 _PENALTY_DEFAULT = {"gnp": 0.01, "cr": 10.0}
@@ -363,10 +364,10 @@ def build_optimizer(
     """
     _validate.choice("mask_reading", mask_reading, MASK_READINGS)
     _validate.choice("sign", sign, ("min", "max"))
-    if sign == "max" and cfg.sam not in _MAX_KINDS:
+    if sign == "max" and cfg.sam not in MAX_KINDS:
         raise ValueError(
             f"OptimConfig(sam={cfg.sam!r}) has no sharpness-maximization form, but this phase has sign='max' "
-            f"(e.g. Sharp MinMax's forget phase): use one of {list(_MAX_KINDS[1:])} for it."
+            f"(e.g. Sharp MinMax's forget phase): use one of {list(MAX_KINDS[1:])} for it."
         )
     reference = mask is not None and mask_reading == "reference"
     if reference and cfg.sam not in ("none", "sam", "asam"):

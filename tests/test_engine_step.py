@@ -147,3 +147,15 @@ def test_masked_step_needs_its_mask(small):
     batch = {"retain": engine.ArraySource.gather(small.arrays, jnp.arange(8))}
     with pytest.raises(ValueError, match="mask="):
         step(ts, batch, {}, StepInfo.at())
+
+
+@pytest.mark.parametrize("kind", ["looksam", "gsam", "rs", "gnp", "cr"])
+def test_per_device_sam_mode_refuses_the_variants_it_cannot_run(kind):
+    """m-sharpness computes a SAM direction per device: the other variants would silently get it as their g'."""
+    from jaxunlearn import distributed
+
+    apply_fn, _, _ = models.split_model(models.build("mlp", num_classes=2, input_shape=(3,), hidden=(4,)))
+    cfg = OptimConfig(name="adamw", lr=0.01, sam=kind)
+    with pytest.raises(ValueError, match=rf"per_device.*supports sam='sam' and 'asam' only, got sam='{kind}'"):
+        engine.make_step(apply_fn, supervised_loss, cfg, mesh=distributed.make_mesh(1), sam_mode="per_device")
+    engine.make_step(apply_fn, supervised_loss, cfg, mesh=distributed.make_mesh(1))  # the global mode is fine

@@ -182,3 +182,20 @@ def test_bad_optim_config_settings_are_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
         OptimConfig(**kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["gsam", "rs", "looksam"])
+def test_sharp_minmax_runs_under_every_variant_with_a_max_form_for_its_forget_step(kind):
+    """GSAM / randomized smoothing have no maximization form: Sharp MinMax's retain step uses the variant and its
+    forget step SAM; variants with a max form (LookSAM) keep it for both steps."""
+    from jaxunlearn import methods
+
+    cfg = OptimConfig(name="adamw", lr=0.01, schedule="constant", sam=kind)
+    ctx = methods.toy_context(optimizer=cfg)
+    plan = methods.get("sharp_minmax").recipe(ctx).plan
+    assert plan.optimizer.sam == kind
+    assert plan.phases[1].sign == "max" and plan.phases[1].optimizer.sam == (kind if kind == "looksam" else "sam")
+    res = methods.unlearn("sharp_minmax", ctx, progress=False)
+    assert res.diverged is None
+    moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(ctx.params))]
+    assert max(moved) > 1e-4

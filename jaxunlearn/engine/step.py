@@ -150,6 +150,11 @@ def make_step(
             "built with a Python int."
         )
     per_device = sam_mode == "per_device" and cfg.sam != "none" and mesh is not None
+    if per_device and cfg.sam not in ("sam", "asam"):
+        raise ValueError(
+            f"sam_mode='per_device' (m-sharpness) supports sam='sam' and 'asam' only, got sam={cfg.sam!r}; use "
+            "sam_mode='global' with it."
+        )
     if per_device and masked and mask_reading == "reference":
         raise ValueError("sam_mode='per_device' supports mask_reading='strict' only; use the global SAM mode.")
 

@@ -11,7 +11,8 @@ per-example gradients (``saliency="sum"``) or the reference code's sum of per-ba
 ``mask_reading="strict"`` masks each whole update; ``"reference"`` masks only the perturbed gradient
 ``g'`` inside SAM, as the reference code does (then parameters outside M still get ``(1+λ)g`` on the
 forget step). The unlearning optimizer's SAM flavour is used (SAM when plain was asked: the method is
-sharpness-aware by definition).
+sharpness-aware by definition). GSAM and randomized smoothing have no sharpness-maximization form: with
+them the retain step uses the variant and the forget step SAM (same ρ, λ).
 
 The two optimizers have their own learning rates: with Adam-type optimizers the loss weights
 ``α`` and ``1−α`` barely change the step size, so the forget optimizer's rate is ``forget_lr_scale``
@@ -26,7 +27,7 @@ from jaxunlearn import objectives, selection
 from jaxunlearn.methods import options
 from jaxunlearn.methods.base import Recipe, register, scaled
 from jaxunlearn.methods.common import forget_saliency_mask
-from jaxunlearn.plan import MASK_READINGS, Phase, Plan
+from jaxunlearn.plan import MASK_READINGS, MAX_KINDS, Phase, Plan
 
 SALIENCIES = ("sum", "batch_mean")
 
@@ -115,6 +116,7 @@ def sharp_minmax(ctx, opts):
     cfg = scaled(ctx.optimizer, opts["lr_scale"])
     if cfg.sam == "none":
         cfg = dataclasses.replace(cfg, sam="sam")
+    forget_cfg = cfg if cfg.sam in MAX_KINDS else dataclasses.replace(cfg, sam="sam")
     plan = Plan(
         phases=(
             Phase("retain", retain_loss, uses=("retain",), sign="min", mask_key="mask_retain"),
@@ -124,7 +126,7 @@ def sharp_minmax(ctx, opts):
                 uses=("forget",),
                 sign="max",
                 mask_key="mask_forget",
-                optimizer=scaled(cfg, opts["forget_lr_scale"]),
+                optimizer=scaled(forget_cfg, opts["forget_lr_scale"]),
             ),
         ),
         optimizer=cfg,
