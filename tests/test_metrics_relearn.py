@@ -121,3 +121,60 @@ def test_validation(toy):
         relearn.recovery_summary([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="forget_acc"):
         relearn.recovery_summary([0, 1], [0.1])
+
+
+def _three_blobs():
+    """Forget set: class 2 at (0, 3), which the 'unlearned' model sends to class 0; retain: classes 0 and 1."""
+    rng = np.random.default_rng(1)
+    xf = (np.array([0.0, 3.0]) + 0.3 * rng.normal(size=(30, 2))).astype(np.float32)
+    yf = np.full(30, 2, np.int32)
+    yr = rng.integers(0, 2, size=60).astype(np.int32)
+    xr = (np.array([[-3.0, 0.0], [3.0, 0.0]])[yr] + 0.3 * rng.normal(size=(60, 2))).astype(np.float32)
+    params = {"w": jnp.array([[-1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], jnp.float32), "b": jnp.zeros(3)}
+    return params, xf, yf, xr, yr
+
+
+def test_relearn_protocol_sweeps_sizes_and_rates_every_step_with_a_retain_probe():
+    params, xf, yf, xr, yr = _three_blobs()
+    out = relearn.relearn_protocol(_loss, _logits, params, xf, yf, num_samples=(3, 10), lrs=(0.05, 0.5), steps=12,
+                                   x_retain=xr, y_retain=yr, seed=3)  # fmt: skip
+    curves = out["curves"]
+    assert [(c["source"], c["num_samples"], c["lr"]) for c in curves] == [
+        ("forget", 3, 0.05), ("forget", 3, 0.5), ("forget", 10, 0.05), ("forget", 10, 0.5),
+        ("retain", 10, 0.05), ("retain", 10, 0.5),
+    ]  # fmt: skip
+    assert all(c["steps"] == list(range(13)) for c in curves)  # evaluated at every step
+    # each attack is relearn_attack on the first n examples of the seed's permutation (nested subsets)
+    order = np.random.default_rng(3).permutation(30)
+    direct = relearn.relearn_attack(_loss, _logits, params, xf[order[:10]], yf[order[:10]], xf, yf, steps=12,
+                                    lr=0.5, eval_every=1, key=jax.random.key(3))  # fmt: skip
+    np.testing.assert_allclose(curves[3]["forget_acc"], direct["forget_acc"])
+    # relearning on forget data brings the class back, and faster with more samples / a larger rate;
+    # fine-tuning on retain data alone never does (the model did remove the class here)
+    assert curves[3]["final_forget_acc"] == 1.0 and curves[0]["auc"] < curves[3]["auc"]
+    assert max(c["max_forget_acc"] for c in curves if c["source"] == "retain") == 0.0
+    s = out["summary"]
+    assert s["forget_auc_max"] == max(c["auc"] for c in curves[:4]) and s["retain_probe_auc_mean"] == 0.0
+    assert (
+        relearn.relearn_protocol(_loss, _logits, params, xf, yf, num_samples=(3,), lrs=(0.1,), steps=2)["summary"][
+            "retain_probe_auc_mean"
+        ]
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"num_samples": (0,)}, r"num_samples must lie in \[1, 30\]"),
+        ({"num_samples": (31,)}, r"num_samples must lie in \[1, 30\]"),
+        ({"lrs": (0.0,)}, "lrs must be finite numbers > 0"),
+        ({"lrs": (float("nan"),)}, "lrs must be finite numbers > 0"),
+        ({"lrs": ()}, "at least one entry"),
+        ({"x_retain": np.zeros((2, 2), np.float32)}, "both x_retain and y_retain"),
+    ],
+)
+def test_relearn_protocol_bad_input(kw, match):
+    params, xf, yf, _, _ = _three_blobs()
+    with pytest.raises(ValueError, match=match):
+        relearn.relearn_protocol(_loss, _logits, params, xf, yf, steps=2, **{"num_samples": (5,), **kw})

@@ -59,7 +59,7 @@ from jaxunlearn.metrics.population import (
     ulira_attack,
     ulira_scores,
 )
-from jaxunlearn.metrics.relearn import recovery_summary, relearn_attack
+from jaxunlearn.metrics.relearn import recovery_summary, relearn_attack, relearn_protocol
 
 __all__ = [
     "accuracy",
@@ -88,6 +88,7 @@ __all__ = [
     "sharpness_summary",
     "recovery_summary",
     "relearn_attack",
+    "relearn_protocol",
     "accuracy_score",
     "aggregate_seeds",
     "average_gap",

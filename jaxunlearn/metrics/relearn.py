@@ -18,7 +18,7 @@ Batch-norm statistics are not updated: pass an eval-mode ``loss_fn``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -29,7 +29,7 @@ import optax
 
 from jaxunlearn.metrics.features import batched_apply
 
-__all__ = ["recovery_summary", "relearn_attack", "relearn_curve"]
+__all__ = ["recovery_summary", "relearn_attack", "relearn_curve", "relearn_protocol"]
 
 
 def recovery_summary(steps, forget_acc, *, threshold: float | None = None) -> dict[str, Any]:
@@ -300,3 +300,100 @@ def relearn_attack(
     )
     curve["train_loss"] = losses
     return (curve, p_final) if return_params else curve
+
+
+def relearn_protocol(
+    loss_fn: Callable,
+    logits_fn: Callable,
+    params: Any,
+    x_forget,
+    y_forget,
+    *,
+    num_samples: Sequence[int] = (10, 50),
+    lrs: Sequence[float] = (1e-3, 1e-2),
+    steps: int = 50,
+    x_retain=None,
+    y_retain=None,
+    optimizer: str | optax.GradientTransformation = "sgd",
+    batch_size: int | None = None,
+    threshold: float | None = None,
+    seed: int = 0,
+    eval_batch_size: int = 1024,
+) -> dict[str, Any]:
+    """The relearning protocol of Unlearn-Smooth, evaluated at EVERY step: relearning attacks on forget data swept
+    over the number of forget samples and the learning rate, plus a retain-only probe.
+
+    For each ``n`` in ``num_samples`` and ``lr`` in ``lrs``: :func:`relearn_attack` with the relearn set =
+    the first ``n`` forget examples of a permutation drawn from ``seed`` (nested: the ``n = 10`` set is part of
+    the ``n = 50`` set), ``steps`` steps, FA(t) at every step t = 0..T. The retain-only probe (when ``x_retain``
+    is given) fine-tunes on ``max(num_samples)`` retain examples (same permutation rule) at each ``lr`` and
+    watches FA come back without seeing F: a method that only hid F recovers it from retain data alone. One
+    summary number per curve: ``auc`` = (1/T)·∫₀ᵀ FA(t) dt (mean forget accuracy over the attack; lower = more
+    resistant), with ``steps_to_recover`` when ``threshold`` is given.
+
+    Example (a linear model that predicts class 0 on a forget set of class 1):
+        >>> logits_fn = lambda w, x: x @ w
+        >>> ce = lambda w, x, y: optax.softmax_cross_entropy_with_integer_labels(logits_fn(w, x), y).mean()
+        >>> x_f, y_f = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 1.0]]), jnp.ones(4, int)
+        >>> x_r, y_r = jnp.array([[-1.0, 0.0], [0.0, -1.0]]), jnp.zeros(2, int)
+        >>> w = jnp.array([[1.0, 0.0], [1.0, 0.0]])
+        >>> out = relearn_protocol(ce, logits_fn, w, x_f, y_f, num_samples=(1, 2), lrs=(0.1, 0.5), steps=10,
+        ...                        x_retain=x_r, y_retain=y_r)
+        >>> [(c["source"], c["num_samples"], c["lr"]) for c in out["curves"]][:3]
+        [('forget', 1, 0.1), ('forget', 1, 0.5), ('forget', 2, 0.1)]
+        >>> len(out["curves"]), out["curves"][0]["steps"] == list(range(11))   # 4 attacks + 2 retain probes
+        (6, True)
+        >>> out["summary"]["forget_auc_max"] >= out["summary"]["forget_auc_mean"]
+        True
+
+    Returns:
+      ``{"curves": [...], "summary": {...}}``: each curve is :func:`relearn_attack`'s dict plus ``source``
+      (``"forget"`` or ``"retain"``), ``num_samples`` and ``lr``; ``summary`` has ``forget_auc_mean`` /
+      ``forget_auc_max`` over the attacks (the strongest attack is the max) and ``retain_probe_auc_mean`` (None
+      without retain data).
+    """
+    sizes = [int(n) for n in num_samples]
+    rates = [float(r) for r in lrs]
+    if not sizes or not rates:
+        raise ValueError("relearn_protocol needs at least one entry in num_samples and in lrs.")
+    nf = int(np.shape(x_forget)[0])
+    bad_n = [n for n in sizes if not 1 <= n <= nf]
+    if bad_n:
+        raise ValueError(f"num_samples must lie in [1, {nf}] (the forget set's size), got {bad_n}.")
+    bad_lr = [r for r in rates if not (np.isfinite(r) and r > 0)]
+    if bad_lr:
+        raise ValueError(f"lrs must be finite numbers > 0, got {bad_lr}.")
+    if (x_retain is None) != (y_retain is None):
+        raise ValueError("give both x_retain and y_retain for the retain-only probe, or neither.")
+    rng = np.random.default_rng(seed)
+    order_f = rng.permutation(nf)
+    kw = dict(steps=steps, optimizer=optimizer, eval_every=1, threshold=threshold, eval_batch_size=eval_batch_size)
+    xf, yf = np.asarray(x_forget), np.asarray(y_forget)
+    curves = []
+
+    def attack(source, n, lr, xs, ys):
+        bs = None if batch_size is None else min(int(batch_size), len(ys))
+        r = relearn_attack(loss_fn, logits_fn, params, xs, ys, xf, yf, lr=lr, batch_size=bs,
+                           key=jax.random.key(seed), **kw)  # fmt: skip
+        curves.append({"source": source, "num_samples": n, "lr": lr, **r})
+
+    for n in sizes:
+        sel = order_f[:n]
+        for lr in rates:
+            attack("forget", n, lr, xf[sel], yf[sel])
+    if x_retain is not None:
+        xr, yr = np.asarray(x_retain), np.asarray(y_retain)
+        m = min(max(sizes), len(yr))
+        if m == 0:
+            raise ValueError("x_retain is empty: give retain examples for the probe, or leave it out.")
+        sel = rng.permutation(len(yr))[:m]
+        for lr in rates:
+            attack("retain", m, lr, xr[sel], yr[sel])
+    f_auc = [c["auc"] for c in curves if c["source"] == "forget"]
+    r_auc = [c["auc"] for c in curves if c["source"] == "retain"]
+    summary = {
+        "forget_auc_mean": float(np.mean(f_auc)),
+        "forget_auc_max": float(np.max(f_auc)),
+        "retain_probe_auc_mean": float(np.mean(r_auc)) if r_auc else None,
+    }
+    return {"curves": curves, "summary": summary}
