@@ -8,6 +8,7 @@
 * :mod:`~jaxunlearn.metrics.features` — 2-D projections and before/after feature plots.
 * :mod:`~jaxunlearn.metrics.landscape` — filter-normalized loss landscapes and their sharpness summary.
 * :mod:`~jaxunlearn.metrics.relearn` — the relearning attack.
+* :mod:`~jaxunlearn.metrics.stats` — paired differences over seeds with confidence intervals, the verdict rule.
 * :mod:`~jaxunlearn.metrics.population` — over populations of unlearned and retrained models: the NeurIPS 2023
   unlearning challenge's forgetting-quality ε-score and the per-example U-LiRA attack.
 
@@ -15,7 +16,17 @@ Convention: ``logits_fn(params, x) -> logits`` (pure, jit-able); anything that n
 ``train_fn(masks: bool[K, N]) -> stacked params`` supplied by the engine.
 """
 
-from jaxunlearn.metrics import accuracy, entanglement, features, landscape, memorization, mia, population, relearn
+from jaxunlearn.metrics import (  # noqa: I001
+    accuracy,
+    entanglement,
+    features,
+    landscape,
+    memorization,
+    mia,
+    population,
+    relearn,
+    stats,
+)
 from jaxunlearn.metrics.accuracy import (
     accuracy as accuracy_score,
 )
@@ -60,6 +71,7 @@ from jaxunlearn.metrics.population import (
     ulira_scores,
 )
 from jaxunlearn.metrics.relearn import recovery_summary, relearn_attack, relearn_protocol
+from jaxunlearn.metrics.stats import paired_difference, verdict
 
 __all__ = [
     "accuracy",
@@ -89,6 +101,9 @@ __all__ = [
     "recovery_summary",
     "relearn_attack",
     "relearn_protocol",
+    "stats",
+    "paired_difference",
+    "verdict",
     "accuracy_score",
     "aggregate_seeds",
     "average_gap",
