@@ -18,6 +18,7 @@ CASES = {
     "exp3_sharp_minmax": ["--fractions", "0.1", "--baselines", "neggrad", "--reference-fraction", "0"],
     "exp4_hessian_selection": ["--tasks", "feature", "--selections", "hessian,last_layer", "--updates", "first_order"],
     "exp5_analysis": ["--grid", "3", "--relearn-steps", "5"],
+    "exp6_sharpness_family": ["--kinds", "sgd,sam,wa"],
 }
 
 
