@@ -159,3 +159,59 @@ def test_per_device_sam_mode_refuses_the_variants_it_cannot_run(kind):
     with pytest.raises(ValueError, match=rf"per_device.*supports sam='sam' and 'asam' only, got sam='{kind}'"):
         engine.make_step(apply_fn, supervised_loss, cfg, mesh=distributed.make_mesh(1), sam_mode="per_device")
     engine.make_step(apply_fn, supervised_loss, cfg, mesh=distributed.make_mesh(1))  # the global mode is fine
+
+
+def _looksam_setup():
+    ctx = methods.toy_context(n=60)
+    cfg = OptimConfig(name="adamw", lr=0.01, schedule="constant", sam="looksam", k=3, rho=0.1)
+    plan = Plan((Phase("train", supervised_loss),), optimizer=cfg, epochs=7, batch_size=len(ctx.retain_idx))
+    return ctx, cfg, plan
+
+
+def test_host_chosen_looksam_branches_equal_the_counter_driven_step():
+    """engine.run picks LookSAM's SAM / reuse program on the host (no lax.cond); with one full-batch step per
+    epoch it equals a loop of the counter-driven step (``sam_step=None``) on the same batch."""
+    import jax
+
+    ctx, cfg, plan = _looksam_setup()
+    res = engine.run(plan, ctx.apply_fn, ctx.params, ctx.model_state, engine.DeviceData(ctx.x, ctx.y),
+                     retain_idx=ctx.retain_idx, progress=False)  # fmt: skip
+    step = jax.jit(engine.make_step(ctx.apply_fn, supervised_loss, cfg))
+    state = engine.init_state(ctx.params, ctx.model_state, cfg)
+    batch = {"retain": {"x": ctx.x[ctx.retain_idx], "y": ctx.y[ctx.retain_idx]}}
+    for e in range(plan.epochs):
+        state, _ = step(state, batch, {}, StepInfo.at(epoch=e, epochs=plan.epochs, total_steps=plan.epochs))
+    for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+    # the host choice really is LookSAM's: always taking the reuse branch after step 0 gives other weights
+    reuse = jax.jit(engine.make_step(ctx.apply_fn, supervised_loss, cfg, sam_step=False))
+    with pytest.raises(ValueError, match="LookSAM's host-chosen branch"):
+        engine.make_step(ctx.apply_fn, supervised_loss, OptimConfig(sam="sam"), sam_step=True)
+    s2 = engine.init_state(ctx.params, ctx.model_state, cfg)
+    s2, _ = step(s2, batch, {}, StepInfo.at(epoch=0, epochs=plan.epochs, total_steps=plan.epochs))
+    for e in range(1, plan.epochs):
+        s2, _ = reuse(s2, batch, {}, StepInfo.at(epoch=e, epochs=plan.epochs, total_steps=plan.epochs))
+    assert not np.allclose(np.asarray(jax.tree.leaves(s2.params)[0]), np.asarray(jax.tree.leaves(res.params)[0]))
+
+
+def test_host_looksam_resumes_on_the_same_schedule(tmp_path):
+    """A run stopped in epoch 4's callback (before its checkpoint) resumes after epoch 3, where LookSAM's next update
+    is a SAM step (3 mod 3 = 0): the counter comes from the checkpoint, and the weights equal the full run's."""
+    import jax
+
+    ctx, cfg, plan = _looksam_setup()
+    data = engine.DeviceData(ctx.x, ctx.y)
+    kw = dict(retain_idx=ctx.retain_idx, progress=False, checkpoint_dir=tmp_path / "ck", checkpoint_every=1)
+    full = engine.run(plan, ctx.apply_fn, ctx.params, ctx.model_state, data, retain_idx=ctx.retain_idx,
+                      progress=False)  # fmt: skip
+
+    def stop(epoch, p, s):
+        if epoch == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(plan, ctx.apply_fn, ctx.params, ctx.model_state, data, on_epoch_end=stop, **kw)
+    resumed = engine.run(plan, ctx.apply_fn, ctx.params, ctx.model_state, data, resume=True, **kw)
+    assert resumed.resumed_from == 3
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

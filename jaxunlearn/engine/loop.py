@@ -48,6 +48,7 @@ from jaxunlearn.engine.hooks import (
 from jaxunlearn.engine.sources import ArraySource, as_source, epoch_indices
 from jaxunlearn.engine.step import SAM_MODES, TrainState, make_step
 from jaxunlearn.plan import PRETRAIN_DEFAULT, Phase, Plan, StepInfo, build_optimizer, supervised_loss
+from jaxunlearn.transforms import LookSAMState
 
 __all__ = ["RunResult", "run", "train", "PARAM_SHARDINGS"]
 
@@ -137,6 +138,9 @@ def run(
     if restored is not None:
         state = state._replace(params=restored["params"], model_state=restored["model_state"],
                                opt_states=tuple(restored["opt_states"]))  # fmt: skip
+        for f in fns:
+            if isinstance(f, HostLookSAM):
+                f.sync(state)
     guard, callback, timer = DivergenceGuard(apply_fn), EpochCallback(on_epoch_end), Timer()
     guard.keep(state.params, state.model_state)
     bar = Progress(plan.epochs * steps, initial=start * steps, desc=desc or plan.name, enabled=progress)
@@ -287,29 +291,55 @@ def _prepare(plan, apply_fn, params, model_state, src, total, mesh, sam_mode, pa
         for c, ph, m in zip(cfgs, plan.phases, masks)
     ]
     state = TrainState(params, model_state, tuple(place(opt_states)), put(jnp.zeros((), jnp.int32)))
-    fns = [
-        compiled_step(
-            apply_fn,
-            ph.loss,
-            c,
-            ph.sign,
-            plan.mask_reading,
-            m is not None,
-            mesh,
-            sam_mode,
-            total if c.static_total else None,
-            i,
-            src.streaming,
-        )  # fmt: skip
-        for i, (ph, c, m) in enumerate(zip(plan.phases, cfgs, masks))
-    ]
+    fns = []
+    for i, (ph, c, m) in enumerate(zip(plan.phases, cfgs, masks)):
+        args = (apply_fn, ph.loss, c, ph.sign, plan.mask_reading, m is not None, mesh, sam_mode,
+                total if c.static_total else None, i, src.streaming)  # fmt: skip
+        if c.sam == "looksam" and c.k > 1:  # the branch chosen on the host: no lax.cond in the program
+            fns.append(HostLookSAM(compiled_step(*args, sam_step=True), compiled_step(*args, sam_step=False), c.k, i))
+        else:
+            fns.append(compiled_step(*args))
     return state, src, hp, fns, masks, put
 
 
+class HostLookSAM:
+    """A LookSAM phase's step that picks the full-SAM or the reuse program on the host: SAM on the phase's
+    updates ``t`` with ``t mod k = 0``, as LookSAM's own counter would (its state still counts), without
+    ``lax.cond`` (on XLA:CPU a convolution gradient inside a ``cond`` branch runs several times slower).
+    :meth:`sync` reads the counter from a (restored) state once.
+
+    Example:
+        >>> calls = []
+        >>> f = HostLookSAM(lambda *a: calls.append("sam"), lambda *a: calls.append("reuse"), k=3, phase=0)
+        >>> for _ in range(4):
+        ...     _ = f(None, None, None, None, None, None)
+        >>> calls
+        ['sam', 'reuse', 'reuse', 'sam']
+    """
+
+    def __init__(self, sam_fn: Callable, reuse_fn: Callable, k: int, phase: int):
+        self.sam_fn, self.reuse_fn, self.k, self.phase, self.count = sam_fn, reuse_fn, int(k), int(phase), 0
+
+    def sync(self, state: TrainState) -> None:
+        """Take LookSAM's update counter from ``state.opt_states[phase]`` (after a checkpoint restore)."""
+        found = [
+            s
+            for s in jax.tree.leaves(state.opt_states[self.phase], is_leaf=lambda x: isinstance(x, LookSAMState))
+            if isinstance(s, LookSAMState)
+        ]
+        if found:
+            self.count = int(np.asarray(found[0].count).reshape(-1)[0])
+
+    def __call__(self, state, ok, hp, info, mask, batch_args):
+        fn = self.sam_fn if self.count % self.k == 0 else self.reuse_fn
+        self.count += 1
+        return fn(state, ok, hp, info, mask, batch_args)
+
+
 @functools.lru_cache(maxsize=256)
-def _jitted(apply_fn, loss, cfg, sign, mask_reading, masked, mesh, sam_mode, total, streaming):
+def _jitted(apply_fn, loss, cfg, sign, mask_reading, masked, mesh, sam_mode, total, streaming, sam_step=None):
     update = make_step(apply_fn, loss, cfg, sign=sign, masked=masked, mask_reading=mask_reading,
-                       total_steps=total, mesh=mesh, sam_mode=sam_mode)  # fmt: skip
+                       total_steps=total, mesh=mesh, sam_mode=sam_mode, sam_step=sam_step)  # fmt: skip
 
     def step(params, model_state, opt_state, count, ok, hp, info, mask, *batch_args):
         COMPILE_COUNTER.count += 1  # runs only while tracing
@@ -324,13 +354,14 @@ def _gathered(arrays, idx_r, idx_f) -> dict:
     return {"retain": ArraySource.gather(arrays, idx_r), "forget": ArraySource.gather(arrays, idx_f)}
 
 
-def compiled_step(apply_fn, loss, cfg, sign, mask_reading, masked, mesh, sam_mode, total, phase, streaming):
+def compiled_step(apply_fn, loss, cfg, sign, mask_reading, masked, mesh, sam_mode, total, phase, streaming,
+                  sam_step=None):  # fmt: skip
     """The loop's step for phase ``phase``: ``f(state, ok, hp, info, mask, batch_args) -> (state, ok, loss)``,
     with the batch gathered inside the compiled program from ``batch_args = (arrays, idx_r, idx_f)`` or
     given as ``({"retain", "forget"},)`` by a streaming source. The program (one per model, loss,
     optimizer, sign, mask use, mesh, SAM mode) is shared by every phase, run and plan that use it; the
     phase's optimizer state is updated in place of ``state.opt_states[phase]``, ``ok`` folds in
-    ``isfinite(loss)``.
+    ``isfinite(loss)``. ``sam_step``: LookSAM's branch chosen on the host (:func:`make_step`).
 
     Example:
         >>> import jax.numpy as jnp
@@ -340,7 +371,7 @@ def compiled_step(apply_fn, loss, cfg, sign, mask_reading, masked, mesh, sam_mod
         >>> callable(f)
         True
     """
-    jitted = _jitted(apply_fn, loss, cfg, sign, mask_reading, masked, mesh, sam_mode, total, streaming)
+    jitted = _jitted(apply_fn, loss, cfg, sign, mask_reading, masked, mesh, sam_mode, total, streaming, sam_step)
 
     def f(state: TrainState, ok, hp, info, mask, batch_args):
         p, s, o, c, ok, loss_v = jitted(state.params, state.model_state, state.opt_states[phase], state.step, ok, hp,

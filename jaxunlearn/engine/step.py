@@ -108,6 +108,7 @@ def make_step(
     total_steps: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     sam_mode: str = "global",
+    sam_step: bool | None = None,
 ) -> Callable:
     """The pure update of one phase: ``step(state, batch, hp, info, mask=None) -> (state, loss)``.
 
@@ -125,6 +126,10 @@ def make_step(
     instead runs :func:`jaxunlearn.sharpness.value_and_sam_grad` on each device's shard inside
     ``shard_map`` and averages the SAM directions (m-sharpness); the loss value and model state still
     come from the unperturbed global pass.
+
+    ``sam_step`` (LookSAM only): ``True`` / ``False`` compiles the step with LookSAM's full-SAM / reuse branch
+    (:func:`jaxunlearn.transforms.looksam`'s ``sam_step``), for a loop that picks the branch on the host;
+    ``None`` lets the optimizer's counter choose inside the program (``lax.cond``).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -149,6 +154,8 @@ def make_step(
             "an optimizer factory (total_steps -> tx) needs make_step(..., total_steps=N): the schedule is "
             "built with a Python int."
         )
+    if sam_step is not None and (cfg.sam != "looksam" or not isinstance(sam_step, bool)):
+        raise ValueError(f"sam_step=True/False is LookSAM's host-chosen branch; got {sam_step!r} with sam={cfg.sam!r}.")
     per_device = sam_mode == "per_device" and cfg.sam != "none" and mesh is not None
     if per_device and cfg.sam not in ("sam", "asam"):
         raise ValueError(
@@ -178,7 +185,8 @@ def make_step(
             grad_fn = lambda p: jax.grad(lf, has_aux=True)(p)[0]  # noqa: E731
         total = info.total_steps if total_steps is None else total_steps
         tx = build_optimizer(cfg, total, sign=sign, mask=mask if masked else None, mask_reading=mask_reading)
-        updates, opt_state = tx.update(g, state.opt_states[phase], params, grad_fn=grad_fn)
+        extra = {"grad_fn": grad_fn} if sam_step is None else {"grad_fn": grad_fn, "sam_step": sam_step}
+        updates, opt_state = tx.update(g, state.opt_states[phase], params, **extra)
         params = optax.apply_updates(params, updates)
         new = state.with_opt_state(phase, opt_state)
         return new._replace(params=params, model_state=new_state, step=state.step + 1), loss_v
