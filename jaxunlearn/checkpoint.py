@@ -19,7 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
 from typing import Any
 
 import jax
@@ -27,6 +30,62 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = ["Checkpointer", "CheckpointError"]
+
+
+class _DropInterrupts(logging.Filter):
+    """Orbax logs a ``KeyboardInterrupt`` that reaches its save as an error with a traceback ("Save Finalize
+    thread failed"); the ``jaxunlearn`` command prints its own one-line message, so such records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        return not (exc is not None and issubclass(exc, KeyboardInterrupt))
+
+
+class _DropAftermath(logging.Filter):
+    """While Orbax restores a checkpoint, and after a restore failed, the reads that outlive the failure are logged
+    by asyncio ("Task/Future exception was never retrieved", a traceback each); the failure itself is reported
+    once, as a :class:`CheckpointError`, so those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" not in str(record.msg):
+            return True
+        return not (_RESTORE["active"] or _RESTORE["failed"])
+
+
+#: whether a restore is under way / has failed in this process (read by :class:`_DropAftermath`)
+_RESTORE = {"active": 0, "failed": False}
+
+
+logging.getLogger("absl").addFilter(_DropInterrupts())
+logging.getLogger("asyncio").addFilter(_DropAftermath())
+
+
+def _late_callback(exc: BaseException | None) -> bool:
+    """TensorStore's callbacks into the closed event loop of a failed (or interrupted) Orbax operation."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("Event loop is closed" in text or "after shutdown" in text)
+
+
+def _quiet_unraisable() -> None:
+    """Drop the late-callback errors (:func:`_late_callback`) that a failed restore makes TensorStore report
+    through ``sys.unraisablehook`` (a traceback each, during and after the restore); others pass on."""
+    if getattr(sys.unraisablehook, "_jaxunlearn", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _late_callback(unraisable.exc_value):
+            previous(unraisable)
+
+    hook._jaxunlearn = True
+    sys.unraisablehook = hook
+
+
+def _quiet_interrupted() -> None:
+    """A save interrupted by Ctrl-C: the process is ending and Orbax's background threads fail one after the
+    other, each logging a traceback; silence Orbax's log (the command prints its own one line)."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL + 1)
+    _quiet_unraisable()
 
 
 class CheckpointError(ValueError):
@@ -82,8 +141,12 @@ class Checkpointer:
 
     def save(self, step: int, state: Any) -> None:
         """Save ``state`` (any pytree of arrays and numbers) as ``step`` and wait until it is on disk."""
-        self._mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
-        self._mgr.wait_until_finished()
+        try:
+            self._mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
+            self._mgr.wait_until_finished()
+        except KeyboardInterrupt:
+            _quiet_interrupted()
+            raise
 
     def restore_latest(self, template: Any) -> tuple[int | None, Any]:
         """Restore the newest checkpoint into the structure of ``template``; ``(None, template)`` if none.
@@ -96,16 +159,25 @@ class Checkpointer:
         if step is None:
             return None, template
         where = os.path.join(self.directory, str(step))
-        self._check_dtypes(step, template, where)
-        abstract = jax.tree.map(_abstract, template)
+        _quiet_unraisable()  # before the metadata is read: a damaged checkpoint fails there already
+        _RESTORE["active"] += 1
         try:
+            self._check_dtypes(step, template, where)
+            abstract = jax.tree.map(_abstract, template)
             state = self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+        except CheckpointError:
+            raise
         except Exception as exc:  # orbax raises many types for corrupt/mismatched trees
+            _RESTORE["failed"] = True
+            # its unfinished coroutines are reported when the process ends; the error below says it all
+            warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
             raise CheckpointError(
                 f"cannot restore the checkpoint at {where} ({type(exc).__name__}: {_first_line(exc)}). "
                 "It was written by a different model/method/optimizer or is damaged; delete that directory "
                 "to redo that training from scratch, or start a new run with another --out."
             ) from exc
+        finally:
+            _RESTORE["active"] -= 1
         if len(jax.tree.leaves(state)) != len(jax.tree.leaves(template)):
             raise CheckpointError(
                 f"checkpoint at {where} holds {len(jax.tree.leaves(state))} arrays where "

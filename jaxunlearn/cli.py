@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "resume_command"]
 
 
 def _csv(s: str) -> tuple[str, ...]:
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rho", type=float, default=1.0, help="SAM radius")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (its files are replaced)")
 
     sub.add_parser("methods", help="list the unlearning methods and their options")
     return p
@@ -210,7 +211,9 @@ def _cpu_devices_for(devices: int | None) -> None:
     on GPU/TPU hosts (only the CPU backend's device count changes; the mesh uses the accelerators)."""
     from jaxunlearn import distributed
 
-    if not devices or devices < 2 or not distributed.cpu_devices_settable():
+    if not isinstance(devices, int) or devices < 2 or not distributed.cpu_devices_settable():
+        return
+    if devices > distributed.usable_cores():  # more XLA:CPU devices than cores abort; the job's check names it
         return
     distributed.cpu_devices(devices)
 
@@ -219,11 +222,80 @@ def _cmd_run(args) -> int:
     from jaxunlearn.runner import format_tables, run_job
 
     cfg = _job_config(args)
-    _cpu_devices_for(cfg.devices)
-    results = run_job(cfg)
+    _cpu_devices_for(cfg.devices)  # before the checks: --devices is checked against the devices JAX then has
+    cfg.validate()
+    if cfg.resume and cfg.out:
+        _check_resumable(cfg.out)
+    try:
+        results = run_job(cfg)
+    except KeyboardInterrupt:
+        from jaxunlearn.runner import Progress
+
+        if cfg.out and Progress.holds_run(cfg.out):  # name the folder: a run without --out got a new one
+            print(f"jaxunlearn: interrupted; continue with: {resume_command(cfg.out)}", file=sys.stderr)
+        else:
+            print("jaxunlearn: interrupted before the run started; nothing to resume.", file=sys.stderr)
+        return 130
     print(format_tables(results))
     print(f"results: {os.path.join(cfg.out, 'results.json')}")
     return 0
+
+
+def _check_resumable(out: str) -> None:
+    """``--resume`` continues a run: refuse a missing, empty or misspelled ``--out`` instead of starting afresh."""
+    from jaxunlearn.runner import Progress
+
+    if Progress.holds_run(out):
+        return
+    what = "does not exist" if not os.path.exists(out) else "holds no run (no progress.json, no checkpoints)"
+    raise ValueError(f"--resume: {out} {what}; check --out, or drop --resume to start a new run there.")
+
+
+def resume_command(out: str) -> str:
+    """The ``jaxunlearn run ... --resume`` command that continues the run in ``out``, rebuilt from its saved
+    settings (the options that differ from the defaults; the figure and checkpoint options are free to choose).
+
+    Example:
+        >>> import tempfile
+        >>> from jaxunlearn.runner import JobConfig, Progress
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> cfg = JobConfig(methods=("ft",), rho=0.3, method_options={"ft": {"epochs": 2}}).validate()
+        >>> _ = Progress(tmp.name, cfg.resume_settings())
+        >>> resume_command(tmp.name).replace(tmp.name, "OUT")
+        'jaxunlearn run --rho 0.3 --methods ft --option ft.epochs=2 --out OUT --resume'
+        >>> tmp.cleanup()
+    """
+    import shlex
+
+    from jaxunlearn.runner import Progress, job_options
+
+    settings = None
+    for name in (Progress.FILE, Progress.SETTINGS_FILE):
+        try:
+            with open(os.path.join(out, name)) as f:
+                settings = json.loads(json.load(f)["settings_key"])
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    words = ["jaxunlearn", "run"]
+    if not isinstance(settings, dict):
+        words.append("...")
+        settings = {}
+    for opt in job_options():
+        value = settings.get(opt.name, opt.default)
+        default = list(opt.default) if isinstance(opt.default, tuple) else opt.default
+        if opt.name not in settings or value == default:
+            continue
+        if opt.type is bool:
+            words.append(opt.flag)
+        elif opt.type is dict:
+            for method, kv in value.items():
+                words += [w for k, v in kv.items() for w in ("--option", f"{method}.{k}={json.dumps(v)}")]
+        elif opt.type is tuple:
+            words += [opt.flag, ",".join(value)]
+        else:
+            words += [opt.flag, str(value)]
+    return " ".join(shlex.quote(w) for w in [*words, "--out", out, "--resume"])
 
 
 def _cmd_show(args) -> int:
@@ -232,6 +304,15 @@ def _cmd_show(args) -> int:
 
     path = args.dir
     results_file = path if path.endswith(".json") else os.path.join(path, "results.json")
+    if not os.path.isfile(results_file) and os.path.isfile(os.path.join(path, "progress.json")):
+        from jaxunlearn.runner import Progress
+
+        done = Progress.read(path)
+        print(
+            f"{path} holds an incomplete run ({len(done)} entries finished, no results.json yet); continue it "
+            f"with: {resume_command(path)}"
+        )
+        return 1
     if not os.path.isfile(results_file):
         raise FileNotFoundError(f"{results_file} does not exist; pass a directory written by `jaxunlearn run`.")
     results = report.read_results(results_file)
@@ -263,6 +344,7 @@ def _cmd_theory(args) -> int:
         rho=args.rho,
         seed=args.seed,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print(out["summary"])
     return 0

@@ -278,8 +278,11 @@ def markdown_table(
     Fractions (accuracies, MIA, ToW) are shown in percent with ``digits`` decimals: ``97.3`` or
     ``97.3 ± 0.4`` for ``{"mean", "std"}``; ``seconds`` as ``12.3 (8.1×)`` where 8.1× = seconds(retrain) /
     seconds(method) is the speed-up over retraining; other columns with 4 significant digits; missing
-    values as ``—``. A method whose run diverged (``diverged`` set) is marked ``name (diverged)``, or
-    ``(diverged in k/n seeds)`` over several seeds.
+    values as ``—``. A method whose run diverged (``diverged`` set) is marked ``name (diverged)`` and its metric
+    cells read ``diverged`` (the numbers are those of the parameters the guard kept, not a result; its time is
+    shown), or ``(diverged in k/n seeds)`` over several seeds (the cells read ``diverged`` when every seed did).
+    A collapsed method (``"collapsed": true``: its retain accuracy fell far below the original model's, see
+    :func:`jaxunlearn.runner.collapsed`) is marked ``name †``; a legend line under the table explains each mark.
 
     Example:
         >>> retrain = {"forget_acc": 0.9, "retain_acc": 1.0, "test_acc": 0.95, "mia": 0.1, "tow": 1.0, "seconds": 12.0}
@@ -316,11 +319,43 @@ def markdown_table(
         "| Method | " + " | ".join(heads.get(c, c) for c in columns) + " |",
         "|---|" + "|".join("---:" for _ in columns) + "|",
     ]
+    marks = set()
     for name in _ordered_methods(methods):
         entry = methods[name] if isinstance(methods[name], Mapping) else {}
         cells = [_fmt_cell(entry.get(c), c, digits, retrain_seconds) for c in columns]
-        lines.append(f"| {name}{_diverged_note(entry.get('diverged'))} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        label = name + _diverged_note(entry.get("diverged"))
+        if _all_diverged(entry.get("diverged")):
+            cells = [cell if c == "seconds" else "diverged" for c, cell in zip(columns, cells, strict=True)]
+        if label != name:
+            marks.add("diverged")
+        if _any_true(entry.get("collapsed")):
+            label += " †"
+            marks.add("collapsed")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    legend = [_LEGEND[m] for m in ("diverged", "collapsed") if m in marks]
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(legend) + "\n" if legend else "")
+
+
+#: The legend lines :func:`markdown_table` adds under a table with marked rows.
+_LEGEND = {
+    "diverged": "diverged: the method's training hit non-finite values and was stopped; its numbers are those of "
+    "the last finite parameters, not a result.",
+    "collapsed": "† collapsed: the method's retain accuracy fell far below the original model's (results.json "
+    '"collapsed": true); its forget accuracy and ToW are not a result.',
+}
+
+
+def _any_true(flag) -> bool:
+    if isinstance(flag, list):
+        return any(bool(f) for f in flag)
+    return bool(flag)
+
+
+def _all_diverged(diverged) -> bool:
+    """Whether every seed of an entry diverged (one report, or a list with no ``None``)."""
+    if isinstance(diverged, list):
+        return bool(diverged) and all(d is not None and d is not False for d in diverged)
+    return diverged not in (None, False)
 
 
 def _diverged_note(diverged) -> str:
@@ -368,7 +403,9 @@ def plot_bars(
     """Grouped bar chart: one group per metric (FA, RA, TA, MIA), one bar per method, values in percent,
     error bars = std where the value is ``{"mean", "std"}``; ``original`` and ``retrain`` come first and
     the retrain value of each metric is marked by a dashed line across its group. Methods whose run
-    diverged carry the table's ``(diverged)`` mark in the legend.
+    diverged are not drawn (their numbers are not results; a note under the axes names them; one that
+    diverged in some seeds only carries the table's ``(diverged in k/n seeds)`` mark in the legend), and
+    collapsed ones carry the table's ``†``.
 
     Example:
         >>> import tempfile
@@ -397,8 +434,9 @@ def plot_bars(
     keys = list(keys)
     if not keys:
         raise ValueError("keys must name at least one metric")
-    names = _ordered_methods(methods)
-    n_m, n_k = len(names), len(keys)
+    names = [n for n in _ordered_methods(methods) if not _all_diverged(_get(methods[n], "diverged"))]
+    skipped = [n for n in _ordered_methods(methods) if n not in names]
+    n_m, n_k = max(1, len(names)), len(keys)
     width = 0.8 / n_m
     fig = Figure(figsize=(max(6.0, 1.2 + n_k * (0.35 * n_m + 0.6)), 4.6))
     ax = fig.add_subplot()
@@ -421,7 +459,7 @@ def plot_bars(
             hatch=hatches[(i // 10) % len(hatches)],
             edgecolor="black",
             linewidth=0.4,
-            label=name + _diverged_note(entry.get("diverged")),
+            label=name + _diverged_note(entry.get("diverged")) + (" †" if _any_true(entry.get("collapsed")) else ""),
         )
     if "retrain" in methods and isinstance(methods["retrain"], Mapping):
         for j, k in enumerate(keys):
@@ -436,8 +474,17 @@ def plot_bars(
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="method (--- retrain)")
     if title:
         ax.set_title(title)
+    notes = [f"not shown (diverged): {', '.join(skipped)}"] if skipped else []
+    if any(_any_true(_get(methods[n], "collapsed")) for n in names):
+        notes.append("† collapsed: retain accuracy far below the original model's, not a result")
+    if notes:
+        ax.text(0.0, -0.12, "; ".join(notes), transform=ax.transAxes, fontsize=8, va="top")
     fig.tight_layout()
     return save_figure(fig, path, dpi=dpi)
+
+
+def _get(entry, key):
+    return entry.get(key) if isinstance(entry, Mapping) else None
 
 
 # ------------------------------------------------------------------------------------------------ populations

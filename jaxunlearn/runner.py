@@ -20,7 +20,11 @@ and holds the settings, so a ``--resume`` with other settings is refused instead
 Divergence: a method whose loss or parameters stop being finite is stopped by the engine (last finite
 parameters kept) and its entry's ``diverged`` is ``{"epoch", "reason"}`` (``null`` otherwise; a list per
 seed with several seeds); non-finite outputs of the returned parameters are clipped for the metrics and
-reported there too, so ``results.json`` always holds finite numbers and the other methods still run.
+reported there too, so ``results.json`` always holds finite numbers and the other methods still run. Those
+numbers are not results: the tables show a diverged entry's cells as ``diverged`` and the bar chart leaves it out.
+Collapse: a method whose retain accuracy falls more than :data:`COLLAPSE_DROP` (20 points) below the original
+model's is marked ``"collapsed": true`` (a list per seed with several seeds) and ``†`` in the tables
+(:func:`collapsed`).
 
 Populations (``population=N``, ``jaxunlearn run --population N``): for the first seed and each pretraining, N
 original models, N Retrain models, a second independent Retrain population and N unlearned models per (unlearning
@@ -52,6 +56,7 @@ import numbers
 import os
 import time
 import typing
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +85,8 @@ __all__ = [
     "JobConfig",
     "JobOption",
     "Progress",
+    "COLLAPSE_DROP",
+    "collapsed",
     "job_options",
     "run_job",
     "variant_label",
@@ -148,8 +155,24 @@ def _at_least(low: int) -> Callable[[str, int], None]:
     return check
 
 
+def _at_most(high: int, low: int = 0, why: str = "") -> Callable[[str, int], None]:
+    def check(flag: str, value: int) -> None:
+        if value < low:
+            raise ValueError(f"{flag} must be an integer >= {low}, got {value}.")
+        if value > high:
+            raise ValueError(f"{flag} must be an integer <= {high}{why}, got {value}.")
+
+    return check
+
+
 def _check_devices(flag: str, value: int) -> None:
     _validate.positive_int(flag, value)
+    cores = distributed.usable_cores()
+    if value > jax.device_count() and jax.devices()[0].platform == "cpu" and value > cores:
+        raise ValueError(
+            f"{flag} {value} asks for more devices than this CPU host has cores ({cores}); "
+            f"use {flag} {cores} or fewer (one device per core)."
+        )
     if value > jax.device_count():
         raise ValueError(
             f"{flag} {value} asks for more devices than the {jax.device_count()} available "
@@ -188,6 +211,15 @@ def _setting(
 _DATA, _TRAIN, _UNLEARN, _RUN = "data", "model and training", "unlearning", "run"
 #: The largest --population (each population's seeds are spaced by this much; see ``_population_seeds``).
 MAX_POPULATION = 10_000
+#: The largest --seed: seeds (and the seeds derived from them) must fit JAX's 32-bit PRNG seeds.
+MAX_SEED = 10**9
+#: The largest --landscape-grid: the forget-loss landscape evaluates grid^2 points (101^2 = 10,201).
+MAX_LANDSCAPE_GRID = 101
+#: The collapse guard: a method whose retain accuracy is more than this far (a fraction, 0.20 = 20 points) below
+#: the original model's is marked ``"collapsed": true`` in ``results.json`` and ``†`` in the tables: it forgot
+#: by destroying the model, and its forget accuracy and ToW are not results. See :func:`collapsed`.
+COLLAPSE_DROP = 0.20
+_FORGET_SIZE_DEFAULT = 0.1
 
 
 def _check_population(flag: str, value: int) -> None:
@@ -244,9 +276,14 @@ class JobConfig:
         group=_DATA,
         choices=lambda: data.FORGET_KINDS,
     )
-    forget_size: float = _setting(0.1, "whole count >= 1, or fraction in (0, 1)", group=_DATA)
+    forget_size: float = _setting(_FORGET_SIZE_DEFAULT, "whole count >= 1, or fraction in (0, 1)", group=_DATA)
     forget_class: int | None = _setting(None, "the class to forget with --forget class", group=_DATA)
-    mem_models: int = _setting(8, "models for memorization scores", group=_DATA, check=_positive_int)
+    mem_models: int = _setting(
+        8,
+        "models for memorization scores (>= 2: each example needs a model that saw it and one that did not)",
+        group=_DATA,
+        check=_at_least(2),
+    )
     pretrain: tuple[str, ...] = _setting(
         ("sgd", "sam"), "comma list of {choices}", group=_TRAIN, choices=PRETRAIN_CHOICES
     )
@@ -273,9 +310,15 @@ class JobConfig:
         default_factory=dict,
     )
     seeds: int = _setting(1, "number of seeds; tables show mean ± std", group=_RUN, check=_positive_int)
-    seed: int = _setting(0, "first seed", group=_RUN, check=_at_least(0))
+    seed: int = _setting(0, "first seed", group=_RUN, check=_at_most(MAX_SEED))
     out: str | None = _setting(None, "output directory (default runs/<timestamp>)", group=_RUN, check=_check_out)
     resume: bool = _setting(False, "continue an interrupted run in --out", group=_RUN)
+    overwrite: bool = _setting(
+        False,
+        "write into a non-empty --out that holds no run (its files of the same names are replaced); without it "
+        "such an --out is refused",
+        group=_RUN,
+    )
     checkpoint_every: int | None = _setting(
         None,
         "checkpoint every N epochs instead (with --checkpoint-seconds too: whichever comes first)",
@@ -290,7 +333,12 @@ class JobConfig:
         check=_non_negative,
     )
     figures: bool = _setting(True, "skip the figures", group=_RUN, flag="--no-figures")
-    landscape_grid: int = _setting(11, "loss-landscape grid points per axis", group=_RUN, check=_at_least(3))
+    landscape_grid: int = _setting(
+        11,
+        "loss-landscape grid points per axis",
+        group=_RUN,
+        check=_at_most(MAX_LANDSCAPE_GRID, 3, " (the landscape costs grid^2 forward passes)"),
+    )
     devices: int | None = _setting(
         None,
         "data-parallel over this many devices (one mesh; all processes' devices in multi-host runs)",
@@ -332,6 +380,11 @@ class JobConfig:
             if opt.check is not None:
                 opt.check(opt.flag, value)
             elif opt.choices is not None:
+                if isinstance(value, tuple) and not value:
+                    raise ValueError(
+                        f"{opt.flag} is empty; name at least one of {' | '.join(opt.choices)}, "
+                        f"e.g. {opt.flag} {opt.choices[0]}."
+                    )
                 for v in value if isinstance(value, tuple) else (value,):
                     _validate.choice(opt.flag, v, opt.choices)
         for name, opts in self.method_options.items():
@@ -356,6 +409,16 @@ class JobConfig:
                 raise ValueError("--forget class needs --forget-class K (the class to forget).")
             if self.forget_class < 0:
                 raise ValueError(f"--forget-class must be a class id >= 0, got {self.forget_class}.")
+            if self.forget_size != _FORGET_SIZE_DEFAULT:
+                raise ValueError(
+                    f"--forget-size {self.forget_size:g} does not apply with --forget class (the whole class "
+                    f"{self.forget_class} is forgotten); drop --forget-size, or choose another --forget."
+                )
+        elif self.forget_class is not None:
+            raise ValueError(
+                f"--forget-class {self.forget_class} applies only with --forget class (here --forget "
+                f"{self.forget}); add --forget class, or drop --forget-class."
+            )
         else:
             fs = self.forget_size
             if not (np.isfinite(fs) and (0 < fs < 1 or (fs >= 1 and float(fs).is_integer()))):
@@ -395,10 +458,10 @@ class JobConfig:
         Example:
             >>> cfg = JobConfig()
             >>> sorted(set(cfg.settings()) - set(cfg.resume_settings()))
-            ['checkpoint_every', 'checkpoint_seconds', 'figures', 'landscape_grid', 'out', 'resume']
+            ['checkpoint_every', 'checkpoint_seconds', 'figures', 'landscape_grid', 'out', 'overwrite', 'resume']
         """
         s = self.settings()
-        for k in ("resume", "out", "figures", "landscape_grid", "checkpoint_every", "checkpoint_seconds"):
+        for k in ("resume", "overwrite", "out", "figures", "landscape_grid", "checkpoint_every", "checkpoint_seconds"):
             s.pop(k, None)
         return s
 
@@ -577,9 +640,13 @@ class Progress:
     training runs live under ``OUT/checkpoints/`` (:meth:`checkpoint_dir`).
 
     Opening rules (each failure is one ``ValueError`` saying what to do): a new record (``resume=False``) needs
-    an ``out`` without a run in it (no ``progress.json``, no checkpoints); ``resume=True`` continues the record
-    in ``out`` when its settings equal ``settings`` (else refused, naming the differences), and starts a new
-    one when ``out`` holds nothing yet.
+    an ``out`` without a run in it (no ``progress.json``, no checkpoints) and, unless ``overwrite=True``, without
+    any other file (a kept ``results.json``, the user's own files); ``resume=True`` continues the record in ``out``
+    when its settings equal ``settings`` (else refused, naming the differences), and starts a new one when ``out``
+    holds nothing yet (the ``jaxunlearn`` command refuses that: a misspelled ``--out``). The settings are also kept
+    in ``OUT/settings.json``, so a run whose ``progress.json`` was lost or damaged is resumed from its checkpoints
+    (finished entries are evaluated again from their final checkpoints) once the damaged file is moved aside. On
+    a resume the temporary files an interrupted write left (``.tmp-*``) are removed.
 
     Attributes:
         out: the run directory.
@@ -610,31 +677,112 @@ class Progress:
 
     FILE = "progress.json"
 
-    def __init__(self, out: str | os.PathLike, settings: dict, *, resume: bool = False):
+    def __init__(self, out: str | os.PathLike, settings: dict, *, resume: bool = False, overwrite: bool = False):
         self.out = os.fspath(out)
-        os.makedirs(self.out, exist_ok=True)
         self.path = os.path.join(self.out, self.FILE)
         self._settings_key = json.dumps(settings, sort_keys=True, default=str)
         self.done: dict[str, Any] = {}
-        ckpt_dir = os.path.join(self.out, "checkpoints")
-        has_ckpt = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+        has_ckpt = self.has_checkpoints(self.out)
         has_progress = os.path.exists(self.path)
+        settings_file = os.path.join(self.out, self.SETTINGS_FILE)
+        #: whether this record continues one already in ``out`` (then a failure must not undo anything)
+        self.continued = resume and (has_progress or has_ckpt)
         if resume and has_progress:
-            saved = self._load(self.path, "--resume", self.out)
-            if saved.get("settings_key") != self._settings_key:
-                raise ValueError(
-                    f"--resume: {self.out} holds a run with different settings; use another --out or the same "
-                    f"settings ({self._settings_diff(saved.get('settings_key'))})."
-                )
+            saved = self._load(self.path, "--resume", self.out, has_ckpt and os.path.isfile(settings_file))
+            self._check_same(saved.get("settings_key"))
             self.done = saved.get("entries", {})
         elif resume and has_ckpt:
-            raise ValueError(
-                f"--resume: {self.out} has checkpoints but no progress.json, so its settings are unknown; "
-                "delete it or choose another --out."
-            )
+            if not os.path.isfile(settings_file):
+                raise ValueError(
+                    f"--resume: {self.out} has checkpoints but no progress.json, so its settings are unknown; "
+                    "delete it or choose another --out."
+                )
+            self._check_same(self._load(settings_file, "--resume", self.out).get("settings_key"))
         elif not resume and (has_progress or has_ckpt):
             raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out.")
+        elif not resume and not overwrite:
+            kept = sorted(os.listdir(self.out)) if os.path.isdir(self.out) else []
+            if kept:
+                shown = ", ".join(kept[:3]) + (", ..." if len(kept) > 3 else "")
+                raise ValueError(
+                    f"--out {self.out} is not empty ({shown}) and holds no run; choose a new --out, or pass "
+                    "--overwrite to write into it (files of the same names are replaced)."
+                )
+        os.makedirs(self.out, exist_ok=True)
+        if self.continued and distributed.is_main_process():
+            for where in [self.out, *(e.path for e in os.scandir(self.out) if e.is_dir() and e.name != "checkpoints")]:
+                _atomic.remove_stale_temps(where)
+                for name in os.listdir(where):
+                    if name.endswith(".tmp.npz"):  # an interrupted _atomic_npz
+                        os.remove(os.path.join(where, name))
+        if not os.path.isfile(settings_file):
+            _atomic_json(settings_file, {"settings_key": self._settings_key})
         self._save()
+
+    #: the settings of the run, kept apart from ``progress.json`` (see the opening rules)
+    SETTINGS_FILE = "settings.json"
+
+    @classmethod
+    def holds_run(cls, out: str | os.PathLike) -> bool:
+        """Whether ``out`` holds a run (a ``progress.json`` or checkpoints), i.e. whether ``--resume`` can continue it.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> Progress.holds_run(tmp.name), Progress.holds_run(os.path.join(tmp.name, "nope"))
+            (False, False)
+            >>> _ = Progress(tmp.name, {"rho": 0.1})
+            >>> Progress.holds_run(tmp.name)
+            True
+            >>> tmp.cleanup()
+        """
+        out = os.fspath(out)
+        return os.path.exists(os.path.join(out, cls.FILE)) or cls.has_checkpoints(out)
+
+    @staticmethod
+    def has_checkpoints(out: str | os.PathLike) -> bool:
+        """Whether ``OUT/checkpoints`` holds anything (see :meth:`holds_run`).
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> before = Progress.has_checkpoints(tmp.name)
+            >>> os.makedirs(os.path.join(tmp.name, "checkpoints", "seed0"))
+            >>> before, Progress.has_checkpoints(tmp.name)
+            (False, True)
+            >>> tmp.cleanup()
+        """
+        ckpt_dir = os.path.join(os.fspath(out), "checkpoints")
+        return os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+
+    def _check_same(self, saved_key) -> None:
+        if saved_key != self._settings_key:
+            raise ValueError(
+                f"--resume: {self.out} holds a run with different settings; use another --out or the same "
+                f"settings ({self._settings_diff(saved_key)})."
+            )
+
+    def discard(self) -> None:
+        """Undo a record that holds no finished entry (a job that failed before any real work): remove
+        ``progress.json``, ``settings.json`` and the checkpoints, so the corrected command starts afresh.
+        A continued record (``--resume``) or one with entries is left alone.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> Progress(tmp.name, {"rho": 0.1}).discard()
+            >>> os.listdir(tmp.name)
+            []
+            >>> tmp.cleanup()
+        """
+        if self.continued or self.done or not distributed.is_main_process():
+            return
+        import shutil
+
+        for name in (self.FILE, self.SETTINGS_FILE):
+            if os.path.isfile(os.path.join(self.out, name)):
+                os.remove(os.path.join(self.out, name))
+        shutil.rmtree(os.path.join(self.out, "checkpoints"), ignore_errors=True)
 
     @staticmethod
     def key(seed: int, pretrain: str, method: str, unlearn: str | None = None) -> str:
@@ -667,13 +815,19 @@ class Progress:
         return os.path.join(self.out, "checkpoints", *parts)
 
     @staticmethod
-    def _load(path: str, what: str, out: str) -> dict:
+    def _load(path: str, what: str, out: str, recoverable: bool = False) -> dict:
         try:
             with open(path) as f:
                 saved = json.load(f)
             if not isinstance(saved, dict) or not isinstance(saved.get("entries", {}), dict):
                 raise ValueError("not a progress object")
         except ValueError as exc:
+            if recoverable:  # the checkpoints and settings.json are intact: keep them
+                raise ValueError(
+                    f"{what}: {path} is damaged ({exc}); the checkpoints are intact: move it aside "
+                    f"(mv {path} {path}.damaged) and rerun with --resume (finished entries are evaluated again "
+                    "from their checkpoints)."
+                ) from None
             raise ValueError(f"{what}: {path} is damaged ({exc}); delete {out} or choose another --out.") from None
         return saved
 
@@ -954,9 +1108,35 @@ def run_job(
         ValueError: --resume needs --out DIR: the directory of the run to continue.
     """
     cfg.validate()
-    if cfg.out is None:
-        cfg.out = os.path.join("runs", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    progress = Progress(cfg.out, cfg.resume_settings(), resume=cfg.resume)
+    created = None
+    if cfg.out is None:  # a new folder of its own, even for two jobs started in the same second
+        cfg.out = created = _new_run_dir()
+    elif not os.path.exists(cfg.out):
+        created = cfg.out
+    if cfg.resume and not Progress.holds_run(cfg.out):
+        warnings.warn(
+            f"--resume: {cfg.out} holds no run (no progress.json, no checkpoints); starting a new run there.",
+            stacklevel=2,
+        )
+    progress = Progress(cfg.out, cfg.resume_settings(), resume=cfg.resume, overwrite=cfg.overwrite)
+    try:
+        return _run_grid(cfg, progress, memorization_fn, unlearn_fn)
+    except Exception:
+        # a failure before any finished entry (a check on the data, the model, an error in pretraining) leaves
+        # the folder as it was, so the corrected command needs neither --resume nor another --out
+        progress.discard()
+        if created is not None and os.path.isdir(created) and not os.listdir(created):
+            os.rmdir(created)
+        raise
+
+
+def _new_run_dir(parent: str = "runs") -> str:
+    """A new ``runs/<timestamp>`` folder (``runs/<timestamp>-2``, ... when taken; :func:`_atomic.unique_dir`)."""
+    return _atomic.unique_dir(parent, _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def _run_grid(cfg: JobConfig, progress: Progress, memorization_fn, unlearn_fn) -> dict:
+    """The body of :func:`run_job` once its progress record is open."""
     mesh = distributed.make_mesh(cfg.devices) if cfg.devices else None
     job = _Job(cfg, progress, unlearn_fn or methods.unlearn, mesh)
     t_job = time.perf_counter()
@@ -995,7 +1175,9 @@ def run_job(
                             job, sd, Progress.key(sd.seed, pre, name, un), cell, keep=wants_figure, info=True
                         )
                         if wants_figure:
-                            figure = {"params": res.params, "state": res.model_state, "name": name}
+                            diverged = progress.done[Progress.key(sd.seed, pre, name, un)].get("diverged")
+                            figure = {"params": res.params, "state": res.model_state, "name": name,
+                                      "diverged": diverged is not None}  # fmt: skip
                         bar.update(1)
                     ref = progress.done[Progress.key(sd.seed, pre, "retrain")]
                     per_variant.setdefault(label, []).append(
@@ -1055,8 +1237,29 @@ class _Seed:
 def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndarray]) -> _Seed:
     """Load the data of ``seed``, build its model and choose its forget set."""
     ds = load_dataset(cfg, seed)
+    n = len(ds.y_train)
+    if n < 2:
+        raise ValueError(
+            f"--max-train {cfg.max_train} leaves {n} training example(s) after the validation split; a job needs "
+            "a forget and a retain set: use --max-train 20 or more."
+        )
+    if cfg.batch_size > n:
+        hint = f" (--max-train {cfg.max_train})" if cfg.max_train is not None else ""
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is larger than the {n} training examples{hint}, so every batch would "
+            f"repeat examples; use a --batch-size well below {n}."
+        )
+    try:
+        model = build_model(cfg, ds, seed)
+    except ValueError as exc:
+        name = cfg.model or _default_model(cfg.dataset)
+        fits = "mlp, theory_cnn" if cfg.dataset == "synthetic" else "mlp"
+        raise ValueError(
+            f"--model {name} does not fit --dataset {cfg.dataset} (inputs of shape {ds.input_shape}): "
+            f"{_first_sentence(exc)}; choose another --model (e.g. {fits})."
+        ) from None
     dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
-    apply_fn, params, state = models.split_model(build_model(cfg, ds, seed))
+    apply_fn, params, state = models.split_model(model)
     # The forget set depends only on the data and the initial model (memorization scores), so it
     # is chosen before any training: a bad --forget-size fails at once.
     scores = functools.partial(memorization_fn, cfg, ds, apply_fn, params, state, dd, seed)
@@ -1067,7 +1270,18 @@ def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndar
             f"the forget set holds all {len(ds.y_train)} training examples, so nothing is left to retain; "
             "choose a smaller --forget-size."
         )
+    if cfg.batch_size > retain_idx.size:
+        hint = f" (--max-train {cfg.max_train})" if cfg.max_train is not None else ""
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is larger than the retain set ({retain_idx.size} of the {n} training "
+            f"examples{hint}), so every batch would repeat examples; use --batch-size {retain_idx.size} or less."
+        )
     return _Seed(cfg, seed, ds, dd, apply_fn, params, state, forget_idx, retain_idx)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text.split(". ")[0].split("; ")[0].rstrip(".")
 
 
 def _pretrain(job: _Job, sd: _Seed, pre: str, pre_cfg: OptimConfig) -> engine.RunResult:
@@ -1337,16 +1551,29 @@ def variant_entries(done, seed, pre, un, method_list, ref) -> dict:
         >>> sorted(out), round(out["ft"]["tow"], 4), out["ft"]["speedup"], out["retrain"]["tow"]
         (['ft', 'original', 'retrain'], 0.891, 10.0, 1.0)
     """
-    out = {
-        "original": _finish_entry(dict(done[Progress.key(seed, pre, "original")]), ref),
-        "retrain": _finish_entry(dict(done[Progress.key(seed, pre, "retrain")]), ref),
-    }
+    original = _finish_entry(dict(done[Progress.key(seed, pre, "original")]), ref)
+    out = {"original": {**original, "collapsed": False}}
+    out["retrain"] = {**_finish_entry(dict(done[Progress.key(seed, pre, "retrain")]), ref), "collapsed": False}
     for name in method_list:
         entry = dict(done[Progress.key(seed, pre, name, un)])
         entry = _finish_entry(entry, ref)
         entry["speedup"] = metrics.speedup(entry["seconds"], ref["seconds"])
+        entry["collapsed"] = collapsed(entry, original)
         out[name] = entry
     return out
+
+
+def collapsed(entry: dict, original: dict, drop: float = COLLAPSE_DROP) -> bool:
+    """The collapse guard: whether a method's retain accuracy fell more than ``drop`` (a fraction; default
+    :data:`COLLAPSE_DROP` = 0.20, i.e. 20 points) below the original model's. Such a method "forgets" by
+    destroying the model: its forget accuracy and ToW are not results, so the job marks its entry
+    ``"collapsed": true`` and the tables mark it ``†``.
+
+    Example:
+        >>> collapsed({"retain_acc": 0.95}, {"retain_acc": 0.99}), collapsed({"retain_acc": 0.10}, {"retain_acc": 0.99})
+        (False, True)
+    """
+    return bool(original["retain_acc"] - entry["retain_acc"] > drop)
 
 
 def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: float, populations=None) -> dict:
@@ -1358,6 +1585,8 @@ def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: floa
             for name in merged:
                 reports = [ps[name].get("diverged") for ps in per_seed]
                 merged[name]["diverged"] = reports if any(r is not None for r in reports) else None
+                flags = [bool(ps[name].get("collapsed")) for ps in per_seed]
+                merged[name]["collapsed"] = flags if any(flags) else False
         settings = {**cfg.settings(), "variant": label, "seeds_run": len(per_seed)}
         vdir = os.path.join(cfg.out, label)
         pop = populations.get(label)
@@ -1421,6 +1650,8 @@ def _figures(cfg, ds, apply_fn, orig, fig, forget_idx, retain_idx, out_dir):
     """Feature plot (before/after), entanglement, and the forget-loss landscape with its top Hessian
     eigenvalue and trace at the original and the unlearned parameters (``figures/analysis.json``)."""
     os.makedirs(out_dir, exist_ok=True)
+    if fig.get("diverged"):  # the parameters the divergence guard kept are not a result: say so on every figure
+        fig = {**fig, "name": f"{fig['name']} (diverged)"}
     feats = models.features_fn(apply_fn, orig.model_state)
     feats_after = models.features_fn(apply_fn, fig["state"])
     rng = np.random.default_rng(cfg.seed)

@@ -146,24 +146,79 @@ def test_markdown_table(methods):
         report.markdown_table({"settings": {}, "methods": {}})
 
 
+def _rows(table: str) -> dict:
+    """``{label: [cells]}`` of a markdown table's body rows (legend lines below the table are not rows)."""
+    rows = [line for line in table.strip().splitlines()[2:] if line.startswith("|")]
+    return {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows}
+
+
 def test_markdown_table_marks_diverged_methods(methods):
     ms = report.to_jsonable(methods)
     ms["ft"]["diverged"] = {"epoch": 2, "reason": "non-finite loss or parameters"}  # one seed
     ms["sharp_minmax"]["diverged"] = [None, {"epoch": 0, "reason": "x"}, None]  # three seeds
     ms["retrain"]["diverged"] = [None, None, None]
-    rows = [line.split("|")[1].strip() for line in report.markdown_table(ms).strip().splitlines()[2:]]
+    table = report.markdown_table(ms)
+    rows = _rows(table)
     assert sorted(rows) == ["ft (diverged)", "original", "retrain", "sharp_minmax (diverged in 1/3 seeds)"]
+    # a diverged entry's numbers (the original model's, kept by the guard) are not shown as results; its time is
+    assert rows["ft (diverged)"][:5] == ["diverged"] * 5 and rows["ft (diverged)"][5].startswith("6.0")
+    assert rows["sharp_minmax (diverged in 1/3 seeds)"][0] == "91.0 ± 1.2"  # partly diverged: numbers, marked
+    assert "diverged: the method's training hit non-finite values" in table.splitlines()[-1]
 
 
-def test_bar_legend_marks_diverged_methods(tmp_path, methods, monkeypatch):
+def test_markdown_table_marks_collapsed_methods():
+    """A constructed results dict: ft collapsed (retain accuracy 10 %), ga diverged with a high ToW, neggrad fine."""
+    ms = {
+        "original": _entry(1.0, 0.99, 0.95, 0.02, 0.9, 20.0, diverged=None, collapsed=False),
+        "retrain": _entry(0.9, 0.99, 0.95, 0.15, 1.0, 30.0, diverged=None, collapsed=False),
+        "ft": _entry(0.1, 0.10, 0.1, 0.9, 0.1, 3.0, diverged=None, collapsed=True),
+        "ga": _entry(1.0, 0.99, 0.95, 0.02, 0.983, 2.0, diverged={"epoch": 1, "reason": "x"}, collapsed=False),
+        "neggrad": _entry(0.9, 0.97, 0.94, 0.1, 0.96, 4.0, diverged=None, collapsed=False),
+        "scrub": _entry(0.5, 0.6, 0.5, 0.5, 0.5, 4.0, diverged=None, collapsed=[False, True]),  # one seed of two
+    }
+    table = report.markdown_table({"settings": {}, "methods": ms})
+    rows = _rows(table)
+    assert set(rows) == {"original", "retrain", "ft †", "ga (diverged)", "neggrad", "scrub †"}
+    assert rows["ft †"][1] == "10.0"  # collapsed: the numbers stay, marked
+    assert "98.3" not in table and rows["ga (diverged)"][4] == "diverged"  # the diverged ToW is not shown
+    legend = table.strip().splitlines()[-2:]
+    assert legend[0].startswith("diverged:") and legend[1].startswith("† collapsed:")
+    # no marks: no legend
+    plain = report.markdown_table({"neggrad": ms["neggrad"], "retrain": ms["retrain"]})
+    assert plain.endswith("|\n") and "†" not in plain
+
+
+def test_collapse_guard_threshold():
+    from jaxunlearn import runner
+
+    orig = {"retain_acc": 0.99}
+    assert runner.COLLAPSE_DROP == 0.20
+    assert not runner.collapsed({"retain_acc": 0.80}, orig)  # 19 points below
+    assert runner.collapsed({"retain_acc": 0.78}, orig)  # 21 points below
+    assert runner.collapsed({"retain_acc": 0.90}, orig, drop=0.05)
+    ref = {"forget_acc": 0.8, "retain_acc": 0.99, "test_acc": 0.9, "mia": 0.3, "seconds": 20.0}
+    done = {
+        runner.Progress.key(0, "sgd", "original"): {**ref, "forget_acc": 1.0},
+        runner.Progress.key(0, "sgd", "retrain"): ref,
+        runner.Progress.key(0, "sgd", "ft", unlearn="sgd"): {**ref, "retain_acc": 0.1, "seconds": 2.0},
+        runner.Progress.key(0, "sgd", "ga", unlearn="sgd"): {**ref, "seconds": 2.0},
+    }
+    out = runner.variant_entries(done, 0, "sgd", "sgd", ["ft", "ga"], ref)
+    assert [out[k]["collapsed"] for k in ("original", "retrain", "ft", "ga")] == [False, False, True, False]
+
+
+def test_bars_leave_out_diverged_methods_and_mark_collapsed_ones(tmp_path, methods, monkeypatch):
     ms = report.to_jsonable(methods)
     ms["ft"]["diverged"] = {"epoch": 0, "reason": "x"}
+    ms["sharp_minmax"]["collapsed"] = True
     figs = []
     real = report.save_figure
     monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: figs.append(fig) or real(fig, path, **kw))
     report.plot_bars(ms, tmp_path / "bars.png")
     legend = [t.get_text() for ax in figs[0].axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
-    assert "ft (diverged)" in legend and "sharp_minmax" in legend
+    assert legend == ["original", "retrain", "sharp_minmax †"]  # ft's bars (the original model's) are not drawn
+    notes = " ".join(t.get_text() for ax in figs[0].axes for t in ax.texts)
+    assert "not shown (diverged): ft" in notes and "† collapsed" in notes
 
 
 def test_figures(tmp_path, methods):

@@ -33,7 +33,7 @@ def test_progress_records_entries_and_a_resume_continues_them(tmp_path):
     assert rec.is_done(key) and not rec.is_done(Progress.key(0, "sgd", "ft", unlearn="sgd"))
     # JSON-ready on disk and in memory; no temporaries left
     assert Progress.read(out) == {key: {"forget_acc": 0.25, "diverged": None}} == rec.done
-    assert sorted(os.listdir(out)) == ["progress.json"]
+    assert sorted(os.listdir(out)) == ["progress.json", "settings.json"]
     # the same settings in another key order resume the record; a second record keeps the first
     again = Progress(out, {"seeds": 1, "rho": 0.1}, resume=True)
     assert again.done == rec.done

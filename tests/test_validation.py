@@ -83,6 +83,16 @@ def _empty_fashion(tmp_path):
 
 _GOOD_W = {"params": {"w": jnp.ones((3, 2))}, "epoch": 0}
 
+
+def _context(**over):
+    """``methods.toy_context()`` (3 classes, a 3-output model) rebuilt with ``over`` changed."""
+    ctx = methods.toy_context()
+    kw = dict(apply_fn=ctx.apply_fn, params=ctx.params, model_state=ctx.model_state, x=ctx.x, y=ctx.y,
+              retain_idx=ctx.retain_idx, forget_idx=ctx.forget_idx, num_classes=3)  # fmt: skip
+    kw.update(over)
+    return methods.Context(**kw)
+
+
 # (id, callable taking tmp_path, exception type, message fragments)
 API_CASES = [
     (
@@ -178,6 +188,43 @@ API_CASES = [
         ["ga.lr_scale", "number"],
     ),
     ("job-duplicate-method", lambda t: _job(methods=("ft", "ft")), ValueError, ["more than once"]),
+    # the issue's API cases (each a raw JAX error or a silent acceptance before)
+    (
+        "sam-grad-lamb-nan",
+        lambda t: sharpness.value_and_sam_grad(lambda p, b: p, 0.05, lamb=float("nan")),
+        ValueError,
+        ["lamb must be a finite number >= 0", "nan"],
+    ),
+    (
+        "sam-grad-lamb-negative",
+        lambda t: sharpness.value_and_sam_grad(lambda p, b: p, 0.05, lamb=-5),
+        ValueError,
+        ["lamb must be a finite number >= 0", "-5"],
+    ),
+    ("sam-grad-rho-string", lambda t: sharpness.value_and_sam_grad(lambda p, b: p, "0.05"), TypeError, ["'0.05'"]),
+    ("sam-grad-rho-none", lambda t: sharpness.value_and_sam_grad(lambda p, b: p, None), TypeError, ["got None"]),
+    ("top-fraction-string", lambda t: selection.top_fraction({"a": jnp.ones(3)}, "0.1"), TypeError, ["str '0.1'"]),
+    ("context-num-classes-mismatch", lambda t: _context(num_classes=100), ValueError, ["num_classes=100", "(2, 3)"]),
+    (
+        "context-batch-larger-than-retain",
+        lambda t: methods.unlearn("ft", _context(batch_size=10**6), progress=False),
+        ValueError,
+        ["batch_size 1000000", "retained examples"],
+    ),
+    (
+        "ssd-empty-forget",
+        lambda t: methods.unlearn("ssd", _context(forget_idx=np.array([], np.int64)), progress=False),
+        ValueError,
+        ["forget_idx is empty"],
+    ),
+    ("job-seed-overflow", lambda t: _job(seed=2**63), ValueError, ["--seed must be an integer <= 1000000000"]),
+    ("job-empty-pretrain", lambda t: _job(pretrain=()), ValueError, ["--pretrain is empty"]),
+    (
+        "job-forget-class-without-class",
+        lambda t: _job(forget_class=3),
+        ValueError,
+        ["applies only with --forget class"],
+    ),
 ]
 
 
@@ -274,6 +321,42 @@ CLI_CASES = [
         ["resume must be true or false", "'yes'"],
     ),
     ("devices-zero", ["--devices", "0"], ["--devices must be an integer >= 1"]),
+    ("devices-more-than-cores", ["--devices", "100000"], ["--devices 100000", "cores"]),
+    # the issue's cases: option values and ranges, named as --option, before any training
+    ("option-fraction-above-1", ["--option", "sharp_minmax.fraction=7"], ["--option sharp_minmax.fraction=7"]),
+    ("option-negative-epochs", ["--option", "neggrad.epochs=-3"], ["--option neggrad.epochs=-3", ">= 1"]),
+    ("option-negative-lr-scale", ["--option", "neggrad.lr_scale=-1"], ["--option neggrad.lr_scale=-1", "> 0"]),
+    ("option-alpha-out-of-range", ["--option", "neggrad.alpha=5"], ["--option neggrad.alpha=5", "[0, 1]"]),
+    # conflicting flags
+    (
+        "forget-class-with-random",
+        ["--forget", "random", "--forget-class", "3"],
+        ["--forget-class 3 applies only with --forget class"],
+    ),
+    (
+        "forget-size-with-class",
+        ["--forget", "class", "--forget-class", "3", "--forget-size", "5000"],
+        ["--forget-size 5000 does not apply with --forget class"],
+    ),
+    # settings that do not fit the data or each other, named as such
+    ("batch-larger-than-data", ["--batch-size", "5000"], ["--batch-size 5000 is larger than the 180 training"]),
+    ("batch-larger-than-retain", ["--batch-size", "170"], ["--batch-size 170 is larger than the retain set (162"]),
+    ("max-train-one", ["--max-train", "1"], ["--max-train 1 leaves 1 training example"]),
+    ("mem-models-one", ["--mem-models", "1", "--forget", "high"], ["--mem-models must be an integer >= 2"]),
+    ("model-does-not-fit-dataset", ["--dataset", "synthetic", "--model", "cnn"], ["--model cnn does not fit"]),
+    # accepted before, then a crash
+    ("pretrain-empty", ["--pretrain", ","], ["--pretrain is empty"]),
+    ("unlearn-optimizer-empty", ["--unlearn-optimizer", ","], ["--unlearn-optimizer is empty"]),
+    ("seed-overflow", ["--seed", str(2**63)], ["--seed must be an integer <= 1000000000"]),
+    ("landscape-grid-huge", ["--landscape-grid", "100000"], ["--landscape-grid must be an integer <= 101"]),
+    # never overwrite, never start afresh by mistake
+    (
+        "out-not-empty",
+        lambda t: ["--out", os.path.dirname(_write(t, "results.json", "{}"))],
+        ["is not empty (results.json", "--overwrite"],
+    ),
+    ("resume-empty-folder", lambda t: ["--out", str(t), "--resume"], ["--resume", "holds no run"]),
+    ("resume-misspelled-folder", lambda t: ["--out", str(t / "rnu"), "--resume"], ["--resume", "does not exist"]),
     ("resume-without-out", lambda t: ["--out", "", "--resume"], ["--resume needs --out"]),
     ("out-is-a-file", lambda t: ["--out", _write(t, "f.txt", "x")], ["is an existing file"]),
     ("out-holds-a-run", lambda t: _existing_run(t, same_settings=True)[:2], ["already holds a run", "--resume"]),
@@ -284,6 +367,16 @@ CLI_CASES = [
         ["checkpoint", "damaged"],
     ),
 ]
+
+
+def _listing(root) -> dict:
+    """``{relative path: size}`` of every file and folder under ``root``."""
+    out = {}
+    for where, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(where, name)
+            out[os.path.relpath(path, root)] = os.path.getsize(path) if name in files else None
+    return out
 
 
 def _run_cli(argv, capsys):
@@ -302,8 +395,10 @@ def test_cli_rejects_bad_input(case, extra, fragments, tmp_path, capsys):
         if extra[extra.index("--out") + 1] == "":
             j = argv.index("--out")
             del argv[j : j + 2]
+    before = _listing(tmp_path)
     status, _, err = _run_cli(argv, capsys)
     assert status == 2, f"{case}: exit status {status}, stderr {err!r}"
+    assert _listing(tmp_path) == before, f"{case}: the failed command changed {tmp_path}"  # no stub left
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("jaxunlearn: error:")]
     assert len(lines) == 1, err
