@@ -76,8 +76,10 @@ from jaxunlearn import (
     metrics,
     models,
     population,
+    presets,
     report,
 )
+from jaxunlearn import plan as plan_lib
 from jaxunlearn.methods.common import MeanCE
 from jaxunlearn.plan import OptimConfig
 
@@ -95,7 +97,7 @@ __all__ = [
 ]
 
 PRETRAIN_CHOICES = ("sgd", "sam", "asam")
-UNLEARN_CHOICES = ("sgd", "sam", "asam")
+UNLEARN_CHOICES = tuple(plan_lib.OPTIMIZER_KINDS)  # sgd (plain AdamW), SAM / ASAM and the sharpness family
 DEFAULT_METHODS = (
     "retrain",
     "ft",
@@ -291,7 +293,11 @@ class JobConfig:
     pretrain_epochs: int = _setting(15, "pretraining (and Retrain) epochs", group=_TRAIN, check=_positive_int)
     pretrain_rho: float = _setting(0.1, "SAM/ASAM radius when pretraining", group=_TRAIN, check=_positive)
     unlearn_optimizer: tuple[str, ...] = _setting(
-        ("sgd", "sam"), "comma list of {choices}; sgd is plain AdamW", group=_UNLEARN, choices=UNLEARN_CHOICES
+        ("sgd", "sam"),
+        "comma list of {choices}; sgd is plain AdamW, looksam / gsam / rs (randomized smoothing) / gnp "
+        "(gradient-norm penalty) / cr (curvature regularization) / wa (weight averaging) the sharpness family",
+        group=_UNLEARN,
+        choices=UNLEARN_CHOICES,
     )
     unlearn_lr: float = _setting(0.01, "AdamW learning rate for unlearning", group=_UNLEARN, check=_positive)
     unlearn_epochs: int = _setting(5, "unlearning epochs", group=_UNLEARN, check=_positive_int)
@@ -308,6 +314,13 @@ class JobConfig:
         flag="--option",
         metavar="METHOD.KEY=VALUE",
         default_factory=dict,
+    )
+    preset: str = _setting(
+        "default",
+        "reference: the official sharp-unlearn code's algorithms wherever they differ from ours (ASAM without "
+        "eta, Sharp MinMax's mask and learning rate; docs/REFERENCE.md); --option values still win",
+        group=_UNLEARN,
+        choices=tuple(presets.PRESETS),
     )
     seeds: int = _setting(1, "number of seeds; tables show mean ± std", group=_RUN, check=_positive_int)
     seed: int = _setting(0, "first seed", group=_RUN, check=_at_most(MAX_SEED))
@@ -610,8 +623,9 @@ def variant_label(pretrain: str, unlearn: str) -> str:
 
 
 def optimizer_for(kind: str, base: OptimConfig, rho: float, lamb: float = 1.0) -> OptimConfig:
-    """The optimizer of a variant's ``kind`` (``sgd | sam | asam``): ``base`` itself for ``sgd``, else ``base``
-    wrapped in SAM or ASAM with radius ``rho`` and ``lamb`` (the update ``base(g + λ·(g' − g))``).
+    """The optimizer of a variant's ``kind`` (:data:`UNLEARN_CHOICES`): ``base`` itself for ``sgd``; SAM, ASAM or
+    LookSAM with radius ``rho`` and ``lamb`` (the update ``base(g + λ·(g' − g))``); GSAM with radius ``rho``; the
+    other kinds with their own defaults (:func:`jaxunlearn.plan.optimizer_kind`).
 
     Example:
         >>> base = OptimConfig(lr=0.05)
@@ -620,10 +634,16 @@ def optimizer_for(kind: str, base: OptimConfig, rho: float, lamb: float = 1.0) -
         >>> cfg = optimizer_for("asam", base, rho=0.2)
         >>> cfg.sam, cfg.rho, cfg.lamb, cfg.lr
         ('asam', 0.2, 1.0, 0.05)
+        >>> optimizer_for("wa", base, rho=0.2).average, optimizer_for("gsam", base, rho=0.2).rho
+        ('uniform', 0.2)
     """
     if kind == "sgd":
         return base
-    return dataclasses.replace(base, sam=kind, rho=rho, lamb=lamb)
+    if kind in ("sam", "asam", "looksam"):
+        return plan_lib.optimizer_kind(kind, base, rho=rho, lamb=lamb)
+    if kind == "gsam":
+        return plan_lib.optimizer_kind(kind, base, rho=rho)
+    return plan_lib.optimizer_kind(kind, base)
 
 
 def _default_model(dataset: str) -> str:
@@ -1147,12 +1167,13 @@ def _run_grid(cfg: JobConfig, progress: Progress, memorization_fn, unlearn_fn) -
     bar = tqdm(total=n_tasks, desc="jaxunlearn run", disable=not cfg.progress, dynamic_ncols=True)
     per_variant: dict[str, list[dict]] = {}
     per_variant_population: dict[str, dict] = {}
-    un_base = dataclasses.replace(engine.UNLEARN_DEFAULT, lr=cfg.unlearn_lr)
+    preset = presets.get(cfg.preset)
+    un_base = preset.optimizer_config(dataclasses.replace(engine.UNLEARN_DEFAULT, lr=cfg.unlearn_lr))
     try:
         for s in range(cfg.seeds):
             sd = _load_seed(cfg, cfg.seed + s, memorization_fn or memorization_scores)
             for pre in cfg.pretrain:
-                pre_cfg = optimizer_for(pre, OptimConfig(lr=cfg.pretrain_lr), cfg.pretrain_rho)
+                pre_cfg = optimizer_for(pre, preset.optimizer_config(OptimConfig(lr=cfg.pretrain_lr)), cfg.pretrain_rho)
                 bar.set_postfix_str(f"seed {sd.seed} pretrain {pre}")
                 # Original and Retrain depend only on the pretraining recipe; the original is always needed
                 # (a recorded one is restored from its final checkpoint).
@@ -1320,7 +1341,7 @@ def _context(job: _Job, sd: _Seed, params, model_state, pre_cfg: OptimConfig, na
         pretrain_optimizer=pre_cfg,
         pretrain_epochs=cfg.pretrain_epochs,
         optimizer=optimizer,
-        options=dict(cfg.method_options.get(name, {})),
+        options=presets.get(cfg.preset).method_options(methods.get(name).base, cfg.method_options.get(name, {})),
     )
 
 

@@ -355,3 +355,16 @@ def test_population_flags_are_generated_from_the_job_settings():
     args = cli.build_parser().parse_args(["run", "--population", "64", "--population-chunk", "8"])
     assert (args.population, args.population_chunk) == (64, 8)
     assert cli._job_config(args).population == 64
+
+
+def test_the_sharpness_family_and_the_reference_preset_run_from_the_command_line(tmp_path, capsys):
+    """`--unlearn-optimizer looksam,gsam,wa` gives one variant each; `--preset reference` is recorded."""
+    out = tmp_path / "fam"
+    argv = ["run", *TINY, "--methods", "ft", "--out", str(out), "--preset", "reference"]
+    argv[argv.index("--unlearn-optimizer") + 1] = "looksam,gsam,wa"
+    assert cli.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(res["variants"]) == [f"pretrain-sgd_unlearn-{k}" for k in ("gsam", "looksam", "wa")]
+    assert res["settings"]["preset"] == "reference"
+    for v in res["variants"].values():
+        assert 0.0 <= v["methods"]["ft"]["forget_acc"] <= 1.0 and v["methods"]["ft"]["diverged"] is None

@@ -125,6 +125,42 @@ def test_run_job_uses_the_memorization_and_unlearning_functions_passed_in(tmp_pa
         assert res2["variants"][label]["methods"] == variant["methods"]
 
 
+def test_the_reference_preset_reaches_every_method_and_optimizer(tmp_path):
+    """``preset="reference"``: ASAM without η for pretraining and unlearning, Sharp MinMax with the official mask
+    and one learning rate; the user's --option still wins; the default preset changes nothing."""
+    seen = []
+
+    def unlearn_fn(method, ctx, **kw):
+        seen.append((method, ctx.optimizer.sam, ctx.optimizer.eta, dict(ctx.options), ctx.pretrain_optimizer.eta))
+        return engine.RunResult(ctx.params, ctx.model_state, history=[], seconds=1.0)
+
+    base = {**TINY, "pretrain": ("asam",), "unlearn_optimizer": ("asam",), "methods": ("sharp_minmax", "ft")}
+    opts = {"sharp_minmax": {"fraction": 0.1}}
+    runner.run_job(JobConfig(preset="reference", method_options=opts, out=str(tmp_path / "a"), **base),
+                   unlearn_fn=unlearn_fn)  # fmt: skip
+    by = {m: rest for m, *rest in seen}
+    assert by["retrain"][1] == 0.0 and by["ft"][:2] == ["asam", 0.0] and by["ft"][2] == {} and by["ft"][3] == 0.0
+    assert by["sharp_minmax"][2] == {"largest": False, "mask_reading": "reference", "forget_lr_scale": 1.0,
+                                      "rounding": "floor", "saliency": "batch_mean", "fraction": 0.1}  # fmt: skip
+    seen.clear()
+    runner.run_job(JobConfig(method_options=opts, out=str(tmp_path / "b"), **base), unlearn_fn=unlearn_fn)
+    by = {m: rest for m, *rest in seen}
+    assert by["ft"][1] == 0.01 and by["sharp_minmax"][2] == {"fraction": 0.1}
+    with pytest.raises(ValueError, match="--preset must be one of"):
+        JobConfig(preset="official").validate()
+
+
+@pytest.mark.parametrize("kind", [k for k in runner.UNLEARN_CHOICES if k not in ("sgd", "sam", "asam")])
+def test_every_sharpness_family_kind_is_an_unlearning_optimizer_of_the_job(kind):
+    cfg = runner.optimizer_for(kind, engine.UNLEARN_DEFAULT, rho=0.2, lamb=0.5)
+    assert cfg.sam == ("none" if kind == "wa" else kind) and cfg.lr == engine.UNLEARN_DEFAULT.lr
+    if kind in ("looksam", "gsam"):
+        assert cfg.rho == 0.2
+    if kind == "wa":
+        assert cfg.average == "uniform"
+    JobConfig(unlearn_optimizer=("sgd", kind)).validate()
+
+
 # ---------------------------------------------------------------------------------------- settings
 
 
