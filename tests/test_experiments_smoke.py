@@ -40,3 +40,17 @@ def test_experiment_smoke(name, tmp_path):
     assert table.startswith("## ") and "|---|" in table
     obj = json.loads((out / "table.json").read_text())
     assert obj["rows"] and all(len(r) == len(obj["header"]) for r in obj["rows"])
+
+
+def test_verdicts_summarize_the_recorded_runs_with_the_paired_rule(tmp_path):
+    """experiments/verdicts.py reads the committed jobs' per-seed entries: every row has a verdict of the rule, and
+    a verdict other than "not resolved" only where the interval excludes 0."""
+    _load("verdicts").main(["--out", str(tmp_path)])
+    obj = json.loads((tmp_path / "table.json").read_text())
+    assert len(obj["rows"]) >= 10
+    for row in obj["rows"]:
+        verdict, ci = row[5], row[4]
+        assert verdict in ("agrees", "disagrees", "not resolved", "not run")
+        if verdict in ("agrees", "disagrees"):
+            lo, hi = (float(v) for v in ci[ci.index("[") + 1 : ci.index("]")].split(","))
+            assert lo > 0 or hi < 0

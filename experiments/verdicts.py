@@ -1,0 +1,150 @@
+"""The summary of RESULTS.md: every claim × scale as a paired difference over seeds with its 95 % confidence interval
+and the one verdict rule (``metrics.verdict``: "agrees" only when the interval excludes 0 in the paper's direction,
+"disagrees" only when it excludes 0 the other way, otherwise "not resolved").
+
+Reads the per-seed entries that the experiments' jobs recorded (``job*/progress.json``), computes each entry's ToW
+against the Retrain of the same seed and pretraining, and pairs by seed. A comparison averaged over several cells
+(memorization levels, methods) averages them per seed first. The do-nothing row (the original model's ToW) is the
+floor every method should beat.
+
+    .venv/bin/python experiments/verdicts.py          # writes experiments/results/verdicts/table.md (+ .json)
+"""
+
+import argparse
+import json
+import os
+
+import common
+import numpy as np
+
+from jaxunlearn import metrics  # noqa: E402
+
+NAME = "verdicts"
+SCALES = {"MLP": "", "CNN": "_cnn"}
+
+
+def _entries(job_dir: str) -> dict:
+    path = os.path.join(job_dir, "progress.json")
+    if not os.path.exists(path):
+        return {}
+    return json.load(open(path))["entries"]
+
+
+def _tow(entries: dict, seed: str, pre: str, name: str) -> float | None:
+    """ToW of the entry ``seed/pre/<name>`` against ``seed/pre/retrain`` (None when missing or diverged)."""
+    e, r = entries.get(f"{seed}/{pre}/{name}"), entries.get(f"{seed}/{pre}/retrain")
+    if e is None or r is None or e.get("diverged"):
+        return None
+    return metrics.tow(e, r)
+
+
+def _seeds(entries: dict) -> list[str]:
+    return sorted({k.split("/")[0] for k in entries}, key=int)
+
+
+def _pairs(cells: list[tuple[dict, str, str, str, str]]) -> tuple[list[float], list[float]]:
+    """Per seed, the mean over ``cells`` of (a, b): each cell is (entries, pre_a, name_a, pre_b, name_b)."""
+    seeds = sorted(set.intersection(*[set(_seeds(c[0])) for c in cells]), key=int)
+    a, b = [], []
+    for s in seeds:
+        va = [_tow(e, s, pa, na) for e, pa, na, _, _ in cells]
+        vb = [_tow(e, s, pb, nb) for e, _, _, pb, nb in cells]
+        if None in va or None in vb:
+            continue
+        a.append(float(np.mean(va)))
+        b.append(float(np.mean(vb)))
+    return a, b
+
+
+def _row(claim, scale, comparison, a, b, direction="greater"):
+    if len(a) < 2:
+        return [claim, scale, comparison, "—", "—", "not run", str(len(a))]
+    d = metrics.paired_difference(a, b)
+    return [
+        claim,
+        scale,
+        comparison,
+        f"{100 * np.mean(a):.1f} vs {100 * np.mean(b):.1f}",
+        f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]",
+        metrics.verdict(d, direction),
+        str(d["n"]),
+    ]
+
+
+def claim1(root: str) -> list[list[str]]:
+    rows = []
+    for scale, suffix in SCALES.items():
+        name = "exp1_neggrad_sam_memorization" + ("_asam" if scale == "MLP" else suffix)
+        jobs = {lv: _entries(os.path.join(root, name, f"job_{lv}")) for lv in ("high", "mid", "low", "mix")}
+        jobs = {lv: e for lv, e in jobs.items() if e}
+        if not jobs:
+            continue
+        for label, (pa, ua) in {
+            "SAM pretraining (AdamW unlearning)": ("sam", "sgd"),
+            "SAM unlearning (SGD pretraining)": ("sgd", "sam"),
+            "SAM pretraining + SAM unlearning": ("sam", "sam"),
+            "ASAM pretraining + ASAM unlearning": ("asam", "asam"),
+        }.items():
+            cells = [(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad") for e in jobs.values()]
+            if not all(f"0/{pa}/{ua}/neggrad" in e for e, *_ in cells):
+                continue
+            rows.append(_row("1: SAM helps NegGrad (ToW, mean of 4 memorization levels)", scale,
+                             f"{label} − SGD / AdamW", *_pairs(cells)))  # fmt: skip
+            for lv, e in jobs.items():
+                rows.append(_row(f"1: … at {lv} memorization", scale, f"{label} − SGD / AdamW",
+                                 *_pairs([(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad")])))  # fmt: skip
+        floor = [(e, "sgd", "original", "sgd", "sgd/neggrad") for e in jobs.values()]
+        rows.append(_row("1: NegGrad beats doing nothing (the floor)", scale, "original model − NegGrad SGD / AdamW",
+                         *_pairs(floor), "less"))  # fmt: skip
+    return rows
+
+
+def claim2(root: str) -> list[list[str]]:
+    rows = []
+    for scale, suffix in SCALES.items():
+        e = _entries(os.path.join(root, "exp2_sam_pretrain_vs_unlearn" + suffix, "job"))
+        if not e:
+            continue
+        names = sorted({k.split("/")[-1] for k in e if k.count("/") == 3})
+        for label, (pa, ua) in {"SAM pretraining": ("sam", "sgd"), "SAM unlearning": ("sgd", "sam")}.items():
+            cells = [(e, pa, f"{ua}/{m}", "sgd", f"sgd/{m}") for m in names]
+            rows.append(_row(f"2: SAM helps unlearning (ToW, mean of {len(names)} methods)", scale,
+                             f"{label} − SGD / AdamW", *_pairs(cells)))  # fmt: skip
+    return rows
+
+
+def claim3(root: str) -> list[list[str]]:
+    rows = []
+    for scale, suffix in SCALES.items():
+        e = _entries(os.path.join(root, "exp3_sharp_minmax" + suffix, "job"))
+        if not e:
+            continue
+        base = ["neggrad", "salun", "scrub"]
+        mean = {m: np.mean([t for s in _seeds(e) if (t := _tow(e, s, "sgd", f"sgd/{m}")) is not None]) for m in base}
+        best = max(base, key=mean.get)
+        for variant, label in (
+            ("sharp_minmax@f0.3-largest", "t = 0.3, largest, strict (paper's text)"),
+            ("sharp_minmax@f0.3-smallest-reference", "t = 0.3, smallest, reference reading (official code)"),
+            ("sharp_minmax@f0.1-largest", "t = 0.1, largest, strict"),
+        ):
+            rows.append(_row("3: Sharp MinMax beats the best baseline (ToW)", scale,
+                             f"{label} − {best} (best baseline by mean)",
+                             *_pairs([(e, "sgd", f"sgd/{variant}", "sgd", f"sgd/{best}")])))  # fmt: skip
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--results", default=common.RESULTS_ROOT, help="the experiments' results folder")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    out = args.out or os.path.join(common.RESULTS_ROOT, NAME)
+    os.makedirs(out, exist_ok=True)
+    rows = claim1(args.results) + claim2(args.results) + claim3(args.results)
+    header = ["claim", "scale", "comparison", "ToW (%)", "paired Δ [95 % CI] (points)", "verdict", "seeds"]
+    common.write_table(out, "Claims: paired differences over seeds and verdicts", header, rows,
+                       {"rule": "agrees / disagrees only when the 95 % CI excludes 0"}, {"rule": "paired t, 95 %"})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
