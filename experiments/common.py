@@ -145,6 +145,29 @@ def job_config(args, s: dict, out: str, **kw) -> JobConfig:
 
 
 _MEM_CACHE: dict[str, np.ndarray] = {}
+#: (forget size, seed) -> the scores a cached memorization_fn returned in this process, for set statistics
+SCORES_SEEN: dict[int, np.ndarray] = {}
+
+
+def memorization_sets(scores: np.ndarray, size: float, seed: int) -> dict:
+    """How distinct the memorization levels are: the number of distinct scores, the sizes of the high / mid /
+    low forget sets (``data.select_forget``) and their pairwise overlaps (shared examples).
+
+    Example:
+        >>> m = memorization_sets(np.linspace(-1, 1, 100), 0.1, seed=0)
+        >>> m["distinct_scores"], m["overlap"]["high/mid"], m["size"]
+        (100, 0, 10)
+    """
+    from jaxunlearn import data
+
+    sets = {lv: set(data.select_forget(np.zeros(len(scores)), lv, size, seed=seed, scores=scores).tolist())
+            for lv in ("high", "mid", "low")}  # fmt: skip
+    pairs = (("high", "mid"), ("high", "low"), ("mid", "low"))
+    return {
+        "distinct_scores": int(np.unique(np.round(scores, 12)).size),
+        "size": len(sets["high"]),
+        "overlap": {f"{a}/{b}": len(sets[a] & sets[b]) for a, b in pairs},
+    }
 
 
 def cache_memorization(cache_dir: str) -> Callable[..., np.ndarray]:
@@ -173,6 +196,7 @@ def cache_memorization(cache_dir: str) -> Callable[..., np.ndarray]:
         )
         key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
         if key in _MEM_CACHE:
+            SCORES_SEEN[int(seed)] = _MEM_CACHE[key]
             return _MEM_CACHE[key]
         path = os.path.join(cache_dir, f"mem_{key}.npy")
         if os.path.exists(path):
@@ -181,6 +205,7 @@ def cache_memorization(cache_dir: str) -> Callable[..., np.ndarray]:
             scores = np.asarray(orig(cfg, ds, apply_fn, params, state, dd, seed))
             np.save(path, scores)
         _MEM_CACHE[key] = scores
+        SCORES_SEEN[int(seed)] = scores
         return scores
 
     return cached

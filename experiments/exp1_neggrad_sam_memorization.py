@@ -67,12 +67,15 @@ def _write(out, s, levels, data, variants, seconds):
         rows.append(row)
     meta = common.meta(s, "seeds", "forget_size", "mem_models")
     meta["job_seconds"] = seconds
+    sets = {
+        str(sd): common.memorization_sets(sc, s["forget_size"], sd) for sd, sc in sorted(common.SCORES_SEEN.items())
+    }
     common.write_table(
         out,
         "Exp 1: NegGrad ToW (%) by pretrain / unlearn optimizer and forget-set memorization",
         header,
         rows,
-        data,
+        {**data, "memorization_sets": sets},  # per seed: distinct scores, set size, high/mid/low overlaps
         meta,
     )
 
