@@ -218,9 +218,60 @@ def _cpu_devices_for(devices: int | None) -> None:
     distributed.cpu_devices(devices)
 
 
+#: ``jaxunlearn run`` settings that the language-model job (``--dataset facts``) takes, and their LM names
+_LM_SETTINGS = {
+    "seeds": "seeds", "seed": "seed", "out": "out", "resume": "resume", "methods": "methods",
+    "unlearn_optimizer": "optimizers", "unlearn_lr": "unlearn_lr", "unlearn_epochs": "unlearn_epochs",
+    "pretrain_epochs": "pretrain_epochs", "pretrain_lr": "pretrain_lr", "batch_size": "batch_size", "rho": "rho",
+    "method_options": "method_options", "progress": "progress", "forget_size": "forget",
+}  # fmt: skip
+
+
+def _cmd_run_lm(args) -> int:
+    """``jaxunlearn run --dataset facts [--model gpt]``: the language-model job (:mod:`jaxunlearn.lm_job`) on the
+    generated facts corpus. Settings that do not apply to it are refused by name."""
+    from jaxunlearn import _atomic, lm_job
+    from jaxunlearn.runner import job_options
+
+    if args.config:
+        raise ValueError("--config is not read with --dataset facts; give its options on the command line.")
+    flags = {o.name: o.flag for o in job_options()}
+    given = {o.name: getattr(args, o.name) for o in job_options() if getattr(args, o.name) not in (None, [])}
+    given.pop("dataset")
+    model = given.pop("model", "gpt")
+    if model != "gpt":
+        raise ValueError(f"--dataset facts trains the decoder-only transformer: use --model gpt, not --model {model}.")
+    extra = sorted(set(given) - set(_LM_SETTINGS))
+    if extra:
+        names = ", ".join(flags[k] for k in extra)
+        takes = ", ".join(flags[k] for k in _LM_SETTINGS if k in flags)
+        raise ValueError(f"{names} does not apply to --dataset facts; the language-model job takes {takes}.")
+    kw = {_LM_SETTINGS[k]: v for k, v in given.items()}
+    if "method_options" in kw:
+        kw["method_options"] = _method_options(kw["method_options"])
+    if "methods" in kw:
+        kw["methods"] = tuple(m for m in kw["methods"] if m != "retrain")  # Retrain always runs
+    if "forget" in kw and not 0 < kw["forget"] < 1:
+        raise ValueError(
+            f"--forget-size for --dataset facts is the fraction of people to forget, in (0, 1); got {kw['forget']:g}."
+        )
+    if kw.get("resume") and not kw.get("out"):
+        raise ValueError("--resume needs --out DIR: the directory of the run to continue.")
+    if not kw.get("out"):
+        import datetime
+
+        kw["out"] = _atomic.unique_dir("runs", "lm-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    results = lm_job.run(kw)
+    print(lm_job.table(results))
+    print(f"results: {os.path.join(kw['out'], 'results.json')}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from jaxunlearn.runner import format_tables, run_job
 
+    if getattr(args, "dataset", None) == "facts":
+        return _cmd_run_lm(args)
     cfg = _job_config(args)
     _cpu_devices_for(cfg.devices)  # before the checks: --devices is checked against the devices JAX then has
     cfg.validate()

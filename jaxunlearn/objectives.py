@@ -26,6 +26,15 @@ __all__ = [
     "random_wrong_labels",
     "weighted_sum",
 ]
+__all__ += [  # token-level losses (language models), defined at the end of the module
+    "token_log_probs",
+    "token_cross_entropy",
+    "sequence_log_likelihood",
+    "npo_loss",
+    "simnpo_loss",
+    "masked_mse",
+    "rmu_loss",
+]
 
 PyTree = Any
 
@@ -115,3 +124,100 @@ def weighted_sum(terms: dict[str, jax.Array], weights: dict[str, float]) -> jax.
     if missing:
         raise ValueError(f"weights name terms that were not computed: {sorted(missing)}; terms: {sorted(terms)}.")
     return sum(w * terms[k] for k, w in weights.items())
+
+
+# ---- token-level losses for language models (batches of [B, T] tokens with a [B, T] loss mask) ----
+
+
+def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """``log p(y_t | y_<t)`` per position: ``log softmax(z_t)[y_t]``, shape ``[B, T]``.
+
+    Example:
+        >>> [round(v, 6) for v in token_log_probs(jnp.zeros((1, 2, 4)), jnp.array([[1, 3]]))[0].tolist()]
+        [-1.386294, -1.386294]
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean cross-entropy over the masked tokens: ``CE = −Σ_{b,t} m_bt log p(y_bt) / Σ_{b,t} m_bt``.
+
+    Example:
+        >>> z = jnp.zeros((1, 3, 4)); y = jnp.array([[0, 1, 2]]); m = jnp.array([[1.0, 1.0, 0.0]])
+        >>> round(float(token_cross_entropy(z, y, m)), 6)   # log 4
+        1.386294
+    """
+    m = mask.astype(jnp.float32)
+    return -jnp.sum(m * token_log_probs(logits, targets)) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def sequence_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """``log π(y|x) = Σ_t m_t log p(y_t | y_<t)`` per sequence, shape ``[B]`` (the masked tokens are the
+    response ``y``, the rest the prompt ``x``).
+
+    Example:
+        >>> ll = sequence_log_likelihood(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), int), jnp.array([[1, 1, 0], [1, 1, 1]]))
+        >>> [round(v, 4) for v in ll.tolist()]       # 2·log(1/4), 3·log(1/4)
+        [-2.7726, -4.1589]
+    """
+    return jnp.sum(mask.astype(jnp.float32) * token_log_probs(logits, targets), axis=-1)
+
+
+def npo_loss(log_lik: jax.Array, ref_log_lik: jax.Array, beta=0.1) -> jax.Array:
+    """Negative Preference Optimization (Zhang et al. 2024, "Negative Preference Optimization: From
+    Catastrophic Collapse to Effective Unlearning"):
+    ``L = (2/β) · mean_i log(1 + (π_θ(y_i|x_i) / π_ref(y_i|x_i))^β) = (2/β) · mean_i softplus(β (log π_θ − log π_ref))``
+    with sequence log-likelihoods; ``π_ref`` is the model before unlearning (its log-likelihoods carry no
+    gradient). At ``π_θ = π_ref`` it is ``(2/β) log 2``; as ``β → 0`` it tends to gradient ascent.
+
+    Example:
+        >>> round(float(npo_loss(jnp.array([-3.0]), jnp.array([-3.0]), beta=0.1)), 4)   # 20 · log 2
+        13.8629
+    """
+    diff = log_lik - jax.lax.stop_gradient(ref_log_lik)
+    return (2.0 / beta) * jnp.mean(jax.nn.softplus(beta * diff))
+
+
+def simnpo_loss(log_lik: jax.Array, lengths: jax.Array, beta=2.5, gamma=0.0) -> jax.Array:
+    """SimNPO (Fan et al. 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM
+    Unlearning"), reference-free and length-normalized:
+    ``L = −(2/β) · mean_i log σ(−(β/|y_i|) log π_θ(y_i|x_i) − γ) = (2/β) · mean_i softplus((β/|y_i|) log π_θ + γ)``.
+
+    Example:
+        >>> round(float(simnpo_loss(jnp.array([0.0]), jnp.array([4.0]), beta=2.5)), 4)   # (2/2.5) · log 2
+        0.5545
+    """
+    n = jnp.maximum(lengths.astype(jnp.float32), 1.0)
+    return (2.0 / beta) * jnp.mean(jax.nn.softplus(beta * log_lik / n + gamma))
+
+
+def masked_mse(h: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean squared distance of hidden states over the masked tokens:
+    ``Σ_{b,t} m_bt ‖h_bt − target_bt‖² / (D · Σ_{b,t} m_bt)`` (``h`` ``[B, T, D]``, ``target`` broadcastable):
+    RMU's forget term with ``target = c·u`` and its retain term with the frozen model's states.
+
+    Example:
+        >>> h = jnp.ones((1, 2, 4)); m = jnp.array([[1.0, 0.0]])
+        >>> float(masked_mse(h, jnp.zeros(4), m))
+        1.0
+    """
+    m = mask.astype(jnp.float32)
+    d2 = jnp.mean(jnp.square(h.astype(jnp.float32) - target), axis=-1)
+    return jnp.sum(m * d2) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def rmu_loss(h_forget, mask_forget, u, steer, h_retain, h_retain_ref, mask_retain, alpha=1.0) -> jax.Array:
+    """Representation Misdirection for Unlearning (Li et al. 2024, "The WMDP Benchmark"):
+    ``L = ‖h_ℓ(x_f) − c·u‖² + α · ‖h_ℓ(x_r) − h_ℓ^frozen(x_r)‖²`` (each a per-token mean squared distance,
+    :func:`masked_mse`), ``u`` a fixed random unit vector, ``c`` the steering coefficient, ``h_ℓ`` the hidden
+    states at the chosen layer ℓ and ``h^frozen`` the model's before unlearning.
+
+    Example:
+        >>> h = jnp.zeros((1, 1, 2)); m = jnp.ones((1, 1)); u = jnp.array([1.0, 0.0])
+        >>> float(rmu_loss(h, m, u, 2.0, h, h, m, alpha=5.0))     # ‖(0,0) − (2,0)‖² / 2
+        2.0
+    """
+    forget = masked_mse(h_forget, steer * u, mask_forget)
+    retain = masked_mse(h_retain, jax.lax.stop_gradient(h_retain_ref), mask_retain)
+    return forget + alpha * retain

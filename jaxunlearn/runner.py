@@ -253,7 +253,14 @@ class JobConfig:
         ValueError: --rho must be a finite number > 0, got 0.0.
     """
 
-    dataset: str = _setting("digits", "{choices}", group=_DATA, choices=lambda: data.DATASETS, check=_check_dataset)
+    dataset: str = _setting(
+        "digits",
+        "{choices}; or facts: the language-model job on a generated corpus of fictitious people (--model gpt, "
+        "jaxunlearn.lm_job)",
+        group=_DATA,
+        choices=lambda: data.DATASETS,
+        check=_check_dataset,
+    )
     data_dir: str | None = _setting(
         None, "directory with the data (Fashion-MNIST IDX files, TFDS data_dir)", group=_DATA, check=_check_directory
     )

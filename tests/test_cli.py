@@ -368,3 +368,28 @@ def test_the_sharpness_family_and_the_reference_preset_run_from_the_command_line
     assert res["settings"]["preset"] == "reference"
     for v in res["variants"].values():
         assert 0.0 <= v["methods"]["ft"]["forget_acc"] <= 1.0 and v["methods"]["ft"]["diverged"] is None
+
+
+def test_dataset_facts_runs_the_language_model_job_with_the_flags_it_takes(tmp_path, monkeypatch, capsys):
+    """`run --dataset facts` hands the flags that apply to jaxunlearn.lm_job.run (under its names) and refuses the
+    others by name, before anything trains."""
+    from jaxunlearn import lm_job
+
+    seen = {}
+    monkeypatch.setattr(lm_job, "run", lambda kw: seen.update(kw) or {"methods": {}})
+    monkeypatch.setattr(lm_job, "table", lambda res: "TABLE")
+    out = str(tmp_path / "lm")
+    argv = ["run", "--dataset", "facts", "--model", "gpt", "--methods", "retrain,npo,rmu", "--unlearn-optimizer",
+            "sgd,sam", "--seeds", "3", "--forget-size", "0.1", "--option", "npo.beta=0.2", "--quiet", "--out", out]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert seen == {"methods": ("npo", "rmu"), "optimizers": ("sgd", "sam"), "seeds": 3, "forget": 0.1,
+                    "method_options": {"npo": {"beta": 0.2}}, "progress": False, "out": out}  # fmt: skip
+    assert "TABLE" in capsys.readouterr().out
+    for extra, says in (
+        (["--pretrain", "sam"], "--pretrain does not apply to --dataset facts"),
+        (["--model", "cnn"], "use --model gpt"),
+        (["--forget-size", "20"], "fraction of people to forget"),
+        (["--resume"], "--resume needs --out"),
+    ):
+        assert cli.main(["run", "--dataset", "facts", *extra]) == 2
+        assert says in capsys.readouterr().err

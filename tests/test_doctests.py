@@ -31,7 +31,16 @@ def _not_yet(name: str) -> bool:
 
 MODULES = [m for m in _all_modules() if not _not_yet(m)]
 # Modules whose examples run a whole small training (seconds each): their examples run in the slow CI step.
-TRAINING_EXAMPLES = ("jaxunlearn.theory",)
+TRAINING_EXAMPLES = (  # examples that train models: the slow tier
+    "jaxunlearn.theory",
+    "jaxunlearn.models.gpt",
+    "jaxunlearn.methods.lm",
+    "jaxunlearn.methods.lm.base",
+    "jaxunlearn.methods.lm.common",
+    "jaxunlearn.methods.lm.hessian_select",
+    "jaxunlearn.methods.lm.rmu",
+    "jaxunlearn.metrics.lm",
+)
 EXAMPLE_CASES = [pytest.param(m, marks=pytest.mark.slow) if m in TRAINING_EXAMPLES else m for m in MODULES]
 
 

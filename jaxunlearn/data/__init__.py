@@ -42,3 +42,7 @@ __all__ = [
     "tfds_arrays",
     "triggered_test_set",
 ]
+
+from jaxunlearn.data.facts import FactsCorpus, FactsSplit, Tokenizer, make_facts  # noqa: E402
+
+__all__ += ["FactsCorpus", "FactsSplit", "Tokenizer", "make_facts"]

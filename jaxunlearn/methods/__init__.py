@@ -71,3 +71,5 @@ __all__ = [
     "toy_context",
     "unlearn",
 ]
+
+from jaxunlearn.methods import lm  # noqa: E402,F401  (language-model methods: methods.lm.LM_METHODS, unlearn)

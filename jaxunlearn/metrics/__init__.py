@@ -131,3 +131,5 @@ __all__ = [
     "mia_features",
     "tpr_at_fpr",
 ]
+
+from jaxunlearn.metrics import lm  # noqa: E402,F401  (language-model metrics: metrics.lm.evaluate_lm, ...)

@@ -59,3 +59,7 @@ __all__ = [
     "theory_coefficients",
     "theory_weights",
 ]
+
+from jaxunlearn.models.gpt import GPT  # noqa: E402
+
+__all__ += ["GPT"]

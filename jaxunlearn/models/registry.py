@@ -128,3 +128,34 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int], seed=0, **
             f"accepted keyword arguments: {', '.join(accepted) or '(none)'}"
         )
     return ctor(num_classes=int(num_classes), input_shape=input_shape, rngs=nnx.Rngs(seed), **kwargs)
+
+
+def _gpt(
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    rngs: nnx.Rngs,
+    dim: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    mlp_ratio: int = 4,
+    positions: str = "learned",
+    dropout: float = 0.0,
+):
+    """Decoder-only transformer (:class:`jaxunlearn.models.gpt.GPT`): ``num_classes`` = vocabulary size,
+    ``input_shape = (context,)``; ``dim=64``, ``depth=2``, ``heads=4``, ``mlp_ratio=4``, ``positions="learned"``
+    (or ``"rotary"``), ``dropout=0.0``.
+
+    Example:
+        >>> type(build("gpt", num_classes=12, input_shape=(8,), dim=16, heads=2)).__name__
+        'GPT'
+    """
+    from jaxunlearn.models.gpt import GPT
+
+    if len(input_shape) != 1:
+        raise ValueError(f"gpt expects input_shape = (context,) (the longest token sequence), got {tuple(input_shape)}")
+    return GPT(num_classes, context=input_shape[0], dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
+               positions=positions, dropout=dropout, rngs=rngs)  # fmt: skip
+
+
+MODELS["gpt"] = _gpt

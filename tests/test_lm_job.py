@@ -1,0 +1,49 @@
+"""The LM job end to end on a tiny corpus and model (results, table, resume), and its settings checks."""
+
+import json
+
+import pytest
+
+from jaxunlearn import lm_job, report
+
+TINY = {"people": 12, "templates": 1, "dim": 16, "heads": 2, "pretrain_epochs": 2, "unlearn_epochs": 1,
+        "relearn_steps": 2, "relearn_every": 1, "batch_size": 16, "progress": False}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_job_writes_results_and_resumes(tmp_path):
+    cfg = lm_job.LMJobConfig(methods=("graddiff", "npo"), optimizers=("sgd", "max"), out=str(tmp_path), **TINY)
+    res = lm_job.run(cfg)
+    assert set(res["variants"]) == {"sgd", "max"}
+    for variant in res["variants"].values():
+        assert set(variant) == {"original", "retrain", "graddiff", "npo"}
+        report.validate_results({"settings": {}, "methods": variant})
+        assert variant["retrain"]["tow"] == pytest.approx(1.0)
+    assert res["relearn"]["sgd"]["npo"]["steps"] == [0, 1, 2]
+    assert res["pretrain"]["steps"] == 2 * 6  # 2 epochs of ceil(11 people · 8 examples / 16) steps
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["methods"]["npo"]["forget_acc"] == res["methods"]["npo"]["forget_acc"]
+    assert "| npo |" in (tmp_path / "table.md").read_text()
+    again = lm_job.run(cfg, resume=True)  # every entry comes from progress.json
+    assert again["methods"]["npo"]["seconds"] == res["methods"]["npo"]["seconds"]
+
+
+def test_method_options_for_the_max_optimizer():
+    cfg = lm_job.LMJobConfig(**TINY)
+    assert lm_job._method_options("npo", "max", cfg)["sign"] == "max"
+    assert "sign" not in lm_job._method_options("sharp_minmax", "max", cfg)
+    hs = lm_job._method_options("hessian_select", "max", cfg)
+    assert hs["base_options"]["sign"] == "max" and hs["base_options"]["epochs"] == 1
+    assert lm_job._method_options("graddiff", "min", lm_job.LMJobConfig())["retain_weight"] == 10.0
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="unknown LM method"):
+        lm_job.LMJobConfig(methods=("npo", "retrain"))
+    with pytest.raises(ValueError, match="forget must be a fraction"):
+        lm_job.LMJobConfig(forget=1.0)
+    with pytest.raises(ValueError, match="forget_tokens"):
+        lm_job.LMJobConfig(forget_tokens="some")
+    with pytest.raises(ValueError, match="method_options names methods"):
+        lm_job.LMJobConfig(methods=("npo",), method_options={"rmu": {}})
+    assert lm_job.LMJobConfig(methods="npo,rmu", optimizers="sgd").methods == ("npo", "rmu")
