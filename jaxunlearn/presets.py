@@ -83,7 +83,7 @@ class Preset:
 
         Example:
             >>> REFERENCE.method_options("neggrad"), REFERENCE.method_options("ft", {"lr_scale": 2.0})
-            ({}, {'lr_scale': 2.0})
+            ({'alpha': 0.99, 'lr_scale': 1.0}, {'lr_scale': 2.0})
         """
         return {**self.options.get(method, {}), **dict(user or {})}
 
@@ -159,6 +159,14 @@ _DIFFERENCES = (
         "with AdamW the loss weights α, 1−α barely change the step, and the forget step collapses the model",
     ),
     Difference(
+        "NegGrad α and learning rate",
+        "α = 0.99",
+        "α = 0.99 at `--unlearn_lr`",
+        "α = 0.999 at 0.3 × the unlearning rate",
+        "α = 0.99, `lr_scale=1.0`",
+        "with AdamW only (1−α)/α sets the forget push; at 0.99 a forgotten class wrecks the others",
+    ),
+    Difference(
         "NegGrad forward passes",
         "—",
         "two passes (retain, forget): batch-norm statistics per set, running averages updated twice",
@@ -191,13 +199,15 @@ REFERENCE = Preset(
     "int(N·t) entries from summed batch-mean gradients, masking only the perturbed gradient, one learning rate",
     optimizer={"eta": 0.0},
     options={
+        "neggrad": {"alpha": 0.99, "lr_scale": 1.0},
+        "hessian_select": {"base_options": {"alpha": 0.99, "lr_scale": 1.0}},
         "sharp_minmax": {
             "largest": False,
             "mask_reading": "reference",
             "forget_lr_scale": 1.0,
             "rounding": "floor",
             "saliency": "batch_mean",
-        }
+        },
     },
     differences=_DIFFERENCES,
 )

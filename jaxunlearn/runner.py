@@ -78,6 +78,7 @@ from jaxunlearn import (
     population,
     presets,
     report,
+    tuning,
 )
 from jaxunlearn import plan as plan_lib
 from jaxunlearn.methods.common import MeanCE
@@ -322,6 +323,12 @@ class JobConfig:
         metavar="METHOD.KEY=VALUE",
         default_factory=dict,
     )
+    tune: bool = _setting(
+        False,
+        "choose each method's learning rate (lr_scale) on the validation split with jaxunlearn.tuning, by a "
+        "criterion that needs neither Retrain nor the test set (Retrain is not tuned)",
+        group=_UNLEARN,
+    )
     preset: str = _setting(
         "default",
         "reference: the official sharp-unlearn code's algorithms wherever they differ from ours (ASAM without "
@@ -451,6 +458,8 @@ class JobConfig:
             for flag, v in (("--population", self.population), ("--population-chunk", self.population_chunk)):
                 if v is not None and v % self.devices:
                     raise ValueError(f"{flag} {v} must be a multiple of --devices {self.devices} (models per device).")
+        if self.tune and self.population is not None:
+            raise ValueError("--tune does not apply to --population (each model would be tuned on its own); drop one.")
         if self.population_chunk is not None and self.population is None:
             raise ValueError("--population-chunk needs --population N.")
         if self.resume and self.out is None:
@@ -1286,6 +1295,11 @@ def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndar
             f"--model {name} does not fit --dataset {cfg.dataset} (inputs of shape {ds.input_shape}): "
             f"{_first_sentence(exc)}; choose another --model (e.g. {fits})."
         ) from None
+    if cfg.tune and len(ds.y_val) == 0:
+        raise ValueError(
+            f"--tune chooses learning rates on the validation split, but {ds.name} has no validation examples here "
+            "(--max-train too small?); give more training data or drop --tune."
+        )
     dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
     apply_fn, params, state = models.split_model(model)
     # The forget set depends only on the data and the initial model (memorization scores), so it
@@ -1355,7 +1369,22 @@ def _context(job: _Job, sd: _Seed, params, model_state, pre_cfg: OptimConfig, na
 def _unlearn(job: _Job, sd: _Seed, orig, pre_cfg: OptimConfig, name: str, optimizer, *checkpoint: str):
     """Run method ``name`` from the original model ``orig`` through the job's unlearning function."""
     ctx = _context(job, sd, orig.params, orig.model_state, pre_cfg, name, optimizer)
+    if job.cfg.tune and methods.get(name).base != "retrain":
+        return _tuned(job, sd, name, ctx)
     return job.unlearn_fn(name, ctx, **job.run_kwargs(*checkpoint))
+
+
+def _tuned(job: _Job, sd: _Seed, name: str, ctx: methods.Context) -> engine.RunResult:
+    """``--tune``: method ``name`` at the learning rate :func:`jaxunlearn.tuning.tune` chooses on the validation
+    split; the chosen setting, whether it met the criterion and the tuning's cost go to the entry's ``info``."""
+    res = tuning.tune(name, ctx, x_val=sd.ds.x_val, y_val=sd.ds.y_val, forget_kind=job.cfg.forget)
+    info = {
+        "tuned": {k: v for k, v in res.chosen.items() if v is not None},
+        "tune_satisfied": bool(res.satisfied),
+        "tune_candidates": len(res.candidates),
+    }
+    return engine.RunResult(res.params, res.model_state, history=[], seconds=res.seconds, diverged=None,
+                            info=info, compile_seconds=getattr(res, "compile_seconds", 0.0))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- populations

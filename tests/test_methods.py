@@ -21,7 +21,7 @@ DELETION_METHODS = [name for name in sorted(methods.METHODS) if name != "retrain
 FORGET_CLASS = 3
 
 # Whole-class forgetting: per-method options where the registry defaults are tuned for random forget sets.
-#  * ga: its defaults (2 epochs at 1 % of the unlearning rate) only nudge the model; a class needs more ascent.
+#  * ga: its defaults (5 epochs at 1 % of the unlearning rate) only nudge the model; a class needs more ascent.
 #  * neggrad (and hessian_select, whose base is neggrad): alpha = 0.99 puts enough weight on -CE(F) of a
 #    whole class to wreck the other classes too; alpha = 0.999 still forgets the class and keeps them.
 #  * scrub: its default two max-step epochs (of 5) sit at the edge for a whole class: here they leave the

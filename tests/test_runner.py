@@ -265,3 +265,19 @@ def test_population_job_records_scores_tables_and_figure_and_resumes(tmp_path, m
     for name, e in pop["methods"].items():
         for key in ("final_score", "forget_score", "ulira_auc", "retain_acc"):
             assert again["population"]["methods"][name].get(key) == pytest.approx(e.get(key), abs=1e-6), (name, key)
+
+
+def test_tune_chooses_each_methods_rate_on_the_validation_split_and_records_it(tmp_path):
+    """``tune=True``: every method but Retrain runs at the lr_scale jaxunlearn.tuning chooses; the entry records the
+    choice; a job without validation data or with populations is refused before training."""
+    cfg = JobConfig(tune=True, out=str(tmp_path / "t"), **{**TINY, "unlearn_optimizer": ("sgd",), "methods": ("ft",)})
+    res = runner.run_job(cfg)
+    ft = res["methods"]["ft"]
+    assert ft["info_tuned"]["lr_scale"] > 0 and ft["info_tune_candidates"] >= 2
+    assert isinstance(ft["info_tune_satisfied"], bool) and "info_tuned" not in res["methods"]["retrain"]
+    with pytest.raises(ValueError, match="--tune does not apply to --population"):
+        JobConfig(tune=True, population=4).validate()
+    tiny = {**TINY, "max_train": 5, "batch_size": 2, "forget_size": 1, "methods": ("ft",)}
+    with pytest.raises(ValueError, match="--tune chooses learning rates on the validation split, but digits has no"):
+        runner.run_job(JobConfig(tune=True, out=str(tmp_path / "v"), **tiny))
+    assert not (tmp_path / "v").exists()  # refused before any work: nothing left behind

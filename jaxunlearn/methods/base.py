@@ -215,9 +215,9 @@ class Method:
     Example:
         >>> m = get("ga")
         >>> m.name, m.gradient_based, m.defaults
-        ('ga', True, {'lr_scale': 0.01, 'epochs': 2})
-        >>> m.recipe(toy_context()).plan.epochs  # the method's default of 2 epochs, not the context's 1
-        2
+        ('ga', True, {'lr_scale': 0.01, 'epochs': 5})
+        >>> m.recipe(toy_context()).plan.epochs  # the method's default of 5 epochs, not the context's 1
+        5
         >>> m.recipe(toy_context(options={"epochs": 3})).plan.epochs
         3
         >>> get("ft@long").base
@@ -339,10 +339,10 @@ def resolve_options(method: Method, options: dict) -> dict:
 
     Example:
         >>> resolve_options(get("neggrad"), {"alpha": 0.9})
-        {'alpha': 0.9, 'lr_scale': 1.0, 'epochs': None}
+        {'alpha': 0.9, 'lr_scale': 0.3, 'epochs': None}
         >>> resolve_options(get("neggrad"), {"alpah": 0.9})
         Traceback (most recent call last):
-        ValueError: neggrad has no option(s) ['alpah']; its options are alpha=0.99, lr_scale=1.0, epochs=None.
+        ValueError: neggrad has no option(s) ['alpah']; its options are alpha=0.999, lr_scale=0.3, epochs=None.
         >>> resolve_options(get("neggrad"), {"alpha": 5})
         Traceback (most recent call last):
         jaxunlearn.methods.options.OptionError: neggrad option alpha=5: must be a number in [0, 1].
@@ -407,9 +407,9 @@ def toy_context(num_classes: int = 3, n: int = 60, seed: int = 0, **kw) -> Conte
         >>> toy_context(epochs=2, options={"alpha": 0.9}).options
         {'alpha': 0.9}
         >>> from jaxunlearn.methods import unlearn
-        >>> res = unlearn("ga", toy_context(), progress=False)  # GA's own default: 2 epochs over the forget set
+        >>> res = unlearn("ga", toy_context(), progress=False)  # GA's own default: 5 epochs over the forget set
         >>> len(res.history), res.diverged is None
-        (2, True)
+        (5, True)
     """
     from jaxunlearn import models  # imported here: the methods never need a model otherwise
 

@@ -1,0 +1,313 @@
+"""Are the methods' default recipes sound? FA / RA / TA of every method against Retrain, per forget kind.
+
+Reproduces the default job of ``jaxunlearn run`` without its runner (the cnn of ``runner.build_model``,
+15 epochs of SGD lr 0.05 pretraining, plain or SAM-wrapped, then each method with AdamW 0.01, plain or
+wrapped in SAM ρ = 0.1, for 5 epochs unless the method says otherwise), on one forget kind, and prints a
+markdown table with each method's FA / RA / TA, ΔTA against Retrain and ToW. ``--tune`` adds, for each
+method, the run :func:`jaxunlearn.tuning.tune` selects on the validation split (no Retrain, no test data),
+and its cost as a multiple of one default run.
+
+Usage (writes ``--out`` JSON and prints the table)::
+
+    nice -n 10 .venv/bin/python benchmarks/recipes.py --forget class --out /tmp/recipes-class.json
+    nice -n 10 .venv/bin/python benchmarks/recipes.py --forget random --tune --seeds 3 --out /tmp/r.json
+    .venv/bin/python benchmarks/recipes.py --from-json /tmp/r.json   # the table again
+    .venv/bin/python benchmarks/recipes.py --compare /tmp/old.json /tmp/r.json   # before / after / tuned
+    nice -n 10 .venv/bin/python benchmarks/recipes.py --cost --forget class --methods ft   # tune's cost
+
+``--option METHOD.KEY=VALUE`` (JSON value) overrides a method's option, to try a recipe before it becomes
+the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+METHODS = ("ft", "ga", "neggrad", "rl", "scrub", "salun", "l1_sparse", "sharp_minmax", "ssd", "hessian_select")
+
+
+def _acc(apply_fn, params, state, x, y) -> float:
+    from jaxunlearn import engine
+
+    if len(y) == 0:
+        return float("nan")
+    return float(engine.evaluate(apply_fn, params, state, x, y)["accuracy"])
+
+
+def _entry(apply_fn, res_params, res_state, ds, forget_idx, retain_idx, seconds) -> dict:
+    x, y = ds.x_train, ds.y_train
+    return {
+        "forget_acc": _acc(apply_fn, res_params, res_state, x[forget_idx], y[forget_idx]),
+        "retain_acc": _acc(apply_fn, res_params, res_state, x[retain_idx], y[retain_idx]),
+        "test_acc": _acc(apply_fn, res_params, res_state, ds.x_test, ds.y_test),
+        "val_acc": _acc(apply_fn, res_params, res_state, ds.x_val, ds.y_val),
+        "seconds": float(seconds),
+    }
+
+
+def _tow(e: dict, ref: dict) -> float:
+    out = 1.0
+    for k in ("forget_acc", "retain_acc", "test_acc"):
+        out *= 1.0 - abs(e[k] - ref[k])
+    return out
+
+
+def _dump(out: dict, path: str | None) -> None:
+    """Write ``out`` to ``path`` (after every cell, so an interrupted run keeps what it measured)."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(out, f, indent=1, default=str)
+        os.replace(path + ".tmp", path)
+
+
+def run(args) -> dict:
+    import jax
+
+    from jaxunlearn import data, engine, methods, models
+
+    if args.tune:
+        from jaxunlearn import tuning
+    from jaxunlearn.plan import OptimConfig
+
+    overrides: dict = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        name, _, opt = key.partition(".")
+        overrides.setdefault(name, {})[opt] = json.loads(value)
+    out = {"settings": vars(args).copy(), "cells": []}
+    out["settings"].pop("func", None)
+    for seed in range(args.seed, args.seed + args.seeds):
+        ds = data.load(args.dataset, seed=seed, **({"max_train": args.max_train} if args.max_train else {}))
+        model = models.build("cnn", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed)
+        apply_fn, params0, state0 = models.split_model(model)
+        size = None if args.forget == "class" else args.forget_size
+        forget_idx = data.select_forget(ds.y_train, args.forget, size, seed=seed, class_id=args.forget_class)
+        retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
+        dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+
+        def init_fn(s, ds=ds):
+            m = models.build("cnn", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=s)
+            return models.split_model(m)[1:]
+
+        for pre in args.pretrain:
+            pre_cfg = OptimConfig(lr=0.05)
+            if pre != "sgd":
+                pre_cfg = dataclasses.replace(pre_cfg, sam=pre, rho=0.1)
+            t0 = time.perf_counter()
+            orig = engine.train(apply_fn, params0, state0, dd, optimizer=pre_cfg, epochs=args.pretrain_epochs,
+                                batch_size=64, seed=seed, progress=False)  # fmt: skip
+            base_ctx = methods.Context(
+                apply_fn, orig.params, orig.model_state, dd.x, dd.y, retain_idx, forget_idx,
+                num_classes=ds.num_classes, epochs=args.unlearn_epochs, batch_size=64, seed=seed, init_fn=init_fn,
+                pretrain_optimizer=pre_cfg, pretrain_epochs=args.pretrain_epochs, optimizer=engine.UNLEARN_DEFAULT,
+            )  # fmt: skip
+            cell = {"seed": seed, "pretrain": pre, "unlearn": None}
+            original = _entry(
+                apply_fn, orig.params, orig.model_state, ds, forget_idx, retain_idx, time.perf_counter() - t0
+            )
+            rt = methods.unlearn("retrain", base_ctx, progress=False)
+            retrain = _entry(apply_fn, rt.params, rt.model_state, ds, forget_idx, retain_idx, rt.seconds)
+            out["cells"].append({**cell, "method": "original", **original})
+            out["cells"].append({**cell, "method": "retrain", **retrain})
+            print(f"seed {seed} pretrain {pre}: original {original} retrain {retrain}", file=sys.stderr, flush=True)
+            for un in args.unlearn:
+                un_cfg = engine.UNLEARN_DEFAULT if un == "sgd" else engine.UNLEARN_DEFAULT.with_sam(un, rho=0.1)
+                for name in args.methods:
+                    ctx = dataclasses.replace(base_ctx, optimizer=un_cfg, options=dict(overrides.get(name, {})))
+                    res = methods.unlearn(name, ctx, progress=False)
+                    e = _entry(apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, res.seconds)
+                    e["diverged"] = res.diverged is not None
+                    row = {"seed": seed, "pretrain": pre, "unlearn": un, "method": name, **e, "tow": _tow(e, retrain)}
+                    out["cells"].append(row)
+                    _dump(out, args.out)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    if args.tune and methods.get(name).gradient_based:
+                        t0 = time.perf_counter()
+                        tr = tuning.tune(
+                            name, ctx, x_val=ds.x_val, y_val=ds.y_val, forget_kind=args.forget, keep_runs=True
+                        )
+                        wall = time.perf_counter() - t0
+                        for cand, (p_k, s_k) in zip(tr.candidates, tr.runs):  # for offline analysis of criteria
+                            cand.test_acc = _acc(apply_fn, p_k, s_k, ds.x_test, ds.y_test)
+                        te = _entry(apply_fn, tr.params, tr.model_state, ds, forget_idx, retain_idx, wall)
+                        trow = {"seed": seed, "pretrain": pre, "unlearn": un, "method": name + " (tuned)", **te,
+                                "tow": _tow(te, retrain), "chosen": tr.chosen, "cost": wall / max(res.seconds, 1e-9),
+                                "satisfied": tr.satisfied, "reference": tr.reference, "sizes": tr.sizes}  # fmt: skip
+                        trow["candidates"] = [{**r, "test_acc": c.test_acc} for r, c in zip(tr.table(), tr.candidates)]
+                        out["cells"].append(trow)
+                        _dump(out, args.out)
+                        print(json.dumps({k: v for k, v in trow.items() if k != "candidates"}), file=sys.stderr,
+                              flush=True)  # fmt: skip
+        jax.clear_caches() if args.clear_caches else None
+    return out
+
+
+def table(out: dict) -> str:
+    """Markdown: one row per (pretrain, unlearn, method), mean ± std over seeds."""
+    rows: dict = {}
+    for c in out["cells"]:
+        key = (c["pretrain"], c["unlearn"] or "-", c["method"])
+        rows.setdefault(key, []).append(c)
+    refs = {}
+    for (pre, _, m), cs in rows.items():
+        if m == "retrain":
+            refs[pre] = cs
+    lines = [
+        "| pretrain | unlearn | method | FA | RA | TA | ΔTA vs Retrain | ToW | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ms(v):
+        v = np.asarray(v, float) * 100
+        return f"{v.mean():.1f}" + (f" ± {v.std():.1f}" if len(v) > 1 else "")
+
+    for (pre, un, m), cs in rows.items():
+        ref_ta = np.mean([r["test_acc"] for r in refs.get(pre, cs)])
+        tow = [c["tow"] for c in cs if "tow" in c]
+        extra = ""
+        if "chosen" in cs[0]:
+            rates = sorted({c["chosen"]["lr_scale"] for c in cs})
+            extra = f" lr_scale {rates}, cost ×{np.mean([c['cost'] for c in cs]):.1f}"
+        lines.append(
+            f"| {pre} | {un} | {m}{' (diverged)' if any(c.get('diverged') for c in cs) else ''}{extra} | "
+            f"{ms([c['forget_acc'] for c in cs])} | {ms([c['retain_acc'] for c in cs])} | "
+            f"{ms([c['test_acc'] for c in cs])} | {np.mean([c['test_acc'] for c in cs]) * 100 - ref_ta * 100:+.1f} | "
+            f"{ms(tow) if tow else '-'} | {np.mean([c['seconds'] for c in cs]):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def cost(args) -> dict:
+    """The cost of ``tune`` as a multiple of one run of the method, per mode: the first tune (one compilation
+    of the method's steps) and a warm one (nothing compiled), on ``args.forget`` of seed ``args.seed`` after
+    SGD pretraining."""
+    from jaxunlearn import data, engine, methods, models, tuning
+    from jaxunlearn.plan import OptimConfig
+
+    ds = data.load(args.dataset, seed=args.seed)
+    apply_fn, p0, s0 = models.split_model(
+        models.build("cnn", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=args.seed)
+    )
+    size = None if args.forget == "class" else args.forget_size
+    f_idx = data.select_forget(ds.y_train, args.forget, size, seed=args.seed, class_id=args.forget_class)
+    r_idx = data.retain_indices(len(ds.y_train), f_idx)
+    dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+    orig = engine.train(apply_fn, p0, s0, dd, optimizer=OptimConfig(lr=0.05), epochs=args.pretrain_epochs,
+                        batch_size=64, seed=args.seed, progress=False)  # fmt: skip
+    ctx = methods.Context(
+        apply_fn, orig.params, orig.model_state, dd.x, dd.y, r_idx, f_idx,
+        num_classes=ds.num_classes, epochs=args.unlearn_epochs, batch_size=64, seed=args.seed,
+    )  # fmt: skip
+    out = {}
+    for m in args.methods:
+        for mode in ("sequential", "sweep"):
+            kw = {"x_val": ds.x_val, "y_val": ds.y_val, "forget_kind": args.forget, "mode": mode}
+            methods.unlearn(m, ctx, progress=False)
+            t = time.perf_counter()
+            methods.unlearn(m, ctx, progress=False)
+            one = time.perf_counter() - t
+            try:
+                first = tuning.tune(m, ctx, **kw)
+            except ValueError:  # sweep: one-phase plans only
+                continue
+            warm = tuning.tune(m, ctx, **kw)
+            out[f"{m}/{mode}"] = {
+                "one_run": one, "first_tune": first.seconds, "first_compile": first.compile_seconds,
+                "warm_tune": warm.seconds, "warm_ratio": warm.seconds / one, "first_ratio": first.seconds / one,
+                "step_compiles_warm": warm.compiles, "candidates": len(warm.candidates),
+            }  # fmt: skip
+            print(m, mode, out[f"{m}/{mode}"], file=sys.stderr, flush=True)
+    return out
+
+
+def compare(before: dict, after: dict) -> str:
+    """Markdown: per (pretrain, unlearn, method), FA / ΔTA (against Retrain's TA of the same seed) / ToW with
+    the old defaults (``before``), the new ones and ``--tune`` (``after``), mean ± std over the seeds."""
+
+    def rows(out):
+        ref = {(c["seed"], c["pretrain"]): c for c in out["cells"] if c["method"] == "retrain"}
+        got: dict = {}
+        for c in out["cells"]:
+            if c["unlearn"] is None:
+                continue
+            r = ref[(c["seed"], c["pretrain"])]
+            got.setdefault((c["pretrain"], c["unlearn"], c["method"]), []).append(
+                (c["forget_acc"], c["test_acc"] - r["test_acc"], c["tow"])
+            )
+        return got
+
+    def ms(vals, i, signed=False):
+        v = np.asarray([x[i] for x in vals]) * 100
+        head = f"{v.mean():+.1f}" if signed else f"{v.mean():.1f}"
+        return head + (f" ± {v.std():.1f}" if len(v) > 1 else "")
+
+    b, a = rows(before), rows(after)
+    lines = [
+        "| pretrain | unlearn | method | FA before | ΔTA before | ToW before | FA after | ΔTA after | ToW after "
+        "| FA tuned | ΔTA tuned | ToW tuned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (pre, un, m), vals in a.items():
+        if m.endswith("(tuned)"):
+            continue
+        old, tuned = b.get((pre, un, m)), a.get((pre, un, m + " (tuned)"))
+        cells = [pre, un, m]
+        for got in (old, vals, tuned):
+            cells += [ms(got, 0), ms(got, 1, True), ms(got, 2)] if got else ["-"] * 3
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--forget", default="random")
+    p.add_argument("--forget-size", type=float, default=0.1)
+    p.add_argument("--forget-class", type=int, default=3)
+    p.add_argument("--pretrain", type=lambda s: s.split(","), default=["sgd", "sam"])
+    p.add_argument("--unlearn", type=lambda s: s.split(","), default=["sgd", "sam"])
+    p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--unlearn-epochs", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tune", action="store_true")
+    p.add_argument("--clear-caches", action="store_true")
+    p.add_argument("--option", action="append", default=[])
+    p.add_argument("--out", default=None)
+    p.add_argument("--from-json", default=None)
+    p.add_argument("--cost", action="store_true", help="measure tune's cost as a multiple of one run")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), default=None)
+    args = p.parse_args(argv)
+    if args.cost:
+        out = cost(args)
+        _dump(out, args.out)
+        print(json.dumps(out, indent=1))
+        return
+    if args.compare:
+        with open(args.compare[0]) as f, open(args.compare[1]) as g:
+            print(compare(json.load(f), json.load(g)))
+        return
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(table(json.load(f)))
+        return
+    t0 = time.perf_counter()
+    out = run(args)
+    out["wall_seconds"] = time.perf_counter() - t0
+    _dump(out, args.out)
+    print(table(out))
+    print(f"\nwall time {out['wall_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
