@@ -267,7 +267,7 @@ def test_weight_averaging_runs_end_at_the_average_of_the_trajectory():
     for k, c in enumerate(ctxs):
         seen = []
         last = engine.run(plain, c.apply_fn, c.params, c.model_state, data, seed=SEEDS[k],
-                          on_epoch_end=lambda e, p, s: seen.append(p), **kw).params  # fmt: skip
+                          on_epoch_end=lambda e, p, s, seen=seen: seen.append(p), **kw).params  # fmt: skip
         want = jax.tree.map(lambda *a: sum(a) / len(a), *seen)
         got = engine.run(plan, c.apply_fn, c.params, c.model_state, data, seed=SEEDS[k], **kw).params
         for a, b, z in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(last)):
