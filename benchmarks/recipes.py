@@ -15,6 +15,8 @@ Usage (writes ``--out`` JSON and prints the table)::
     .venv/bin/python benchmarks/recipes.py --compare /tmp/old.json /tmp/r.json   # before / after / tuned
     nice -n 10 .venv/bin/python benchmarks/recipes.py --cost --forget class --methods ft   # tune's cost
 
+``--resume`` keeps the cells an interrupted run already wrote to ``--out`` and runs only the others (the
+pipeline is deterministic per seed, so a resumed table equals an uninterrupted one).
 ``--option METHOD.KEY=VALUE`` (JSON value) overrides a method's option, to try a recipe before it becomes
 the default.
 """
@@ -84,6 +86,16 @@ def run(args) -> dict:
         overrides.setdefault(name, {})[opt] = json.loads(value)
     out = {"settings": vars(args).copy(), "cells": []}
     out["settings"].pop("func", None)
+    if getattr(args, "resume", False) and args.out and os.path.exists(args.out):
+        with open(args.out) as f:
+            out["cells"] = json.load(f)["cells"]
+    done = {(c["seed"], c["pretrain"], c["unlearn"], c["method"]) for c in out["cells"]}
+
+    def todo(seed, pre):
+        """The (unlearn, method) pairs of this seed and pretraining that ``--resume`` has not found in ``--out``."""
+        names = [n + s for n in args.methods for s in ("", " (tuned)" if args.tune else "")]
+        return [(u, n) for u in args.unlearn for n in names if (seed, pre, u, n) not in done]
+
     for seed in range(args.seed, args.seed + args.seeds):
         ds = data.load(args.dataset, seed=seed, **({"max_train": args.max_train} if args.max_train else {}))
         model = models.build("cnn", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed)
@@ -98,6 +110,8 @@ def run(args) -> dict:
             return models.split_model(m)[1:]
 
         for pre in args.pretrain:
+            if not todo(seed, pre):
+                continue
             pre_cfg = OptimConfig(lr=0.05)
             if pre != "sgd":
                 pre_cfg = dataclasses.replace(pre_cfg, sam=pre, rho=0.1)
@@ -115,19 +129,27 @@ def run(args) -> dict:
             )
             rt = methods.unlearn("retrain", base_ctx, progress=False)
             retrain = _entry(apply_fn, rt.params, rt.model_state, ds, forget_idx, retain_idx, rt.seconds)
-            out["cells"].append({**cell, "method": "original", **original})
-            out["cells"].append({**cell, "method": "retrain", **retrain})
+            if (seed, pre, None, "original") not in done:
+                out["cells"].append({**cell, "method": "original", **original})
+                out["cells"].append({**cell, "method": "retrain", **retrain})
             print(f"seed {seed} pretrain {pre}: original {original} retrain {retrain}", file=sys.stderr, flush=True)
             for un in args.unlearn:
                 un_cfg = engine.UNLEARN_DEFAULT if un == "sgd" else engine.UNLEARN_DEFAULT.with_sam(un, rho=0.1)
                 for name in args.methods:
                     ctx = dataclasses.replace(base_ctx, optimizer=un_cfg, options=dict(overrides.get(name, {})))
+                    if (seed, pre, un, name) in done and (
+                        not args.tune
+                        or (seed, pre, un, name + " (tuned)") in done
+                        or not methods.get(name).gradient_based
+                    ):
+                        continue
                     res = methods.unlearn(name, ctx, progress=False)
                     e = _entry(apply_fn, res.params, res.model_state, ds, forget_idx, retain_idx, res.seconds)
                     e["diverged"] = res.diverged is not None
                     row = {"seed": seed, "pretrain": pre, "unlearn": un, "method": name, **e, "tow": _tow(e, retrain)}
-                    out["cells"].append(row)
-                    _dump(out, args.out)
+                    if (seed, pre, un, name) not in done:  # (rerun for its cost when only its tuned row is missing)
+                        out["cells"].append(row)
+                        _dump(out, args.out)
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     if args.tune and methods.get(name).gradient_based:
                         t0 = time.perf_counter()
@@ -284,6 +306,7 @@ def main(argv=None) -> None:
     p.add_argument("--clear-caches", action="store_true")
     p.add_argument("--option", action="append", default=[])
     p.add_argument("--out", default=None)
+    p.add_argument("--resume", action="store_true", help="keep the cells already in --out and run only the rest")
     p.add_argument("--from-json", default=None)
     p.add_argument("--cost", action="store_true", help="measure tune's cost as a multiple of one run")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), default=None)

@@ -99,8 +99,9 @@ def main(argv=None):
             e["relearn"] = _relearn(apply_fn, prm, st, ds, forget_idx, retain_idx, sizes, lrs, args, seed)
             done[lab] = e
             _save(path, done)
+            auc = e["relearn"]["summary"]["forget_auc_max"]
             print(f"seed {seed} {lab}: FA {e['forget_acc']:.3f} RA {e['retain_acc']:.3f} TA {e['test_acc']:.3f} "
-                  f"relearn AUC {e['relearn']['summary']['forget_auc_max']:.3f} ({secs:.0f} s)", flush=True)  # fmt: skip
+                  f"relearn AUC {auc:.3f} ({secs:.0f} s)", flush=True)  # fmt: skip
     _write(out, s, args, kinds, time.perf_counter() - t_all)
 
 
@@ -170,7 +171,8 @@ def _write(out, s, args, kinds, seconds):
 
     def delta(lab, key, direction):
         d = metrics.paired_difference(vals(lab, key), vals("sgd", key))
-        return f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}] {metrics.verdict(d, direction)}"
+        ci = f"[{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+        return f"{100 * d['mean']:+.1f} {ci} {metrics.verdict(d, direction)}"
 
     header = ["optimizer", "step cost", "FA", "RA", "TA", "MIA", "ToW", "ΔToW vs plain [95 % CI]", "gain kept",
               "relearn AUC (strongest) ↓", "Δ relearn vs plain [95 % CI]", "retain-probe AUC", "seconds"]  # fmt: skip

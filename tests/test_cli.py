@@ -380,7 +380,8 @@ def test_dataset_facts_runs_the_language_model_job_with_the_flags_it_takes(tmp_p
     monkeypatch.setattr(lm_job, "table", lambda res: "TABLE")
     out = str(tmp_path / "lm")
     argv = ["run", "--dataset", "facts", "--model", "gpt", "--methods", "retrain,npo,rmu", "--unlearn-optimizer",
-            "sgd,sam", "--seeds", "3", "--forget-size", "0.1", "--option", "npo.beta=0.2", "--quiet", "--out", out]  # fmt: skip
+            "sgd,sam", "--seeds", "3", "--forget-size", "0.1", "--option", "npo.beta=0.2", "--quiet",
+            "--out", out]  # fmt: skip
     assert cli.main(argv) == 0
     assert seen == {"methods": ("npo", "rmu"), "optimizers": ("sgd", "sam"), "seeds": 3, "forget": 0.1,
                     "method_options": {"npo": {"beta": 0.2}}, "progress": False, "out": out}  # fmt: skip

@@ -1,0 +1,43 @@
+"""``benchmarks/recipes.py``: the cells it writes, and ``--resume`` after an interrupted run.
+
+Tiny settings (digits, one pretraining epoch, one unlearning epoch, two methods): only the bookkeeping is
+tested here; the recipes themselves are measured in ``benchmarks/RESULTS-recipes.md``.
+"""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import recipes  # noqa: E402
+
+TINY = [
+    *("--max-train", "400", "--pretrain", "sgd", "--unlearn", "sgd"),
+    *("--pretrain-epochs", "1", "--unlearn-epochs", "1"),
+]
+
+
+def test_resume_keeps_finished_cells_and_runs_only_the_missing_methods(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    recipes.main([*TINY, "--methods", "ft", "--out", str(out)])
+    first = json.loads(out.read_text())["cells"]
+    assert [c["method"] for c in first] == ["original", "retrain", "ft"]
+
+    recipes.main([*TINY, "--methods", "ft,rl", "--out", str(out), "--resume"])
+    cells = json.loads(out.read_text())["cells"]
+    # no duplicated rows: original, retrain and ft are kept as written, rl is added
+    assert [c["method"] for c in cells] == ["original", "retrain", "ft", "rl"]
+    assert cells[:3] == first
+    # the deterministic pipeline: the resumed rl row equals rl in a fresh run
+    fresh = tmp_path / "fresh.json"
+    recipes.main([*TINY, "--methods", "rl", "--out", str(fresh)])
+    rl_fresh = next(c for c in json.loads(fresh.read_text())["cells"] if c["method"] == "rl")
+    for key in ("forget_acc", "retain_acc", "test_acc"):
+        assert abs(cells[3][key] - rl_fresh[key]) < 1e-6, key
+
+    # nothing left to do: a second resume changes nothing
+    recipes.main([*TINY, "--methods", "ft,rl", "--out", str(out), "--resume"])
+    assert json.loads(out.read_text())["cells"] == cells
+    assert "| rl |" in capsys.readouterr().out
