@@ -567,10 +567,11 @@ def tune(
     one-phase plans with a built-in optimizer only); ``auto``: ``sweep`` on an accelerator when the plan
     allows it, else ``sequential``. The method's recipe (masks, teachers, saliency) is built once per options
     combination. Only the chosen run's parameters are kept, unless ``keep_runs=True`` (every candidate's, in
-    ``TuneResult.runs``).
+    ``TuneResult.runs``). A method that edits the weights directly (no learning rate) is tuned over the
+    ``options`` given, else over its registered ``tune_options`` (SSD: ``alpha`` ∈ {2, 5, 10, 20}).
 
     Errors (one line, before any training): an empty grid, a value ≤ 0 or not finite, no validation data, an
-    unknown ``forget_kind``, a method without a learning rate (``ssd``) given only a rate grid.
+    unknown ``forget_kind``, a method without a learning rate given a rate or epochs grid.
 
     Example:
         >>> ctx = methods.toy_context()
@@ -598,6 +599,8 @@ def tune(
     if mode not in MODES:
         raise ValueError(f"tune: mode must be one of {', '.join(MODES)}, got {mode!r}.")
     option_grid = dict(options or {})
+    if not option_grid and not m.gradient_based and grid is None and epochs is None:
+        option_grid = dict(m.tune_options)  # a direct edit: its registered option grid (SSD's alpha)
     for name, values in option_grid.items():
         if name not in m.defaults:
             raise ValueError(f"tune: {m.name} has no option {name!r}; its options are {', '.join(m.defaults)}.")

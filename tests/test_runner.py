@@ -270,10 +270,14 @@ def test_population_job_records_scores_tables_and_figure_and_resumes(tmp_path, m
 def test_tune_chooses_each_methods_rate_on_the_validation_split_and_records_it(tmp_path):
     """``tune=True``: every method but Retrain runs at the lr_scale jaxunlearn.tuning chooses; the entry records the
     choice; a job without validation data or with populations is refused before training."""
-    cfg = JobConfig(tune=True, out=str(tmp_path / "t"), **{**TINY, "unlearn_optimizer": ("sgd",), "methods": ("ft",)})
+    cfg = JobConfig(tune=True, out=str(tmp_path / "t"), **{**TINY, "unlearn_optimizer": ("sgd",),
+                                                            "methods": ("ft", "ssd")})  # fmt: skip
     res = runner.run_job(cfg)
     ft = res["methods"]["ft"]
     assert ft["info_tuned"]["lr_scale"] > 0 and ft["info_tune_candidates"] >= 2
+    # a direct edit has no rate: SSD is tuned over its registered alpha grid
+    ssd = res["methods"]["ssd"]
+    assert ssd["info_tuned"]["alpha"] in (2.0, 5.0, 10.0, 20.0) and ssd["info_tune_candidates"] == 4
     assert isinstance(ft["info_tune_satisfied"], bool) and "info_tuned" not in res["methods"]["retrain"]
     with pytest.raises(ValueError, match="--tune does not apply to --population"):
         JobConfig(tune=True, population=4).validate()

@@ -164,6 +164,21 @@ def test_mismatched_validation(toy):
 def test_direct_edit_has_no_rate(toy):
     with pytest.raises(ValueError, match="ssd edits the weights directly"):
         tuning.tune("ssd", toy, x_val=toy.x[:9], y_val=toy.y[:9], forget_kind="random", grid=(0.1,))
+    with pytest.raises(ValueError, match="ssd edits the weights directly"):
+        tuning.tune("ssd", toy, x_val=toy.x[:9], y_val=toy.y[:9], forget_kind="random", epochs=(2,))
+
+
+def test_direct_edit_without_options_searches_its_registered_grid(toy):
+    """``tune("ssd", ...)`` with no grid: the ``tune_options`` SSD registers (alpha), one candidate each."""
+    res = tuning.tune("ssd", toy, x_val=toy.x[:9], y_val=toy.y[:9], forget_kind="random")
+    assert [c.options["alpha"] for c in res.candidates] == list(methods.get("ssd").tune_options["alpha"])
+    assert res.chosen["alpha"] in methods.get("ssd").tune_options["alpha"]
+
+
+def test_register_refuses_a_tune_grid_for_an_unknown_option():
+    with pytest.raises(ValueError, match="tune_options names \\['beta'\\], which are not among its defaults"):
+        methods.register("bad_edit", "x", {"alpha": 1.0}, gradient_based=False, tune_options={"beta": (1, 2)})
+    assert "bad_edit" not in methods.METHODS
 
 
 def test_sweep_refused_for_two_phase_plan(toy):

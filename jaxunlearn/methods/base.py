@@ -211,6 +211,8 @@ class Method:
     """A registered method: its name, a one-line summary, its recipe builder and default options.
 
     ``gradient_based`` is False for methods that edit the weights directly (no plan, no optimizer).
+    ``tune_options`` (``{option: values}``) is the grid :func:`jaxunlearn.tuning.tune` searches by default for a
+    method without a learning rate (SSD's ``alpha``).
 
     Example:
         >>> m = get("ga")
@@ -230,6 +232,7 @@ class Method:
     defaults: dict = dataclasses.field(default_factory=dict)
     gradient_based: bool = True
     checks: dict = dataclasses.field(default_factory=dict)
+    tune_options: dict = dataclasses.field(default_factory=dict)
 
     def recipe(self, ctx: Context) -> Recipe:
         """The method's recipe for ``ctx`` (its options merged over the defaults); a plan's ``corrected``
@@ -261,12 +264,15 @@ def register(
     gradient_based: bool = True,
     overwrite: bool = False,
     checks: dict | None = None,
+    tune_options: dict | None = None,
 ):
     """Decorator registering ``fn(ctx, options) -> Recipe`` under ``name``.
 
     Registering a taken name raises ``ValueError`` unless ``overwrite=True`` (re-running a notebook cell
     that defines a method). ``checks``: ``{option: rule}`` (:mod:`jaxunlearn.methods.options`), checked with
-    the common rules whenever options are resolved, so a bad value fails before any training. A method is a
+    the common rules whenever options are resolved, so a bad value fails before any training. ``tune_options``:
+    ``{option: values}``, the grid ``tuning.tune`` searches when it is given none for a method that edits the
+    weights directly (no learning rate to tune). A method is a
     recipe builder: compose the pieces exported here (:class:`~jaxunlearn.plan.Phase`, :func:`method_plan`,
     :class:`Recipe`, :mod:`jaxunlearn.objectives`).
 
@@ -283,6 +289,10 @@ def register(
         >>> del METHODS["my_ft"]  # registered for this example only
     """
 
+    unknown = sorted(set(tune_options or {}) - set(defaults or {}))
+    if unknown:
+        raise ValueError(f"register({name!r}): tune_options names {unknown}, which are not among its defaults.")
+
     def deco(fn):
         if name in METHODS and not overwrite:
             raise ValueError(
@@ -294,7 +304,8 @@ def register(
                 f"method names cannot contain {VARIANT_SEP!r} (it marks a variant NAME{VARIANT_SEP}TAG of a registered "
                 f"method, which needs no registration), got {name!r}."
             )
-        METHODS[name] = Method(name, summary, fn, dict(defaults or {}), gradient_based, dict(checks or {}))
+        METHODS[name] = Method(name, summary, fn, dict(defaults or {}), gradient_based, dict(checks or {}),
+                               {k: tuple(v) for k, v in (tune_options or {}).items()})  # fmt: skip
         return fn
 
     return deco

@@ -3,7 +3,9 @@
 With Fisher diagonals ``I_F`` (forget set) and ``I_D`` (training data), every parameter with
 ``I_F > α·I_D`` is scaled by ``β = min(λ·I_D / I_F, 1)``; the others are unchanged. The paper uses
 α = 10 for ResNets; on the small CNNs here α = 5 forgets a whole class (forget accuracy 0) while a
-random forget set keeps test accuracy (digits), so 5 is the default.
+random forget set keeps test accuracy (digits), so 5 is the default. After SAM pretraining a random
+forget set loses up to 5–15 points of test accuracy at α = 5 (``benchmarks/RESULTS-recipes.md``), which is
+why ``jaxunlearn.tuning.tune`` (``--tune``) searches α ∈ {2, 5, 10, 20} for it.
 """
 
 import jax
@@ -28,6 +30,7 @@ def _fisher(ctx, idx, chunk):
     "dampen parameters far more important to F than to D (Fisher)",
     {"alpha": 5.0, "lam": 1.0, "max_examples": 2000, "chunk_size": 64},
     gradient_based=False,
+    tune_options={"alpha": (2.0, 5.0, 10.0, 20.0)},
     checks={
         "alpha": options.positive(),
         "lam": options.positive(),
