@@ -33,7 +33,7 @@ SELECTIONS = ("hessian", "all", "last_layer", "random", "gradient", "fisher")
 UPDATES = ("gradient", "first_order")
 #: the gradient update's NegGrad options in the tables of RESULTS.md: α = 0.99 at the full unlearning rate (the
 #: library's default, α = 0.999 at 0.3× the rate, is the recipe of benchmarks/RESULTS-recipes.md)
-NEGGRAD_OPTIONS = {"alpha": 0.99, "lr_scale": 1.0}
+NEGGRAD_OPTIONS = common.NEGGRAD_PAPER
 
 
 def _asr(apply_fn, p, st, x_bd, target):

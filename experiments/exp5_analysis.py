@@ -42,7 +42,7 @@ from jaxunlearn import data, engine, methods, metrics, models, objectives, repor
 NAME = "exp5_analysis"
 #: NegGrad's options in the tables of RESULTS.md: α = 0.99 at the full unlearning rate (the library's default,
 #: α = 0.999 at 0.3× the rate, is the recipe of benchmarks/RESULTS-recipes.md)
-NEGGRAD_OPTIONS = {"alpha": 0.99, "lr_scale": 1.0}
+NEGGRAD_OPTIONS = common.NEGGRAD_PAPER
 #: a surface whose loss at the centre exceeds this (nats; ln 10 ≈ 2.3 is a uniform guess) is a diverged model
 DIVERGED_LOSS = 100.0
 #: panel order of the figures: (row, column) -> model label

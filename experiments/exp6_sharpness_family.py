@@ -14,7 +14,9 @@ of the paired ratio of means. Step costs come from ``benchmarks/results-sam-vari
     .venv/bin/python experiments/exp6_sharpness_family.py --config experiments/configs/fashion_mnist_full.json
     .venv/bin/python experiments/exp6_sharpness_family.py --smoke
 
-Each finished model is written to ``OUT/seed<k>.json`` at once; a rerun (or ``--resume``) skips what is there.
+NegGrad runs with paper A's options (``common.NEGGRAD_PAPER``: alpha 0.99 at the full rate), recorded with each
+model. Each finished model is written to ``OUT/seed<k>.json`` at once; a rerun (or ``--resume``) skips what is
+there, and runs again any model recorded with other method options.
 """
 
 import argparse
@@ -51,11 +53,17 @@ def main(argv=None):
     lrs = [float(v) for v in args.relearn_lrs.split(",")]
     if args.smoke:
         sizes, args.relearn_steps = [5], 3
+    # NegGrad as paper A runs it (the official code's alpha and rate), recorded with every model
+    opts = dict(common.NEGGRAD_PAPER) if args.method == "neggrad" else {}
     t_all = time.perf_counter()
     for k in range(s["seeds"]):
         seed = s["seed"] + k
         path = os.path.join(out, f"seed{seed}.json")
         done = json.load(open(path)) if os.path.exists(path) else {}
+        stale = [lab for lab in kinds if lab in done and done[lab].get("method_options") != opts]
+        if stale:  # written under other method options: run again rather than mix recipes in one table
+            print(f"seed {seed}: {stale} were run with other {args.method} options; running them again", flush=True)
+            done = {k: v for k, v in done.items() if k not in stale}
         todo = ["original", "retrain", *kinds]
         if all(lab in done for lab in todo):
             continue
@@ -86,14 +94,17 @@ def main(argv=None):
             else:
                 over = {"rho": s.get("rho", 0.1)} if lab in ("sam", "asam", "looksam", "gsam") else {}
                 cfg = plan.optimizer_kind(lab, base, **over)
-                r = methods.unlearn(args.method, methods.Context(optimizer=cfg, **ctx_kw), progress=args.progress)
+                ctx = methods.Context(optimizer=cfg, options=opts, **ctx_kw)
+                r = methods.unlearn(args.method, ctx, progress=args.progress)
                 prm, st, secs = r.params, r.model_state, r.seconds
                 if r.diverged is not None:
-                    done[lab] = {"diverged": r.diverged, "seconds": secs}
+                    done[lab] = {"diverged": r.diverged, "seconds": secs, "method_options": opts}
                     _save(path, done)
                     continue
             e = runner.evaluate_split_metrics(apply_fn, prm, st, ds, forget_idx, retain_idx, seed)
             e["seconds"] = secs
+            if lab in kinds:
+                e["method_options"] = opts
             if lab == "original":
                 e["train_acc"] = train_acc
             e["relearn"] = _relearn(apply_fn, prm, st, ds, forget_idx, retain_idx, sizes, lrs, args, seed)
