@@ -1,8 +1,15 @@
 """Shared test fixtures: a tiny pure-JAX MLP and its data (no Flax, so core tests stay framework-free)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One persistent XLA compilation cache for the whole test run: both pytest-xdist workers, both CI steps and every
+# subprocess a test starts (they inherit the environment) compile the shared programs (the digits CNN's steps, the
+# tiny models) once instead of once per process, which is most of a CPU test's time. JAX keys each entry by the
+# program, the compile options, the devices and its own version, so a cache reused across versions is safe.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxunlearn-tests-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -92,3 +92,32 @@ def test_all_finite_and_copy_tree():
     t = {"a": jnp.ones(2)}
     c = hooks.copy_tree(t)
     assert c["a"] is not t["a"] and c["a"].tolist() == [1.0, 1.0]
+
+
+def test_an_executable_loaded_from_the_persistent_cache_counts_as_a_compile(tmp_path):
+    """With ``jax_compilation_cache_dir`` set (as the test suite's conftest does), a second process loads the
+    programs instead of compiling them; JAX reports each load as a backend compilation, so ``compiles`` and
+    ``seconds`` mean the same with or without the cache."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from jaxunlearn import engine\n"
+        "hits = []\n"
+        "jax.monitoring.register_event_listener(lambda e, **k: hits.append(e) if e.endswith('cache_hits') else None)\n"
+        "c = engine.CompileCounter()\n"
+        "jax.jit(lambda x: jnp.tanh(x @ x.T) * 3.5 + 0.25)(jnp.ones((9, 5))).block_until_ready()\n"
+        "print(len(hits), c.compiles, c.seconds > 0)\n"
+    )
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}  # fmt: skip
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]  # fmt: skip
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    (hits1, n1, t1), (hits2, n2, t2) = (r.stdout.split() for r in runs)
+    assert hits1 == "0" and int(n1) >= 1 and t1 == "True"  # compiled (the program and jnp.ones), and cached
+    assert int(hits2) >= 1 and t2 == "True"  # the second process loads them from the cache ...
+    assert n2 == n1  # ... and counts as many executables as the first built
