@@ -5,7 +5,8 @@ and the one verdict rule (``metrics.verdict``: "agrees" only when the interval e
 Reads the per-seed entries that the experiments' jobs recorded (``job*/progress.json``), computes each entry's ToW
 against the Retrain of the same seed and pretraining, and pairs by seed. A comparison averaged over several cells
 (memorization levels, methods) averages them per seed first. The do-nothing row (the original model's ToW) is the
-floor every method should beat.
+floor every method should beat. Claim 6 (``exp6_sharpness_family/seed<k>.json``) compares every optimizer kind
+with plain AdamW on ToW and on the relearning attack's forget-accuracy AUC.
 
     .venv/bin/python experiments/verdicts.py          # writes experiments/results/verdicts/table.md (+ .json)
 """
@@ -135,6 +136,37 @@ def claim3(root: str) -> list[list[str]]:
     return rows
 
 
+#: claim 6: the kinds compared with plain AdamW, and whose direction is the claim (ToW up; relearning AUC down)
+FAMILY = {"sam": "SAM", "asam": "ASAM", "looksam": "LookSAM (k = 5)", "gsam": "GSAM", "rs": "randomized smoothing",
+          "gnp": "gradient-norm penalty", "cr": "curvature regularization", "wa": "weight averaging"}  # fmt: skip
+
+
+def claim6(root: str) -> list[list[str]]:
+    """The sharpness family (exp6): each kind − plain AdamW, on ToW (higher is better) and on the strongest
+    relearning attack's forget-accuracy AUC (lower = resists relearning, Unlearn-Smooth's claim), paired by seed;
+    a seed enters only when every model of it finished and none diverged."""
+    folder = os.path.join(root, "exp6_sharpness_family")
+    per = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.startswith("seed") and name.endswith(".json"):
+            d = json.load(open(os.path.join(folder, name)))
+            if all(k in d and "diverged" not in d[k] for k in ("original", "retrain", "sgd", *FAMILY)):
+                per.append(d)
+    if not per:
+        return []
+    tow = {k: [metrics.tow(d[k], d["retrain"]) for d in per] for k in ("original", "sgd", *FAMILY)}
+    auc = {k: [d[k]["relearn"]["summary"]["forget_auc_max"] for d in per] for k in ("sgd", *FAMILY)}
+    rows = [_row("6: NegGrad beats doing nothing (the floor)", "CNN", "original model − NegGrad / AdamW",
+                 tow["original"], tow["sgd"], "less")]  # fmt: skip
+    for k, label in FAMILY.items():
+        rows.append(_row("6: a sharpness-aware optimizer helps NegGrad (ToW)", "CNN", f"{label} − AdamW",
+                         tow[k], tow["sgd"]))  # fmt: skip
+    for k, label in FAMILY.items():
+        rows.append(_row("6: … resists relearning (forget-accuracy AUC, lower is better)", "CNN",
+                         f"{label} − AdamW", auc[k], auc["sgd"], "less"))  # fmt: skip
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--results", default=common.RESULTS_ROOT, help="the experiments' results folder")
@@ -142,8 +174,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     out = args.out or os.path.join(common.RESULTS_ROOT, NAME)
     os.makedirs(out, exist_ok=True)
-    rows = claim1(args.results) + claim2(args.results) + claim3(args.results)
-    header = ["claim", "scale", "comparison", "ToW (%)", "paired Δ [95 % CI] (points)", "verdict", "seeds"]
+    rows = claim1(args.results) + claim2(args.results) + claim3(args.results) + claim6(args.results)
+    header = ["claim", "scale", "comparison", "value (%)", "paired Δ [95 % CI] (points)", "verdict", "seeds"]
     rule = {"rule": "agrees / disagrees only when the 95 % CI excludes 0"}
     common.write_table(out, "Claims: paired differences over seeds and verdicts", header, rows, rule,
                        {"rule": "paired t, 95 %"})  # fmt: skip
