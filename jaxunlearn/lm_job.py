@@ -52,16 +52,6 @@ __all__ = ["LMJobConfig", "run", "DEFAULT_METHODS", "LM_OPTIMIZERS", "table"]
 DEFAULT_METHODS = ("grad_ascent", "graddiff", "npo", "simnpo", "rmu", "sharp_minmax", "hessian_select")
 #: unlearning optimizer kinds of the job: the plan's kinds plus ``max`` (SAM, sharpness maximization)
 LM_OPTIMIZERS = (*OPTIMIZER_KINDS, "max")
-#: per-method defaults tuned for the facts corpus and the default GPT (see experiments/lm_facts.py)
-METHOD_DEFAULTS = {
-    "grad_ascent": {"epochs": 3, "lr_scale": 0.5},
-    "graddiff": {"epochs": 10, "lr_scale": 0.5, "retain_weight": 10.0},
-    "npo": {"epochs": 10, "retain_weight": 10.0},
-    "simnpo": {"epochs": 10, "retain_weight": 3.0},
-    "rmu": {"epochs": 10, "alpha": 20.0},
-    "sharp_minmax": {"epochs": 8, "forget_lr_scale": 0.5},
-    "hessian_select": {"fraction": 0.3},
-}
 
 
 @dataclasses.dataclass
@@ -73,8 +63,9 @@ class LMJobConfig:
     Model: ``dim``, ``depth``, ``heads``, ``positions`` (``learned`` | ``rotary``). Pretraining / Retrain:
     ``pretrain_epochs`` of AdamW at ``pretrain_lr`` (cosine), ``batch_size``. Unlearning: ``methods`` (LM
     registry names), ``optimizers`` (:data:`LM_OPTIMIZERS`), ``unlearn_lr`` (AdamW, constant), ``rho``
-    (SAM's radius), ``unlearn_epochs`` (passes over the forget set for every method; None: each method's
-    :data:`METHOD_DEFAULTS`, else 5), ``method_options`` ``{method: {option: value}}`` over :data:`METHOD_DEFAULTS`. Relearning:
+    (SAM's radius), ``unlearn_epochs`` (passes over the forget set for every method; None: each method's own
+    default, the recipes tuned on this corpus, ``jaxunlearn.methods.lm.get_lm(name).defaults``), ``method_options``
+    ``{method: {option: value}}`` over those defaults. Relearning:
     ``relearn_steps`` Adam steps at ``relearn_lr`` on ``relearn_examples`` forget sentences, exact-match of the
     forget questions whose facts those sentences do not state, every ``relearn_every`` steps. ``forget_tokens``: which tokens of a forget sentence the unlearning losses
     target: ``facts`` (the value and the rest of the sentence, ``emask``, as TOFU forgets answers; the default)
@@ -163,8 +154,10 @@ def _optimizer(kind: str, cfg: LMJobConfig):
 
 
 def _method_options(name: str, sign: str, cfg: LMJobConfig) -> dict:
+    """The options the job passes to ``name``: ``cfg.method_options[name]`` over the method's defaults, with
+    ``unlearn_epochs`` and the ``max`` optimizer's sign applied (to ``hessian_select``'s base method too)."""
     base = name.partition("@")[0]
-    opts = {"epochs": 5, **METHOD_DEFAULTS.get(base, {}), **cfg.method_options.get(name, {})}
+    opts = dict(cfg.method_options.get(name, {}))
     if cfg.unlearn_epochs is not None:
         opts["epochs"] = cfg.unlearn_epochs
     defaults = lm_methods.get_lm(name).defaults
@@ -172,7 +165,8 @@ def _method_options(name: str, sign: str, cfg: LMJobConfig) -> dict:
         opts["sign"] = "max"
     if base == "hessian_select":
         inner = opts.get("base", defaults["base"])
-        base_opts = {**METHOD_DEFAULTS.get(inner, {}), **dict(opts.pop("base_options", None) or {})}
+        own = dict(defaults["base_options"] or {}) if inner == defaults["base"] else {}  # tuned for the default base
+        base_opts = {**own, **dict(opts.pop("base_options", None) or {})}
         if cfg.unlearn_epochs is not None:
             base_opts["epochs"] = cfg.unlearn_epochs
         if sign == "max" and "sign" in lm_methods.get_lm(inner).defaults:

@@ -63,6 +63,7 @@ def main(out_path):
         epochs=2,
         batch_size=8,
         optimizer=optimizer_kind("sam", lm.LM_UNLEARN_DEFAULT, rho=0.05),
+        options={"epochs": 2, "retain_weight": 1.0},  # two short epochs, not NPO's tuned 30
     )
     u1 = lm.unlearn("npo", ctx, progress=False)
     u8 = lm.unlearn("npo", ctx, progress=False, mesh=mesh, param_sharding="fsdp")

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from jaxunlearn import lm_job, report
+from jaxunlearn.methods import lm as lm_methods
 
-TINY = {"people": 12, "templates": 1, "dim": 16, "heads": 2, "pretrain_epochs": 2, "unlearn_epochs": 1,
+TINY = {"people": 12, "templates": 1, "dim": 8, "depth": 1, "heads": 2, "pretrain_epochs": 2, "unlearn_epochs": 1,
         "relearn_steps": 2, "relearn_every": 1, "batch_size": 16, "progress": False}  # fmt: skip
 
 
@@ -34,7 +35,13 @@ def test_method_options_for_the_max_optimizer():
     assert "sign" not in lm_job._method_options("sharp_minmax", "max", cfg)
     hs = lm_job._method_options("hessian_select", "max", cfg)
     assert hs["base_options"]["sign"] == "max" and hs["base_options"]["epochs"] == 1
-    assert lm_job._method_options("graddiff", "min", lm_job.LMJobConfig())["retain_weight"] == 10.0
+    # the job adds nothing to a method's own (tuned) defaults unless told to
+    assert lm_job._method_options("graddiff", "min", lm_job.LMJobConfig()) == {}
+    cfg = lm_job.LMJobConfig(
+        methods=("hessian_select",), method_options={"hessian_select": {"base_options": {"beta": 0.5}}}
+    )
+    own = lm_methods.get_lm("hessian_select").defaults["base_options"]
+    assert lm_job._method_options("hessian_select", "min", cfg)["base_options"] == {**own, "beta": 0.5}
 
 
 def test_bad_settings():

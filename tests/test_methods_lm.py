@@ -1,5 +1,9 @@
 """LM unlearning methods on the shared engine: every method × optimizer runs, objectives move the right way,
-masks restrict updates, Retrain starts fresh, bad inputs fail clearly."""
+masks restrict updates, Retrain starts fresh, bad inputs fail clearly.
+
+The runs share one module-wide cache (:func:`_run`): a method run under one optimizer with the same options
+is trained once and read by every test that needs it, and equal runs share the engine's compiled steps, so
+the module compiles each (method, optimizer) pair at most once, on a one-block GPT of width 8."""
 
 import dataclasses
 
@@ -7,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxunlearn import methods
+from jaxunlearn import methods, models
+from jaxunlearn.data.facts import make_facts
 from jaxunlearn.methods import lm
 from jaxunlearn.metrics import lm as M
 from jaxunlearn.plan import optimizer_kind
@@ -15,7 +20,38 @@ from jaxunlearn.plan import optimizer_kind
 
 @pytest.fixture(scope="module")
 def ctx():
-    return lm.toy_lm_context(num_people=6)
+    """6 people, one paraphrase each (48 examples, one person forgotten), a 1-block GPT of width 8; 3 epochs."""
+    corpus = make_facts(6, heldout=0.0, templates=1, seed=0)
+    arrays = corpus.arrays()
+    t = arrays["x"].shape[1]
+
+    def build(s):
+        m = models.build("gpt", num_classes=corpus.tokenizer.vocab_size, input_shape=(t,), seed=s, dim=8, depth=1,
+                         heads=2)  # fmt: skip
+        return models.split_model(m)
+
+    apply_fn, params, state = build(0)
+    split = corpus.split([0])
+    return lm.LMContext(apply_fn, params, state, arrays, split.retain_idx, split.forget_idx, epochs=3, batch_size=8,
+                        pretrain_epochs=1, init_fn=lambda s: build(s)[1:])  # fmt: skip
+
+
+_RUNS: dict = {}
+
+
+def _run(ctx, name, kind="sgd", **opts):
+    """``lm.unlearn(name)`` under the optimizer ``kind`` (``max``: SAM with the phase's sign ``max``), cached."""
+    key = (name, kind, repr(sorted(opts.items())))
+    if key not in _RUNS:
+        opt = optimizer_kind("sam" if kind == "max" else kind, lm.LM_UNLEARN_DEFAULT, rho=0.05)
+        _RUNS[key] = lm.unlearn(name, dataclasses.replace(ctx, optimizer=opt, options=opts), progress=False)
+    return _RUNS[key]
+
+
+#: the options of the runs: a high rate, so 3 epochs move the tiny model measurably
+FAST = {"lr_scale": 5.0}
+#: NPO / SimNPO without their retain term: the forget objective alone
+FORGET_ONLY = {"lr_scale": 5.0, "retain_weight": 0.0}
 
 
 def _forget_loss(c, params):
@@ -37,11 +73,9 @@ SLOW = pytest.mark.slow
 
 @pytest.mark.parametrize("name", ["grad_ascent", *(pytest.param(n, marks=SLOW) for n in ("graddiff", "npo", "simnpo"))])
 def test_forget_objectives_raise_the_forget_loss(ctx, name):
-    opts = {"lr_scale": 5.0} if name in ("grad_ascent", "graddiff") else {"lr_scale": 5.0, "retain_weight": 0.0}
-    c = dataclasses.replace(ctx, epochs=3, options=opts)
-    res = lm.unlearn(name, c, progress=False)
+    res = _run(ctx, name, **(FAST if name in ("grad_ascent", "graddiff") else FORGET_ONLY))
     assert res.diverged is None
-    assert _forget_loss(c, res.params) > _forget_loss(c, ctx.params)
+    assert _forget_loss(ctx, res.params) > _forget_loss(ctx, ctx.params)
 
 
 @pytest.mark.slow
@@ -49,15 +83,14 @@ def test_rmu_steers_the_forget_states(ctx):
     from jaxunlearn import objectives
     from jaxunlearn.models.gpt import layer_hidden
 
-    c = dataclasses.replace(ctx, epochs=3, options={"lr_scale": 5.0, "layer": 1})
-    hp = lm.get_lm("rmu").recipe(c).plan.hp
-    f = {k: v[c.forget_idx] for k, v in c.data.items()}
+    hp = lm.get_lm("rmu").recipe(dataclasses.replace(ctx, options={**FAST, "layer": 1})).plan.hp
+    f = {k: v[ctx.forget_idx] for k, v in ctx.data.items()}
 
     def dist(p):
-        h = layer_hidden(c.apply_fn(p, c.model_state, f["x"], features=True)[0], 1)
+        h = layer_hidden(ctx.apply_fn(p, ctx.model_state, f["x"], features=True)[0], 1)
         return float(objectives.masked_mse(h, hp["steer"] * hp["u"], f["valid"]))
 
-    res = lm.unlearn("rmu", c, progress=False)
+    res = _run(ctx, "rmu", **FAST, layer=1)
     assert dist(res.params) < dist(ctx.params)
 
 
@@ -72,15 +105,25 @@ COVER = {
 }
 
 
+def _cover_options(name, kind):
+    """The options of a :data:`COVER` run, equal to the other tests' runs of the method where they overlap."""
+    if name == "hessian_select":  # the exact Hessian diagonal (the model is below exact_limit) over 4 examples
+        return {"num_probes": 2, "max_examples": 4, "base_options": {"sign": "max"} if kind == "max" else {}}
+    opts = dict(FORGET_ONLY if name in ("npo", "simnpo") else FAST)
+    if name == "rmu":
+        opts["layer"] = 1
+    if name == "sharp_minmax":
+        opts = {}
+    if kind == "max" and "sign" in lm.get_lm(name).defaults:
+        opts["sign"] = "max"
+    return opts
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(COVER))
 def test_every_method_and_every_optimizer_run(ctx, kind):
-    opt = optimizer_kind("sam" if kind == "max" else kind, lm.LM_UNLEARN_DEFAULT, rho=0.05)
     for name in COVER[kind]:
-        opts = {"sign": "max"} if kind == "max" and "sign" in lm.get_lm(name).defaults else {}
-        if name == "hessian_select":
-            opts = {"num_probes": 2, "base_options": {"sign": "max"} if kind == "max" else {}}
-        res = lm.unlearn(name, dataclasses.replace(ctx, optimizer=opt, options=opts), progress=False)
+        res = _run(ctx, name, kind, **_cover_options(name, kind))
         leaves = jax.tree.leaves(res.params)
         assert res.diverged is None and all(bool(np.isfinite(np.asarray(a)).all()) for a in leaves), name
         moved = max(
@@ -91,19 +134,16 @@ def test_every_method_and_every_optimizer_run(ctx, kind):
 
 @pytest.mark.slow
 def test_sam_changes_the_update(ctx):
-    plain = lm.unlearn("graddiff", ctx, progress=False)
-    sam_ctx = dataclasses.replace(ctx, optimizer=optimizer_kind("sam", lm.LM_UNLEARN_DEFAULT, rho=0.5))
-    sam = lm.unlearn("graddiff", sam_ctx, progress=False)
+    plain, sam = _run(ctx, "graddiff", "sgd", **FAST), _run(ctx, "graddiff", "sam", **FAST)
     diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(sam.params)))  # fmt: skip
     assert diff > 1e-6
 
 
 def test_selection_masks_restrict_updates(ctx):
-    c = dataclasses.replace(ctx, options={"scores": "random", "fraction": 0.2})
-    r = lm.get_lm("hessian_select").recipe(c)
-    mask = r.plan.hp["select_mask_0"]
-    res = lm.unlearn("hessian_select", c, progress=False)
+    opts = {"scores": "random", "fraction": 0.2, "base_options": FAST}
+    mask = lm.get_lm("hessian_select").recipe(dataclasses.replace(ctx, options=opts)).plan.hp["select_mask_0"]
+    res = _run(ctx, "hessian_select", **opts)
     for m, a, b in zip(jax.tree.leaves(mask), jax.tree.leaves(res.params), jax.tree.leaves(ctx.params)):
         m, a, b = np.asarray(m), np.asarray(a), np.asarray(b)
         np.testing.assert_array_equal(a[~m], b[~m])  # outside the mask nothing moves

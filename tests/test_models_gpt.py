@@ -78,7 +78,7 @@ def test_bad_inputs():
 
 def test_gradients_flow_and_single_sequence():
     apply_fn, params, state = _split()
-    g = jax.grad(lambda p: apply_fn(p, state, jnp.arange(8))[0].sum())(params)
+    g = jax.jit(jax.grad(lambda p: apply_fn(p, state, jnp.arange(8))[0].sum()))(params)  # one program, not op by op
     assert all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(g))
     assert apply_fn(params, state, jnp.arange(8))[0].shape == (8, 13)
     m = gpt.GPT(7, context=4, dim=8, depth=1, heads=2, rngs=nnx.Rngs(0))

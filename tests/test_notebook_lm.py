@@ -30,7 +30,11 @@ def _run(tmp_path) -> str:
         kernel_name="jaxunlearn-lm", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
     )
     nb = nbformat.read(NB, as_version=4)
-    nbclient.NotebookClient(nb, km=km, timeout=900).execute()
+    try:
+        nbclient.NotebookClient(nb, km=km, timeout=900).execute()
+    finally:  # a kernel manager passed in is not shut down by the client: stop the kernel here
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     text = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):

@@ -15,9 +15,9 @@ targets, ``valid`` the non-pad inputs.
 Example:
     >>> from jaxunlearn.methods import lm
     >>> ctx = lm.toy_lm_context()
-    >>> res = lm.unlearn("grad_ascent", ctx, progress=False)
+    >>> res = lm.unlearn("grad_ascent", ctx, progress=False)   # GradAscent's default: 3 epochs
     >>> len(res.history), res.diverged is None
-    (1, True)
+    (3, True)
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ class LMContext:
         retain_idx, forget_idx: disjoint, non-empty 1-D index arrays into ``data``.
         optimizer: the unlearning optimizer (:data:`LM_UNLEARN_DEFAULT`; any optimizer
             :func:`jaxunlearn.plan.as_optim_config` accepts, e.g. ``optimizer_kind("sam", LM_UNLEARN_DEFAULT)``).
-        epochs, batch_size, seed, options: the schedule and method options, as in ``methods.Context``.
+        epochs, batch_size, seed, options: the schedule and method options, as in ``methods.Context``; ``epochs``
+            applies where a method's ``epochs`` option is None (the tuned LM methods carry their own).
         init_fn, pretrain_optimizer, pretrain_epochs: Retrain's fresh initialisation and recipe.
 
     Bad inputs raise one-line ``ValueError`` s: missing arrays, an empty retain or forget set, overlapping or

@@ -6,8 +6,8 @@ guard keeps the last finite epoch. ``sign="max"`` runs the phase with sharpness 
 optimizer is SAM-type (``g + λ(g' − g)`` with ``g'`` at ``w + ρ g/‖g‖``).
 """
 
-from jaxunlearn import objectives
-from jaxunlearn.methods.lm.base import SIGN_CHECK, Phase, Recipe, forward, lm_plan, register_lm
+from jaxunlearn.methods.lm.base import SIGN_CHECK, Phase, Recipe, lm_plan, register_lm
+from jaxunlearn.methods.lm.common import part_ce
 
 
 def grad_ascent_loss(apply_fn, params, model_state, batch, hp, info):
@@ -25,15 +25,14 @@ def grad_ascent_loss(apply_fn, params, model_state, batch, hp, info):
         >>> bool(abs(ga + ce) < 1e-5)
         True
     """
-    f = batch["forget"]
-    logits, new_state = forward(apply_fn, params, model_state, f)
-    return -objectives.token_cross_entropy(logits, f["y"], f["mask"]), new_state
+    ce, new_state = part_ce(apply_fn, params, model_state, batch, "forget")
+    return -ce, new_state
 
 
 @register_lm(
     "grad_ascent",
     "gradient ascent on the forget tokens: min -CE(F)",
-    {"lr_scale": 1.0, "epochs": None, "sign": "min"},
+    {"lr_scale": 0.5, "epochs": 3, "sign": "min"},
     checks={"sign": SIGN_CHECK},
 )
 def grad_ascent(ctx, opts):

@@ -7,25 +7,8 @@ import jax.numpy as jnp
 
 from jaxunlearn import objectives
 from jaxunlearn.methods import options
-from jaxunlearn.methods.lm.base import SIGN_CHECK, Phase, Recipe, forward, lm_plan, register_lm
-
-
-def retain_forget_logits(apply_fn, params, model_state, batch):
-    """One forward pass over the concatenated retain and forget inputs: ``(logits_r, logits_f, new_state)``.
-
-    Example:
-        >>> from jaxunlearn.engine import ArraySource
-        >>> from jaxunlearn.methods.lm import toy_lm_context
-        >>> ctx = toy_lm_context()
-        >>> b = {k: ArraySource.gather(ctx.data, i[:3]) for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
-        >>> lr, lf, _ = retain_forget_logits(ctx.apply_fn, ctx.params, ctx.model_state, b)
-        >>> lr.shape[0], lf.shape[0]
-        (3, 3)
-    """
-    r, f = batch["retain"], batch["forget"]
-    logits, new_state = forward(apply_fn, params, model_state, {"x": jnp.concatenate([r["x"], f["x"]])})
-    n = r["x"].shape[0]
-    return logits[:n], logits[n:], new_state
+from jaxunlearn.methods.lm.base import SIGN_CHECK, Phase, Recipe, lm_plan, register_lm
+from jaxunlearn.methods.lm.common import paired_nll_loss
 
 
 def graddiff_loss(apply_fn, params, model_state, batch, hp, info):
@@ -43,17 +26,17 @@ def graddiff_loss(apply_fn, params, model_state, batch, hp, info):
         >>> bool(abs(loss - objectives.token_cross_entropy(logits, b["retain"]["y"], b["retain"]["mask"])) < 1e-5)
         True
     """
-    lr, lf, new_state = retain_forget_logits(apply_fn, params, model_state, batch)
-    r, f = batch["retain"], batch["forget"]
-    ce_r = objectives.token_cross_entropy(lr, r["y"], r["mask"])
-    ce_f = objectives.token_cross_entropy(lf, f["y"], f["mask"])
-    return hp["retain_weight"] * ce_r - hp["forget_weight"] * ce_f, new_state
+    return paired_nll_loss(apply_fn, params, model_state, batch, hp, _forget_term)
+
+
+def _forget_term(apply_fn, model_state, logits_f, f, hp):
+    return -hp["forget_weight"] * objectives.token_cross_entropy(logits_f, f["y"], f["mask"])
 
 
 @register_lm(
     "graddiff",
     "w_r*CE(R) - w_f*CE(F)",
-    {"retain_weight": 1.0, "forget_weight": 1.0, "lr_scale": 1.0, "epochs": None, "sign": "min"},
+    {"retain_weight": 30.0, "forget_weight": 1.0, "lr_scale": 0.5, "epochs": 30, "sign": "min"},
     checks={"retain_weight": options.nonnegative(), "forget_weight": options.nonnegative(), "sign": SIGN_CHECK},
 )
 def graddiff(ctx, opts):

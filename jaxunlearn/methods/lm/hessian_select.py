@@ -75,9 +75,9 @@ def _base_rule(name):
     "run a base LM method on the parameters with the largest Hessian diagonal",
     {
         "scores": "hessian",
-        "fraction": 0.1,
-        "base": "graddiff",
-        "base_options": None,
+        "fraction": 0.3,
+        "base": "npo",
+        "base_options": {"epochs": 30, "lr_scale": 2.0, "retain_weight": 30.0},
         "num_probes": 16,
         "exact_limit": 20000,
         "max_examples": 128,
@@ -101,7 +101,7 @@ def hessian_select(ctx, opts):
         >>> opts = resolve_options(get_lm("hessian_select"), {"num_probes": 2, "exact_limit": 0})
         >>> r = hessian_select(toy_lm_context(), opts)
         >>> r.plan.name, 0 < r.info["mask_size"] < r.info["num_params"]
-        ('graddiff+select', True)
+        ('npo+select', True)
     """
     kind, frac = opts["scores"], float(opts["fraction"])
     if kind == "all":

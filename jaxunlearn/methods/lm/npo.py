@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jaxunlearn import objectives
 from jaxunlearn.methods import options
 from jaxunlearn.methods.lm.base import SIGN_CHECK, Phase, Recipe, forward, lm_plan, register_lm
-from jaxunlearn.methods.lm.graddiff import retain_forget_logits
+from jaxunlearn.methods.lm.common import paired_nll_loss
 
 
 def npo_phase_loss(apply_fn, params, model_state, batch, hp, info):
@@ -32,19 +32,20 @@ def npo_phase_loss(apply_fn, params, model_state, batch, hp, info):
         >>> round(float(loss), 4)      # π_θ = π_ref: (2/β)·log 2
         13.8629
     """
-    lr, lf, new_state = retain_forget_logits(apply_fn, params, model_state, batch)
-    r, f = batch["retain"], batch["forget"]
+    return paired_nll_loss(apply_fn, params, model_state, batch, hp, _forget_term)
+
+
+def _forget_term(apply_fn, model_state, logits_f, f, hp):
     ref_logits, _ = forward(apply_fn, hp["ref_params"], model_state, f, train=False)
-    ll = objectives.sequence_log_likelihood(lf, f["y"], f["mask"])
+    ll = objectives.sequence_log_likelihood(logits_f, f["y"], f["mask"])
     ref_ll = jax.lax.stop_gradient(objectives.sequence_log_likelihood(ref_logits, f["y"], f["mask"]))
-    npo = objectives.npo_loss(ll, ref_ll, hp["beta"])
-    return npo + hp["retain_weight"] * objectives.token_cross_entropy(lr, r["y"], r["mask"]), new_state
+    return objectives.npo_loss(ll, ref_ll, hp["beta"])
 
 
 @register_lm(
     "npo",
     "(2/b) log(1 + (pi/pi_ref)^b) on F + CE(R)",
-    {"beta": 0.1, "retain_weight": 1.0, "lr_scale": 1.0, "epochs": None, "sign": "min"},
+    {"beta": 0.1, "retain_weight": 30.0, "lr_scale": 1.0, "epochs": 30, "sign": "min"},
     checks={"beta": options.positive(), "retain_weight": options.nonnegative(), "sign": SIGN_CHECK},
 )
 def npo(ctx, opts):

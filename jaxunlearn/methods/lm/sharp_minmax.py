@@ -14,11 +14,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxunlearn import objectives, selection
+from jaxunlearn import selection
 from jaxunlearn.methods import options
 from jaxunlearn.methods.base import scaled
-from jaxunlearn.methods.lm.base import Phase, Recipe, forward, register_lm
-from jaxunlearn.methods.lm.common import token_gradient
+from jaxunlearn.methods.lm.base import Phase, Recipe, register_lm
+from jaxunlearn.methods.lm.common import part_ce, token_gradient
 from jaxunlearn.plan import MASK_READINGS, Plan
 
 
@@ -37,9 +37,8 @@ def lm_retain_loss(apply_fn, params, model_state, batch, hp, info):
         >>> bool(jnp.isclose(a, 0.5 * ce))
         True
     """
-    r = batch["retain"]
-    logits, new_state = forward(apply_fn, params, model_state, r)
-    return hp["alpha"] * objectives.token_cross_entropy(logits, r["y"], r["mask"]), new_state
+    ce, new_state = part_ce(apply_fn, params, model_state, batch, "retain")
+    return hp["alpha"] * ce, new_state
 
 
 def lm_forget_loss(apply_fn, params, model_state, batch, hp, info):
@@ -55,9 +54,8 @@ def lm_forget_loss(apply_fn, params, model_state, batch, hp, info):
         >>> float(loss) == 0.0
         True
     """
-    f = batch["forget"]
-    logits, new_state = forward(apply_fn, params, model_state, f)
-    return -(1.0 - hp["alpha"]) * objectives.token_cross_entropy(logits, f["y"], f["mask"]), new_state
+    ce, new_state = part_ce(apply_fn, params, model_state, batch, "forget")
+    return -(1.0 - hp["alpha"]) * ce, new_state
 
 
 @register_lm(
@@ -69,8 +67,8 @@ def lm_forget_loss(apply_fn, params, model_state, batch, hp, info):
         "alpha": 0.5,
         "mask_reading": "strict",
         "lr_scale": 1.0,
-        "forget_lr_scale": 1.0,
-        "epochs": None,
+        "forget_lr_scale": 0.25,
+        "epochs": 32,
     },  # fmt: skip
     checks={
         "largest": options.boolean(),

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxunlearn import objectives
 from jaxunlearn.methods import options
 from jaxunlearn.methods.lm.base import SIGN_CHECK, Phase, Recipe, lm_plan, register_lm
-from jaxunlearn.methods.lm.graddiff import retain_forget_logits
+from jaxunlearn.methods.lm.common import paired_nll_loss
 
 
 def simnpo_phase_loss(apply_fn, params, model_state, batch, hp, info):
@@ -28,17 +28,18 @@ def simnpo_phase_loss(apply_fn, params, model_state, batch, hp, info):
         >>> bool(0.0 < loss < 0.8 * 0.6931)   # below (2/β)·log 2: the mean log-likelihood is negative
         True
     """
-    lr, lf, new_state = retain_forget_logits(apply_fn, params, model_state, batch)
-    r, f = batch["retain"], batch["forget"]
-    ll = objectives.sequence_log_likelihood(lf, f["y"], f["mask"])
-    sim = objectives.simnpo_loss(ll, jnp.sum(f["mask"], axis=-1), hp["beta"], hp["gamma"])
-    return sim + hp["retain_weight"] * objectives.token_cross_entropy(lr, r["y"], r["mask"]), new_state
+    return paired_nll_loss(apply_fn, params, model_state, batch, hp, _forget_term)
+
+
+def _forget_term(apply_fn, model_state, logits_f, f, hp):
+    ll = objectives.sequence_log_likelihood(logits_f, f["y"], f["mask"])
+    return objectives.simnpo_loss(ll, jnp.sum(f["mask"], axis=-1), hp["beta"], hp["gamma"])
 
 
 @register_lm(
     "simnpo",
     "-(2/b) log sigmoid(-(b/|y|) log pi - g) on F + CE(R)",
-    {"beta": 2.5, "gamma": 0.0, "retain_weight": 1.0, "lr_scale": 1.0, "epochs": None, "sign": "min"},
+    {"beta": 2.5, "gamma": 0.0, "retain_weight": 5.0, "lr_scale": 1.0, "epochs": 20, "sign": "min"},
     checks={
         "beta": options.positive(),
         "gamma": options.nonnegative(),
