@@ -436,8 +436,8 @@ c = Checkpointer(sys.argv[1])
 state = {"w": jnp.ones((1500, 1500)), "v": [jnp.ones((400, 400)) for _ in range(16)]}
 c.save(0, state)
 threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-try:
-    for step in range(1, 200):
+try:  # save until the interrupt arrives (however fast the saves are), so it lands during one
+    for step in range(1, 10**6):
         c.save(step, state)
 except KeyboardInterrupt:
     print("jaxunlearn: interrupted; rerun the same command with --resume to continue.", file=sys.stderr)
