@@ -95,7 +95,8 @@ def main(argv=None):
     head = (f"GPT: {res['settings']['num_params']} parameters, vocabulary {res['settings']['vocab_size']}, context "
             f"{res['settings']['context']}; {res['settings']['examples']} examples. Pretraining: {pre['steps']} steps "
             f"({pre['epochs']} epochs, {pre['seconds']:.0f} s), forget / retain exact-match after pretraining "
-            f"{100 * pre['forget_em']:.1f} / {100 * pre['retain_em']:.1f} %. Job wall time {wall:.0f} s for {cfg.seeds} seed(s).\n\n")  # fmt: skip
+            f"{100 * pre['forget_em']:.1f} / {100 * pre['retain_em']:.1f} %. "
+            f"Job wall time {wall:.0f} s for {cfg.seeds} seed(s).\n\n")  # fmt: skip
     _atomic.write_text(os.path.join(args.out, "relearn.md"), relearn_table(res))
     _atomic.write_text(os.path.join(args.out, "table.md"), head + lm_job.table(res))
     relearn_figure(res, os.path.join(args.out, "relearn.png"))

@@ -67,17 +67,18 @@ class LMJobConfig:
     default, the recipes tuned on this corpus, ``jaxunlearn.methods.lm.get_lm(name).defaults``), ``method_options``
     ``{method: {option: value}}`` over those defaults. Relearning:
     ``relearn_steps`` Adam steps at ``relearn_lr`` on ``relearn_examples`` forget sentences, exact-match of the
-    forget questions whose facts those sentences do not state, every ``relearn_every`` steps. ``forget_tokens``: which tokens of a forget sentence the unlearning losses
-    target: ``facts`` (the value and the rest of the sentence, ``emask``, as TOFU forgets answers; the default)
-    or ``all`` (every token, templates included, which also unlearns the shared phrasing). ``seeds`` runs seeds ``seed, seed+1, …`` (model init, forget people,
-    batches). ``out``: a directory for results (None: nothing written).
+    forget questions whose facts those sentences do not state, every ``relearn_every`` steps.
+    ``forget_tokens``: which tokens of a forget sentence the unlearning losses target: ``facts`` (the value and
+    the rest of the sentence, ``emask``, as TOFU forgets answers; the default) or ``all`` (every token,
+    templates included, which also unlearns the shared phrasing). ``seeds`` runs seeds ``seed, seed+1, …``
+    (model init, forget people, batches). ``out``: a directory for results (None: nothing written).
 
     Example:
         >>> LMJobConfig(forget=0.1).forget
         0.1
         >>> LMJobConfig(optimizers=("sgd", "adam"))
         Traceback (most recent call last):
-        ValueError: unknown unlearning optimizer(s) ['adam']; choose from sgd, sam, asam, looksam, gsam, rs, gnp, cr, wa, max.
+        ValueError: unknown unlearning optimizer(s) ['adam']; choose from sgd, sam, asam, ...
     """
 
     people: int = 200

@@ -157,7 +157,8 @@ def sequence_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Arr
     response ``y``, the rest the prompt ``x``).
 
     Example:
-        >>> ll = sequence_log_likelihood(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), int), jnp.array([[1, 1, 0], [1, 1, 1]]))
+        >>> mask = jnp.array([[1, 1, 0], [1, 1, 1]])
+        >>> ll = sequence_log_likelihood(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), int), mask)
         >>> [round(v, 4) for v in ll.tolist()]       # 2·log(1/4), 3·log(1/4)
         [-2.7726, -4.1589]
     """

@@ -274,7 +274,7 @@ class FactsCorpus:
             [0]
             >>> c.split(["Nobody Here"])  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            ValueError: the forget split names unknown people: ['Nobody Here'] (the corpus's training people are e.g. ...
+            ValueError: the forget split names unknown people: ['Nobody Here'] ...
         """
         train = [p.pid for p in self.people if not p.heldout]
         held = [p.pid for p in self.people if p.heldout]

@@ -124,7 +124,7 @@ class GPT(nnx.Module):
         ((3, 6, 20), (3, 3, 4, 16))
         >>> m(jnp.zeros((1, 7), jnp.int32))
         Traceback (most recent call last):
-        ValueError: the sequence has 7 tokens, longer than the model's context of 6; shorten it or build the model with a larger context (input_shape=(7,)).
+        ValueError: the sequence has 7 tokens, longer than the model's context of 6; shorten it or build ...
     """
 
     def __init__(

@@ -120,7 +120,7 @@ class LMContext:
         ('adamw', True)
         >>> dataclasses.replace(ctx, retain_idx=np.array([], int))
         Traceback (most recent call last):
-        ValueError: the retain set is empty: the LM methods need retained examples (they keep and evaluate utility on them).
+        ValueError: the retain set is empty: the LM methods need retained examples ...
     """
 
     apply_fn: Callable
@@ -160,7 +160,8 @@ class LMContext:
             raise ValueError("the forget set is empty: there is nothing to unlearn; give the examples to forget.")
         if self.retain_idx.size == 0:
             raise ValueError(
-                "the retain set is empty: the LM methods need retained examples (they keep and evaluate utility on them)."
+                "the retain set is empty: the LM methods need retained examples "
+                "(they keep and evaluate utility on them)."
             )
         if np.intersect1d(self.retain_idx, self.forget_idx).size:
             raise ValueError("retain_idx and forget_idx overlap; an example cannot be both retained and forgotten.")
@@ -260,7 +261,8 @@ def unlearn(name: str, ctx: LMContext, **run_kw) -> engine.RunResult:
     run_kw.setdefault("seed", ctx.seed)
     run_kw.setdefault("desc", name)
     res = engine.run(recipe.plan, ctx.apply_fn, params, state, ctx.data, retain_idx=retain,
-                     forget_idx=forget if recipe.plan.epoch_over == "forget" or forget.size else None, **run_kw)  # fmt: skip
+                     forget_idx=forget if recipe.plan.epoch_over == "forget" or forget.size else None,
+                     **run_kw)  # fmt: skip
     res.info.update(recipe.info)
     return res
 

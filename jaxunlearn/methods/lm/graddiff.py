@@ -19,7 +19,8 @@ def graddiff_loss(apply_fn, params, model_state, batch, hp, info):
         >>> from jaxunlearn.methods.lm import toy_lm_context
         >>> from jaxunlearn.plan import StepInfo
         >>> ctx = toy_lm_context()
-        >>> b = {k: ArraySource.gather(ctx.data, i[:4]) for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
+        >>> b = {k: ArraySource.gather(ctx.data, i[:4])
+        ...      for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
         >>> hp = {"retain_weight": jnp.float32(1.0), "forget_weight": jnp.float32(0.0)}
         >>> loss, _ = graddiff_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, hp, StepInfo.at())
         >>> logits, _ = ctx.apply_fn(ctx.params, ctx.model_state, b["retain"]["x"])

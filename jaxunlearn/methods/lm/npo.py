@@ -26,7 +26,8 @@ def npo_phase_loss(apply_fn, params, model_state, batch, hp, info):
         >>> from jaxunlearn.methods.lm import toy_lm_context
         >>> from jaxunlearn.plan import StepInfo
         >>> ctx = toy_lm_context()
-        >>> b = {k: ArraySource.gather(ctx.data, i[:4]) for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
+        >>> b = {k: ArraySource.gather(ctx.data, i[:4])
+        ...      for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
         >>> hp = {"beta": jnp.float32(0.1), "retain_weight": jnp.float32(0.0), "ref_params": ctx.params}
         >>> loss, _ = npo_phase_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, hp, StepInfo.at())
         >>> round(float(loss), 4)      # π_θ = π_ref: (2/β)·log 2

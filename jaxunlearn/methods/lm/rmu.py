@@ -62,7 +62,8 @@ def rmu_phase_loss(apply_fn, params, model_state, batch, hp, info):
         >>> from jaxunlearn.methods.lm import toy_lm_context
         >>> from jaxunlearn.plan import StepInfo
         >>> ctx = toy_lm_context()
-        >>> b = {k: ArraySource.gather(ctx.data, i[:4]) for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
+        >>> b = {k: ArraySource.gather(ctx.data, i[:4])
+        ...      for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
         >>> hp = {"layer": jnp.int32(1), "steer": jnp.float32(0.0), "u": jnp.eye(16)[0], "alpha": jnp.float32(3.0),
         ...       "ref_params": ctx.params}
         >>> loss, _ = rmu_phase_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, hp, StepInfo.at())
@@ -120,7 +121,8 @@ def rmu(ctx, opts):
     Example:
         >>> from jaxunlearn.methods.lm import get_lm, resolve_options, toy_lm_context
         >>> recipe = rmu(toy_lm_context(), resolve_options(get_lm("rmu"), {"layer": 2}))
-        >>> int(recipe.plan.hp["layer"]), round(float(jnp.linalg.norm(recipe.plan.hp["u"])), 5), recipe.info["steer_c"] > 0
+        >>> hp = recipe.plan.hp
+        >>> int(hp["layer"]), round(float(jnp.linalg.norm(hp["u"])), 5), recipe.info["steer_c"] > 0
         (2, 1.0, True)
     """
     x1 = ctx.data["x"][:1]

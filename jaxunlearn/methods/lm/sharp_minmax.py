@@ -32,7 +32,8 @@ def lm_retain_loss(apply_fn, params, model_state, batch, hp, info):
         >>> from jaxunlearn.plan import StepInfo
         >>> ctx = toy_lm_context()
         >>> b = {"retain": ArraySource.gather(ctx.data, ctx.retain_idx[:4])}
-        >>> a, _ = lm_retain_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, {"alpha": jnp.float32(0.5)}, StepInfo.at())
+        >>> hp = {"alpha": jnp.float32(0.5)}
+        >>> a, _ = lm_retain_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, hp, StepInfo.at())
         >>> ce, _ = lm_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, {}, StepInfo.at())
         >>> bool(jnp.isclose(a, 0.5 * ce))
         True
@@ -50,7 +51,8 @@ def lm_forget_loss(apply_fn, params, model_state, batch, hp, info):
         >>> from jaxunlearn.plan import StepInfo
         >>> ctx = toy_lm_context()
         >>> b = {"forget": ArraySource.gather(ctx.data, ctx.forget_idx)}
-        >>> loss, _ = lm_forget_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, {"alpha": jnp.float32(1.0)}, StepInfo.at())
+        >>> hp = {"alpha": jnp.float32(1.0)}
+        >>> loss, _ = lm_forget_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, hp, StepInfo.at())
         >>> float(loss) == 0.0
         True
     """

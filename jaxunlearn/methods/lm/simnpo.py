@@ -22,7 +22,8 @@ def simnpo_phase_loss(apply_fn, params, model_state, batch, hp, info):
         >>> from jaxunlearn.methods.lm import toy_lm_context
         >>> from jaxunlearn.plan import StepInfo
         >>> ctx = toy_lm_context()
-        >>> b = {k: ArraySource.gather(ctx.data, i[:4]) for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
+        >>> b = {k: ArraySource.gather(ctx.data, i[:4])
+        ...      for k, i in (("retain", ctx.retain_idx), ("forget", ctx.forget_idx))}
         >>> hp = {"beta": jnp.float32(2.5), "gamma": jnp.float32(0.0), "retain_weight": jnp.float32(0.0)}
         >>> loss, _ = simnpo_phase_loss(ctx.apply_fn, ctx.params, ctx.model_state, b, hp, StepInfo.at())
         >>> bool(0.0 < loss < 0.8 * 0.6931)   # below (2/β)·log 2: the mean log-likelihood is negative
