@@ -61,6 +61,14 @@ def _tow(e: dict, ref: dict) -> float:
     return out
 
 
+def _tunable(name: str) -> bool:
+    """Whether ``tuning.tune`` has a grid for the method: a learning rate, or a registered option grid (SSD's α)."""
+    from jaxunlearn import methods
+
+    m = methods.get(name)
+    return bool(m.gradient_based or m.tune_options)
+
+
 def _dump(out: dict, path: str | None) -> None:
     """Write ``out`` to ``path`` (after every cell, so an interrupted run keeps what it measured)."""
     if path:
@@ -138,9 +146,7 @@ def run(args) -> dict:
                 for name in args.methods:
                     ctx = dataclasses.replace(base_ctx, optimizer=un_cfg, options=dict(overrides.get(name, {})))
                     if (seed, pre, un, name) in done and (
-                        not args.tune
-                        or (seed, pre, un, name + " (tuned)") in done
-                        or not methods.get(name).gradient_based
+                        not args.tune or (seed, pre, un, name + " (tuned)") in done or not _tunable(name)
                     ):
                         continue
                     res = methods.unlearn(name, ctx, progress=False)
@@ -151,7 +157,7 @@ def run(args) -> dict:
                         out["cells"].append(row)
                         _dump(out, args.out)
                     print(json.dumps(row), file=sys.stderr, flush=True)
-                    if args.tune and methods.get(name).gradient_based:
+                    if args.tune and _tunable(name):
                         t0 = time.perf_counter()
                         tr = tuning.tune(
                             name, ctx, x_val=ds.x_val, y_val=ds.y_val, forget_kind=args.forget, keep_runs=True
@@ -196,8 +202,9 @@ def table(out: dict) -> str:
         tow = [c["tow"] for c in cs if "tow" in c]
         extra = ""
         if "chosen" in cs[0]:
-            rates = sorted({c["chosen"]["lr_scale"] for c in cs})
-            extra = f" lr_scale {rates}, cost ×{np.mean([c['cost'] for c in cs]):.1f}"
+            tuned = [k for k in cs[0]["chosen"] if k not in ("lr_scale", "epochs")] or ["lr_scale"]
+            chosen = ", ".join(f"{k} {sorted({c['chosen'][k] for c in cs})}" for k in tuned)
+            extra = f" {chosen}, cost ×{np.mean([c['cost'] for c in cs]):.1f}"
         lines.append(
             f"| {pre} | {un} | {m}{' (diverged)' if any(c.get('diverged') for c in cs) else ''}{extra} | "
             f"{ms([c['forget_acc'] for c in cs])} | {ms([c['retain_acc'] for c in cs])} | "

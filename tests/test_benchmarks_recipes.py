@@ -41,3 +41,17 @@ def test_resume_keeps_finished_cells_and_runs_only_the_missing_methods(tmp_path,
     recipes.main([*TINY, "--methods", "ft,rl", "--out", str(out), "--resume"])
     assert json.loads(out.read_text())["cells"] == cells
     assert "| rl |" in capsys.readouterr().out
+
+
+def test_tune_adds_a_tuned_row_for_ssd_over_its_registered_alpha_grid(tmp_path):
+    out = tmp_path / "t.json"
+    recipes.main([*TINY, "--methods", "ssd", "--tune", "--out", str(out)])
+    cells = {c["method"]: c for c in json.loads(out.read_text())["cells"]}
+    assert set(cells) == {"original", "retrain", "ssd", "ssd (tuned)"}
+    tuned = cells["ssd (tuned)"]
+    assert sorted(c["options"]["alpha"] for c in tuned["candidates"]) == [2.0, 5.0, 10.0, 20.0]
+    assert tuned["chosen"]["alpha"] in (2.0, 5.0, 10.0, 20.0)
+    chosen = next(c for c in tuned["candidates"] if c["chosen"])
+    assert chosen["options"]["alpha"] == tuned["chosen"]["alpha"]
+    # the table names what was tuned: SSD's alpha, not a learning rate it does not have
+    assert f"alpha [{tuned['chosen']['alpha']}]" in recipes.table(json.loads(out.read_text()))
