@@ -14,9 +14,12 @@ Usage (writes ``--out`` JSON and prints the table)::
     .venv/bin/python benchmarks/recipes.py --from-json /tmp/r.json   # the table again
     .venv/bin/python benchmarks/recipes.py --compare /tmp/old.json /tmp/r.json   # before / after / tuned
     nice -n 10 .venv/bin/python benchmarks/recipes.py --cost --forget class --methods ft   # tune's cost
+    nice -n 10 .venv/bin/python benchmarks/recipes.py --forget high --mem-models 16 --out /tmp/high.json
 
 ``--resume`` keeps the cells an interrupted run already wrote to ``--out`` and runs only the others (the
 pipeline is deterministic per seed, so a resumed table equals an uninterrupted one).
+``--forget high | mid | low | mix`` ranks the training examples by Feldman–Zhang memorization scores from
+``--mem-models`` CNNs trained together (cached beside ``--out``, so the four kinds of a seed share them).
 ``--option METHOD.KEY=VALUE`` (JSON value) overrides a method's option, to try a recipe before it becomes
 the default.
 """
@@ -69,6 +72,37 @@ def _tunable(name: str) -> bool:
     return bool(m.gradient_based or m.tune_options)
 
 
+#: forget kinds ranked by Feldman–Zhang memorization scores
+MEMORIZATION = ("high", "mid", "low", "mix")
+
+
+def memorization(args, ds, apply_fn, params, state, dd, seed: int) -> np.ndarray:
+    """Feldman–Zhang scores of ``ds``'s training examples from ``args.mem_models`` CNNs trained together with the
+    pretraining recipe (``runner.memorization_scores``), cached as ``<out>.mem/seed<k>-m<M>.npy`` so that the
+    four memorization kinds of one seed (and ``--resume``) train the models once."""
+    from jaxunlearn import runner
+
+    path = None
+    if args.out:
+        path = os.path.join(args.out + ".mem", f"{args.dataset}-n{args.max_train}-seed{seed}-m{args.mem_models}.npy")
+        if args.mem_cache:
+            path = os.path.join(args.mem_cache, os.path.basename(path))
+        if os.path.exists(path):
+            return np.load(path)
+    cfg = runner.JobConfig(
+        dataset=args.dataset, max_train=args.max_train, mem_models=args.mem_models,
+        pretrain_epochs=args.pretrain_epochs, batch_size=64, progress=False,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    scores = np.asarray(runner.memorization_scores(cfg, ds, apply_fn, params, state, dd, seed))
+    print(f"seed {seed}: memorization scores of {args.mem_models} models in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr, flush=True)  # fmt: skip
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.save(path, scores)
+    return scores
+
+
 def _dump(out: dict, path: str | None) -> None:
     """Write ``out`` to ``path`` (after every cell, so an interrupted run keeps what it measured)."""
     if path:
@@ -109,9 +143,12 @@ def run(args) -> dict:
         model = models.build("cnn", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed)
         apply_fn, params0, state0 = models.split_model(model)
         size = None if args.forget == "class" else args.forget_size
-        forget_idx = data.select_forget(ds.y_train, args.forget, size, seed=seed, class_id=args.forget_class)
-        retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
         dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+        scores = memorization(args, ds, apply_fn, params0, state0, dd, seed) if args.forget in MEMORIZATION else None
+        forget_idx = data.select_forget(
+            ds.y_train, args.forget, size, seed=seed, class_id=args.forget_class, scores=scores
+        )
+        retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
 
         def init_fn(s, ds=ds):
             m = models.build("cnn", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=s)
@@ -299,9 +336,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
     p.add_argument("--max-train", type=int, default=None)
-    p.add_argument("--forget", default="random")
+    p.add_argument("--forget", default="random", choices=("random", "class", *MEMORIZATION))
     p.add_argument("--forget-size", type=float, default=0.1)
     p.add_argument("--forget-class", type=int, default=3)
+    p.add_argument("--mem-models", type=int, default=16, help="models for the memorization scores (high/mid/low/mix)")
+    p.add_argument("--mem-cache", default=None, help="folder of cached memorization scores (default <out>.mem)")
     p.add_argument("--pretrain", type=lambda s: s.split(","), default=["sgd", "sam"])
     p.add_argument("--unlearn", type=lambda s: s.split(","), default=["sgd", "sam"])
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -55,3 +57,27 @@ def test_tune_adds_a_tuned_row_for_ssd_over_its_registered_alpha_grid(tmp_path):
     assert chosen["options"]["alpha"] == tuned["chosen"]["alpha"]
     # the table names what was tuned: SSD's alpha, not a learning rate it does not have
     assert f"alpha [{tuned['chosen']['alpha']}]" in recipes.table(json.loads(out.read_text()))
+
+
+def test_memorization_kinds_train_the_scoring_models_once_per_seed(tmp_path, monkeypatch):
+    from jaxunlearn import runner
+
+    calls = []
+    real = runner.memorization_scores
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "memorization_scores", counted)
+    tiny = [*TINY, "--methods", "ft", "--mem-models", "2", "--mem-cache", str(tmp_path / "mem")]
+    high, low = tmp_path / "high.json", tmp_path / "low.json"
+    recipes.main([*tiny, "--forget", "high", "--out", str(high)])
+    recipes.main([*tiny, "--forget", "low", "--out", str(low)])
+    assert len(calls) == 1  # the second kind read the cached scores
+    (cached,) = (tmp_path / "mem").glob("*.npy")
+    scores = np.load(cached)
+    assert scores.shape == (360,) and ((scores >= -1) & (scores <= 1)).all()
+    for path in (high, low):
+        cells = {c["method"]: c for c in json.loads(path.read_text())["cells"]}
+        assert set(cells) == {"original", "retrain", "ft"}
