@@ -19,7 +19,8 @@ Usage (writes ``--out`` JSON and prints the table)::
 ``--resume`` keeps the cells an interrupted run already wrote to ``--out`` and runs only the others (the
 pipeline is deterministic per seed, so a resumed table equals an uninterrupted one).
 ``--forget high | mid | low | mix`` ranks the training examples by Feldman–Zhang memorization scores from
-``--mem-models`` CNNs trained together (cached beside ``--out``, so the four kinds of a seed share them).
+``--mem-models`` CNNs trained together (cached in ``memorization_cache`` beside ``--out``, so the four kinds
+of a seed share them).
 ``--option METHOD.KEY=VALUE`` (JSON value) overrides a method's option, to try a recipe before it becomes
 the default.
 """
@@ -78,17 +79,16 @@ MEMORIZATION = ("high", "mid", "low", "mix")
 
 def memorization(args, ds, apply_fn, params, state, dd, seed: int) -> np.ndarray:
     """Feldman–Zhang scores of ``ds``'s training examples from ``args.mem_models`` CNNs trained together with the
-    pretraining recipe (``runner.memorization_scores``), cached as ``<out>.mem/seed<k>-m<M>.npy`` so that the
-    four memorization kinds of one seed (and ``--resume``) train the models once."""
+    pretraining recipe (``runner.memorization_scores``), cached in ``--mem-cache`` (default: the folder
+    ``memorization_cache`` beside ``--out``) so that the four memorization kinds of one seed train the models once."""
     from jaxunlearn import runner
 
-    path = None
-    if args.out:
-        path = os.path.join(args.out + ".mem", f"{args.dataset}-n{args.max_train}-seed{seed}-m{args.mem_models}.npy")
-        if args.mem_cache:
-            path = os.path.join(args.mem_cache, os.path.basename(path))
-        if os.path.exists(path):
-            return np.load(path)
+    name = f"{args.dataset}-n{args.max_train}-e{args.pretrain_epochs}-seed{seed}-m{args.mem_models}.npy"
+    folder = args.mem_cache or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "memorization_cache")
+                                if args.out else None)  # fmt: skip
+    path = os.path.join(folder, name) if folder else None
+    if path and os.path.exists(path):
+        return np.load(path)
     cfg = runner.JobConfig(
         dataset=args.dataset, max_train=args.max_train, mem_models=args.mem_models,
         pretrain_epochs=args.pretrain_epochs, batch_size=64, progress=False,
@@ -340,7 +340,11 @@ def main(argv=None) -> None:
     p.add_argument("--forget-size", type=float, default=0.1)
     p.add_argument("--forget-class", type=int, default=3)
     p.add_argument("--mem-models", type=int, default=16, help="models for the memorization scores (high/mid/low/mix)")
-    p.add_argument("--mem-cache", default=None, help="folder of cached memorization scores (default <out>.mem)")
+    p.add_argument(
+        "--mem-cache",
+        default=None,
+        help="folder of cached memorization scores (default: memorization_cache beside --out)",
+    )
     p.add_argument("--pretrain", type=lambda s: s.split(","), default=["sgd", "sam"])
     p.add_argument("--unlearn", type=lambda s: s.split(","), default=["sgd", "sam"])
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))

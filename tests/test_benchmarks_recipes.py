@@ -70,12 +70,12 @@ def test_memorization_kinds_train_the_scoring_models_once_per_seed(tmp_path, mon
         return real(*a, **k)
 
     monkeypatch.setattr(runner, "memorization_scores", counted)
-    tiny = [*TINY, "--methods", "ft", "--mem-models", "2", "--mem-cache", str(tmp_path / "mem")]
+    tiny = [*TINY, "--methods", "ft", "--mem-models", "2"]
     high, low = tmp_path / "high.json", tmp_path / "low.json"
     recipes.main([*tiny, "--forget", "high", "--out", str(high)])
     recipes.main([*tiny, "--forget", "low", "--out", str(low)])
     assert len(calls) == 1  # the second kind read the cached scores
-    (cached,) = (tmp_path / "mem").glob("*.npy")
+    (cached,) = (tmp_path / "memorization_cache").glob("*.npy")  # beside --out
     scores = np.load(cached)
     assert scores.shape == (360,) and ((scores >= -1) & (scores <= 1)).all()
     for path in (high, low):
