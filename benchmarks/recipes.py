@@ -216,15 +216,20 @@ def run(args) -> dict:
 
 
 def table(out: dict) -> str:
-    """Markdown: one row per (pretrain, unlearn, method), mean ± std over seeds."""
+    """Markdown: one row per (pretrain, unlearn, method), mean ± std over seeds; ``†`` marks the seeds where the
+    collapse guard (``runner.collapsed``: retain accuracy more than 20 points below the original's) fired."""
+    from jaxunlearn import runner
+
     rows: dict = {}
     for c in out["cells"]:
         key = (c["pretrain"], c["unlearn"] or "-", c["method"])
         rows.setdefault(key, []).append(c)
-    refs = {}
+    refs, origs = {}, {}
     for (pre, _, m), cs in rows.items():
         if m == "retrain":
             refs[pre] = cs
+        if m == "original":
+            origs[pre] = {c["seed"]: c for c in cs}
     lines = [
         "| pretrain | unlearn | method | FA | RA | TA | ΔTA vs Retrain | ToW | time (s) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -242,8 +247,11 @@ def table(out: dict) -> str:
             tuned = [k for k in cs[0]["chosen"] if k not in ("lr_scale", "epochs")] or ["lr_scale"]
             chosen = ", ".join(f"{k} {sorted({c['chosen'][k] for c in cs})}" for k in tuned)
             extra = f" {chosen}, cost ×{np.mean([c['cost'] for c in cs]):.1f}"
+        # the runner's collapse guard: retain accuracy more than 20 points below the original's
+        fell = sum(runner.collapsed(c, origs[pre][c["seed"]]) for c in cs if c["seed"] in origs.get(pre, {}))
+        mark = f" † collapsed ({fell}/{len(cs)})" if fell and un != "-" else ""
         lines.append(
-            f"| {pre} | {un} | {m}{' (diverged)' if any(c.get('diverged') for c in cs) else ''}{extra} | "
+            f"| {pre} | {un} | {m}{' (diverged)' if any(c.get('diverged') for c in cs) else ''}{mark}{extra} | "
             f"{ms([c['forget_acc'] for c in cs])} | {ms([c['retain_acc'] for c in cs])} | "
             f"{ms([c['test_acc'] for c in cs])} | {np.mean([c['test_acc'] for c in cs]) * 100 - ref_ta * 100:+.1f} | "
             f"{ms(tow) if tow else '-'} | {np.mean([c['seconds'] for c in cs]):.1f} |"

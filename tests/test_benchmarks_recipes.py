@@ -81,3 +81,15 @@ def test_memorization_kinds_train_the_scoring_models_once_per_seed(tmp_path, mon
     for path in (high, low):
         cells = {c["method"]: c for c in json.loads(path.read_text())["cells"]}
         assert set(cells) == {"original", "retrain", "ft"}
+
+
+def test_table_marks_the_seeds_where_the_collapse_guard_fired():
+    def cell(seed, method, ra, unlearn="sgd"):
+        return {"seed": seed, "pretrain": "sgd", "unlearn": unlearn, "method": method, "forget_acc": 0.5,
+                "retain_acc": ra, "test_acc": 0.9, "seconds": 1.0, "tow": 0.5}  # fmt: skip
+
+    cells = [cell(s, m, 0.99, None) for s in (0, 1) for m in ("original", "retrain")]
+    cells += [cell(0, "ssd", 0.30), cell(1, "ssd", 0.95), cell(0, "ft", 0.80), cell(1, "ft", 0.98)]
+    rows = {line.split(" | ")[2]: line for line in recipes.table({"cells": cells}).splitlines()[2:]}
+    assert "ssd † collapsed (1/2)" in rows  # RA 30 % is 69 points below the original's 99 %
+    assert "ft" in rows  # 19 points below: not a collapse (the guard's threshold is 20)
