@@ -259,6 +259,48 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def targets(out: dict, ta_tol: float = 0.05, fa_tol: float = 0.05) -> str:
+    """The issue's target per (pretrain, unlearn) variant, on the seed means: a method meets it when its forget
+    accuracy moved toward Retrain's, ``|FA − FA_r| < |FA₀ − FA_r|``, or is within ``fa_tol`` of it (where the
+    original is already at Retrain's, e.g. a generalized forget set, staying there), and ``|TA − TA_r| ≤
+    ta_tol``. Lists the methods that miss, with why; tuned rows are judged like the others.
+
+    Example:
+        >>> c = lambda m, fa, ta, un="sgd": {"seed": 0, "pretrain": "sgd", "unlearn": un, "method": m,
+        ...                                  "forget_acc": fa, "retain_acc": 1.0, "test_acc": ta}
+        >>> out = {"cells": [c("original", 1.0, 0.98, None), c("retrain", 0.0, 0.88, None),
+        ...                  c("ft", 0.0, 0.87), c("ga", 1.0, 0.95), c("rl", 0.0, 0.70)]}
+        >>> print(targets(out))
+        - sgd / sgd: 1 of 3 meet it; ga (FA 100.0, Retrain 0.0, original 100.0; ΔTA +7.0), rl (ΔTA -18.0)
+    """
+    by: dict = {}
+    for c in out["cells"]:
+        by.setdefault((c["pretrain"], c["unlearn"], c["method"]), []).append(c)
+    mean = {k: {m: float(np.mean([c[m] for c in cs])) for m in ("forget_acc", "test_acc")} for k, cs in by.items()}
+    lines = []
+    for pre in dict.fromkeys(k[0] for k in by):
+        orig, ref = mean.get((pre, None, "original")), mean.get((pre, None, "retrain"))
+        if orig is None or ref is None:
+            continue
+        for un in dict.fromkeys(k[1] for k in by if k[0] == pre and k[1] is not None):
+            rows = [(k[2], v) for k, v in mean.items() if k[0] == pre and k[1] == un]
+            miss = []
+            for name, v in rows:
+                gap, gap0 = abs(v["forget_acc"] - ref["forget_acc"]), abs(orig["forget_acc"] - ref["forget_acc"])
+                dta = v["test_acc"] - ref["test_acc"]
+                why = []
+                if not (gap < gap0 or gap <= fa_tol):
+                    why.append(f"FA {100 * v['forget_acc']:.1f}, Retrain {100 * ref['forget_acc']:.1f}, "
+                               f"original {100 * orig['forget_acc']:.1f}")  # fmt: skip
+                if abs(dta) > ta_tol:
+                    why.append(f"ΔTA {100 * dta:+.1f}")
+                if why:
+                    miss.append(f"{name} ({'; '.join(why)})")
+            head = f"- {pre} / {un}: {len(rows) - len(miss)} of {len(rows)} meet it"
+            lines.append(head + ("; " + ", ".join(miss) if miss else ""))
+    return "\n".join(lines)
+
+
 def cost(args) -> dict:
     """The cost of ``tune`` as a multiple of one run of the method, per mode: the first tune (one compilation
     of the method's steps) and a warm one (nothing compiled), on ``args.forget`` of seed ``args.seed`` after
@@ -380,7 +422,8 @@ def main(argv=None) -> None:
         return
     if args.from_json:
         with open(args.from_json) as f:
-            print(table(json.load(f)))
+            got = json.load(f)
+        print(table(got) + "\n\nTarget (FA toward Retrain's or within 5 points of it, |ΔTA| ≤ 5):\n" + targets(got))
         return
     t0 = time.perf_counter()
     out = run(args)

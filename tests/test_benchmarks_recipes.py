@@ -93,3 +93,23 @@ def test_table_marks_the_seeds_where_the_collapse_guard_fired():
     rows = {line.split(" | ")[2]: line for line in recipes.table({"cells": cells}).splitlines()[2:]}
     assert "ssd † collapsed (1/2)" in rows  # RA 30 % is 69 points below the original's 99 %
     assert "ft" in rows  # 19 points below: not a collapse (the guard's threshold is 20)
+
+
+def test_targets_names_the_methods_that_miss_and_why():
+    def cell(method, fa, ta, unlearn="sgd", seed=0):
+        return {"seed": seed, "pretrain": "sgd", "unlearn": unlearn, "method": method, "forget_acc": fa,
+                "retain_acc": 1.0, "test_acc": ta}  # fmt: skip
+
+    ref = [cell("original", 1.0, 0.98, None), cell("retrain", 0.0, 0.88, None)]
+    out = {
+        "cells": [*ref, cell("ft", 0.03, 0.86), cell("ga", 1.0, 0.95), cell("rl", 0.0, 0.80), cell("scrub", 0.6, 0.9)]
+    }
+    line = recipes.targets(out)
+    assert line.startswith("- sgd / sgd: 2 of 4 meet it;")  # ft and scrub (part of the way) meet it
+    assert "ga (FA 100.0, Retrain 0.0, original 100.0; ΔTA +7.0)" in line and "rl (ΔTA -8.0)" in line
+    # a generalized forget set: the original is already at Retrain's; staying within 5 points of it meets it
+    gen = [cell("original", 1.0, 0.98, None), cell("retrain", 1.0, 0.98, None), cell("ft", 0.96, 0.97)]
+    assert recipes.targets({"cells": gen}) == "- sgd / sgd: 1 of 1 meet it"
+    # seed means: one seed that misses is averaged with one that meets
+    two = [*ref, *[dict(c, seed=1) for c in ref], cell("ga", 1.0, 0.9), cell("ga", 0.0, 0.9, seed=1)]
+    assert recipes.targets({"cells": two}) == "- sgd / sgd: 1 of 1 meet it"
