@@ -7,6 +7,12 @@ exact-match, verbatim extraction, MIA AUC, utility and the relearning attack; me
 
     nohup nice -n 10 .venv/bin/python experiments/lm_facts.py > experiments/results/lm_facts/log.txt 2>&1 &
     .venv/bin/python experiments/lm_facts.py --smoke          # seconds: a tiny corpus and model
+    .venv/bin/python experiments/lm_facts.py --depth 4 --methods rmu --option rmu.layer=4 --option rmu.alpha=200 \
+        --option rmu.epochs=120 --out experiments/results/lm_facts_rmu_depth4    # one method on a 4-block GPT
+
+``--option method.key=value`` (repeatable; the value is read as JSON, else as a string) sets the job's
+``method_options`` over the method's defaults; ``--depth``, ``--dim`` and ``--pretrain-epochs`` set the model
+and its pretraining (default: the 2-block GPT of width 64, 40 epochs).
 
 Writes ``experiments/results/lm_facts/{results.json, table.md, relearn.md, relearn.png}`` (or under ``--out``);
 ``--resume`` continues an interrupted run from its ``progress.json`` and checkpoints.
@@ -15,6 +21,7 @@ Writes ``experiments/results/lm_facts/{results.json, table.md, relearn.md, relea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -72,6 +79,31 @@ def relearn_figure(results: dict, path: str) -> None:
     plt.close(fig)
 
 
+def parse_options(items) -> dict:
+    """``["rmu.layer=2", "rmu.tokens=inputs"]`` → ``{"rmu": {"layer": 2, "tokens": "inputs"}}``: each value is
+    read as JSON (numbers, ``true``, ``null``, lists, objects), else kept as a string.
+
+    Example:
+        >>> parse_options(["rmu.layer=2", "rmu.tokens=inputs", "npo.beta=0.1"])
+        {'rmu': {'layer': 2, 'tokens': 'inputs'}, 'npo': {'beta': 0.1}}
+        >>> parse_options(["layer=2"])
+        Traceback (most recent call last):
+        ValueError: --option takes method.key=value (e.g. rmu.layer=2), got 'layer=2'.
+    """
+    out = {}
+    for item in items or ():
+        name, eq, value = item.partition("=")
+        method, dot, key = name.partition(".")
+        if not (eq and dot and method and key):
+            raise ValueError(f"--option takes method.key=value (e.g. rmu.layer=2), got {item!r}.")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(method, {})[key] = parsed
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -80,19 +112,50 @@ def main(argv=None):
     ap.add_argument("--forget", type=float, default=0.05)
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--depth", type=int, default=None, help="transformer blocks (default 2)")
+    ap.add_argument("--dim", type=int, default=None, help="model width (default 64)")
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining and Retrain epochs (default 40)")
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a method option over its defaults, e.g. rmu.layer=2 (repeatable; JSON values)",
+    )
     ap.add_argument("--smoke", action="store_true", help="a seconds-long run on a tiny corpus and model")
     args = ap.parse_args(argv)
     kw = {}
     if args.smoke:
         kw = {"people": 12, "templates": 1, "dim": 16, "heads": 2, "pretrain_epochs": 2, "unlearn_epochs": 1,
               "relearn_steps": 2, "relearn_every": 1, "batch_size": 16}  # fmt: skip
-    cfg = lm_job.LMJobConfig(seeds=args.seeds, optimizers=args.optimizers, methods=args.methods, forget=args.forget,
-                             out=args.out, resume=args.resume, progress=False, **kw)  # fmt: skip
+    for name in ("depth", "dim", "pretrain_epochs"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    try:
+        options = parse_options(args.option)
+    except ValueError as e:
+        ap.error(str(e))
+    if options:
+        kw["method_options"] = options
+    try:
+        cfg = lm_job.LMJobConfig(
+            seeds=args.seeds,
+            optimizers=args.optimizers,
+            methods=args.methods,
+            forget=args.forget,
+            out=args.out,
+            resume=args.resume,
+            progress=False,
+            **kw,
+        )
+    except ValueError as e:
+        ap.error(str(e))
     t0 = time.perf_counter()
     res = lm_job.run(cfg)
     wall = time.perf_counter() - t0
     pre = {k: v["mean"] if isinstance(v, dict) else v for k, v in res["pretrain"].items()}
-    head = (f"GPT: {res['settings']['num_params']} parameters, vocabulary {res['settings']['vocab_size']}, context "
+    head = (f"GPT: {res['settings']['depth']} blocks, width {res['settings']['dim']}, "
+            f"{res['settings']['num_params']} parameters, vocabulary {res['settings']['vocab_size']}, context "
             f"{res['settings']['context']}; {res['settings']['examples']} examples. Pretraining: {pre['steps']} steps "
             f"({pre['epochs']} epochs, {pre['seconds']:.0f} s), forget / retain exact-match after pretraining "
             f"{100 * pre['forget_em']:.1f} / {100 * pre['retain_em']:.1f} %. "

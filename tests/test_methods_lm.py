@@ -83,14 +83,14 @@ def test_rmu_steers_the_forget_states(ctx):
     from jaxunlearn import objectives
     from jaxunlearn.models.gpt import layer_hidden
 
-    hp = lm.get_lm("rmu").recipe(dataclasses.replace(ctx, options={**FAST, "layer": 1})).plan.hp
+    hp = lm.get_lm("rmu").recipe(dataclasses.replace(ctx, options={**FAST, "layer": 1, "epochs": 30})).plan.hp
     f = {k: v[ctx.forget_idx] for k, v in ctx.data.items()}
 
     def dist(p):
         h = layer_hidden(ctx.apply_fn(p, ctx.model_state, f["x"], features=True)[0], 1)
         return float(objectives.masked_mse(h, hp["steer"] * hp["u"], f["valid"]))
 
-    res = _run(ctx, "rmu", **FAST, layer=1)
+    res = _run(ctx, "rmu", **FAST, layer=1, epochs=30)
     assert dist(res.params) < dist(ctx.params)
 
 
@@ -110,8 +110,8 @@ def _cover_options(name, kind):
     if name == "hessian_select":  # the exact Hessian diagonal (the model is below exact_limit) over 4 examples
         return {"num_probes": 2, "max_examples": 4, "base_options": {"sign": "max"} if kind == "max" else {}}
     opts = dict(FORGET_ONLY if name in ("npo", "simnpo") else FAST)
-    if name == "rmu":
-        opts["layer"] = 1
+    if name == "rmu":  # the same run as test_rmu_steers_the_forget_states
+        opts.update(layer=1, epochs=30)
     if name == "sharp_minmax":
         opts = {}
     if kind == "max" and "sign" in lm.get_lm(name).defaults:
@@ -180,5 +180,9 @@ def test_bad_inputs(ctx):
         dataclasses.replace(ctx, data={"x": ctx.data["x"]})
     with pytest.raises(ValueError, match="layer=5"):
         lm.get_lm("rmu").recipe(dataclasses.replace(ctx, options={"layer": 5}))
+    with pytest.raises(ValueError, match='layer=-1: must be an integer >= 0 .* or "last"'):
+        lm.resolve_options(lm.get_lm("rmu"), {"layer": -1})
+    with pytest.raises(ValueError, match="layer='middle'"):
+        lm.resolve_options(lm.get_lm("rmu"), {"layer": "middle"})
     with pytest.raises(ValueError, match="sign"):
         lm.get_lm("npo").recipe(dataclasses.replace(ctx, options={"sign": "up"}))
