@@ -119,13 +119,10 @@ def run(args) -> dict:
 
     if args.tune:
         from jaxunlearn import tuning
+    from jaxunlearn.cli import parse_method_options
     from jaxunlearn.plan import OptimConfig
 
-    overrides: dict = {}
-    for item in args.option:
-        key, _, value = item.partition("=")
-        name, _, opt = key.partition(".")
-        overrides.setdefault(name, {})[opt] = json.loads(value)
+    overrides = parse_method_options(args.option)
     out = {"settings": vars(args).copy(), "cells": []}
     out["settings"].pop("func", None)
     if getattr(args, "resume", False) and args.out and os.path.exists(args.out):

@@ -21,7 +21,6 @@ Writes ``experiments/results/lm_facts/{results.json, table.md, relearn.md, relea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(HERE))
 
-from jaxunlearn import _atomic, lm_job  # noqa: E402
+from jaxunlearn import _atomic, cli, lm_job  # noqa: E402
 
 OUT = os.path.join(HERE, "results", "lm_facts")
 
@@ -79,31 +78,6 @@ def relearn_figure(results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def parse_options(items) -> dict:
-    """``["rmu.layer=2", "rmu.tokens=inputs"]`` → ``{"rmu": {"layer": 2, "tokens": "inputs"}}``: each value is
-    read as JSON (numbers, ``true``, ``null``, lists, objects), else kept as a string.
-
-    Example:
-        >>> parse_options(["rmu.layer=2", "rmu.tokens=inputs", "npo.beta=0.1"])
-        {'rmu': {'layer': 2, 'tokens': 'inputs'}, 'npo': {'beta': 0.1}}
-        >>> parse_options(["layer=2"])
-        Traceback (most recent call last):
-        ValueError: --option takes method.key=value (e.g. rmu.layer=2), got 'layer=2'.
-    """
-    out = {}
-    for item in items or ():
-        name, eq, value = item.partition("=")
-        method, dot, key = name.partition(".")
-        if not (eq and dot and method and key):
-            raise ValueError(f"--option takes method.key=value (e.g. rmu.layer=2), got {item!r}.")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(method, {})[key] = parsed
-    return out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -132,7 +106,7 @@ def main(argv=None):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     try:
-        options = parse_options(args.option)
+        options = cli.parse_method_options(args.option)
     except ValueError as e:
         ap.error(str(e))
     if options:

@@ -20,17 +20,25 @@ import json
 import os
 import sys
 
-__all__ = ["main", "build_parser", "resume_command"]
+__all__ = ["main", "build_parser", "parse_method_options", "resume_command"]
 
 
 def _csv(s: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in s.split(",") if v.strip())
 
 
-def _method_options(items: list[str]) -> dict:
-    """``name.key=value`` items -> {name: {key: value}} (values parsed as JSON when possible).
+def parse_method_options(items: list[str]) -> dict:
+    """``--option`` items ``METHOD.KEY=VALUE`` -> ``{METHOD: {KEY: VALUE}}``, each value read as JSON when it
+    parses (numbers, ``true``, ``null``, lists, objects), else kept as a string.
 
     The method name ends at the last dot (variant tags may hold dots: ``sharp_minmax@f0.3.fraction=0.3``).
+
+    Example:
+        >>> parse_method_options(["rmu.layer=2", "rmu.tokens=inputs", "sharp_minmax@f0.3.fraction=0.3"])
+        {'rmu': {'layer': 2, 'tokens': 'inputs'}, 'sharp_minmax@f0.3': {'fraction': 0.3}}
+        >>> parse_method_options(["layer=2"])
+        Traceback (most recent call last):
+        ValueError: --option must look like METHOD.KEY=VALUE (e.g. sharp_minmax.fraction=0.1), got 'layer=2'.
     """
     out: dict = {}
     for item in items or []:
@@ -83,7 +91,7 @@ def _load_config(path: str) -> dict:
         opts = cfg.setdefault("method_options", {})
         if not isinstance(opts, dict):
             raise ValueError(f"--config {path}: 'method_options' must be a table of {{method: {{key: value}}}}.")
-        for name, kv in _method_options(items).items():
+        for name, kv in parse_method_options(items).items():
             opts.setdefault(name, {}).update(kv)
     return cfg
 
@@ -197,7 +205,7 @@ def _job_config(args) -> JobConfig:  # noqa: F821
     if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
         raise ValueError("--config: method_options must be a table of {method: {key: value}}.")
     opts = {name: dict(kv) for name, kv in opts.items()}
-    for name, kv in _method_options(args.method_options).items():
+    for name, kv in parse_method_options(args.method_options).items():
         opts.setdefault(name, {}).update(kv)
     for k in ("pretrain", "unlearn_optimizer", "methods"):
         if isinstance(values.get(k), list):
@@ -248,7 +256,7 @@ def _cmd_run_lm(args) -> int:
         raise ValueError(f"{names} does not apply to --dataset facts; the language-model job takes {takes}.")
     kw = {_LM_SETTINGS[k]: v for k, v in given.items()}
     if "method_options" in kw:
-        kw["method_options"] = _method_options(kw["method_options"])
+        kw["method_options"] = parse_method_options(kw["method_options"])
     if "methods" in kw:
         kw["methods"] = tuple(m for m in kw["methods"] if m != "retrain")  # Retrain always runs
     if "forget" in kw and not 0 < kw["forget"] < 1:

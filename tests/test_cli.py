@@ -287,7 +287,7 @@ def test_retrain_receives_its_method_options(tmp_path):
 
 
 def test_method_variant_options_are_checked_and_tags_may_hold_dots(tmp_path, capsys):
-    assert cli._method_options(["sharp_minmax@f0.3.fraction=0.3"]) == {"sharp_minmax@f0.3": {"fraction": 0.3}}
+    assert cli.parse_method_options(["sharp_minmax@f0.3.fraction=0.3"]) == {"sharp_minmax@f0.3": {"fraction": 0.3}}
     bad = ["run", *TINY, "--methods", "ft@x", "--option", "ft@x.fractoin=1", "--out", str(tmp_path / "o")]
     assert cli.main(bad) == 2
     assert "ft@x has no option(s) ['fractoin']" in capsys.readouterr().err
@@ -299,7 +299,7 @@ def test_method_variant_options_are_checked_and_tags_may_hold_dots(tmp_path, cap
     assert "the variant ft@E3 is not in --methods (did you mean ft@e3?)" in capsys.readouterr().err
     # an option without a key reads the tag's last part as the key: said plainly
     with pytest.raises(ValueError, match="reads as method 'sharp_minmax@f0', option '3'"):
-        cli._method_options(["sharp_minmax@f0.3=0.3"])
+        cli.parse_method_options(["sharp_minmax@f0.3=0.3"])
     # Retrain is the job's reference: no variants of it
     assert cli.main(["run", *TINY, "--methods", "ft,retrain@x", "--out", str(tmp_path / "r")]) == 2
     assert "Retrain is the job's reference" in capsys.readouterr().err
