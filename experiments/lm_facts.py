@@ -107,11 +107,8 @@ def main(argv=None):
             kw[name] = getattr(args, name)
     try:
         options = cli.parse_method_options(args.option)
-    except ValueError as e:
-        ap.error(str(e))
-    if options:
-        kw["method_options"] = options
-    try:
+        if options:
+            kw["method_options"] = options
         cfg = lm_job.LMJobConfig(
             seeds=args.seeds,
             optimizers=args.optimizers,

@@ -61,7 +61,7 @@ def layer_rule(v) -> str | None:
         >>> layer_rule("last") is None, layer_rule(2) is None, layer_rule(-1)
         (True, True, 'must be an integer >= 0 (0 = the embeddings) or "last" (the last block)')
     """
-    if v == "last" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+    if v == "last" or options.count(0)(v) is None:
         return None
     return 'must be an integer >= 0 (0 = the embeddings) or "last" (the last block)'
 
