@@ -941,13 +941,22 @@ MODEL_INIT_SCHEME = "per-model-init"
 
 
 def vmapped_train_fn(
-    cfg: JobConfig, ds: data.Dataset, apply_fn, dd: engine.DeviceData, seed: int, *, desc: str = "K models"
+    cfg: JobConfig,
+    ds: data.Dataset,
+    apply_fn,
+    dd: engine.DeviceData,
+    seed: int,
+    *,
+    desc: str = "K models",
+    checkpoint_dir: str | None = None,
 ):
     """``train_fn(masks: bool[K, N]) -> stacked params``: K models trained together with ``engine.train_many``.
 
     Model k starts from its own initialisation and trains on the examples ``masks[k]`` with the job's
     pretraining recipe (SGD, ``cfg.pretrain_lr``, ``cfg.pretrain_epochs``, ``cfg.batch_size``); one
-    compiled program for all K. This is the trainer the memorization scores
+    compiled program for all K (on CPU, one per group of ``engine.MAX_UNROLL_MODELS``: see
+    ``engine.train_many``). ``checkpoint_dir``: the models checkpoint there every epoch and an interrupted
+    call resumes. This is the trainer the memorization scores
     (``metrics.memorization_scores``) and LiRA's shadow models (``metrics.lira_attack``) take, e.g.
     ``metrics.lira_attack(train_fn, models.logits_fn(apply_fn, state), x, y, num_shadows=8)``.
 
@@ -989,6 +998,8 @@ def vmapped_train_fn(
             seed=seed,
             progress=cfg.progress,
             desc=desc,
+            checkpoint_dir=checkpoint_dir,
+            resume=checkpoint_dir is not None,
         )
         return p
 
@@ -999,6 +1010,8 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
     """Feldman–Zhang scores from ``cfg.mem_models`` models trained together in one program
     (:func:`vmapped_train_fn`: each model its own initialisation and random subset). ``params`` only
     fixes the structure. The default ``memorization_fn`` of :func:`run_job` (experiments pass a cached one).
+    With ``cfg.out`` the models checkpoint every epoch under ``OUT/checkpoints/memorization/seed<s>-K<k>``, so
+    an interrupted job resumes its memorization models too.
     ``mem_i = mean_{k: i ∈ S_k} [f_k(x_i) = y_i] − mean_{k: i ∉ S_k} [f_k(x_i) = y_i]`` over the models'
     training subsets ``S_k``, in [−1, 1].
 
@@ -1012,7 +1025,12 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
         >>> scores.shape, bool(((scores >= -1) & (scores <= 1)).all())
         ((54,), True)
     """
-    train_fn = vmapped_train_fn(cfg, ds, apply_fn, dd, seed, desc="memorization models")
+    ckpt = (
+        None
+        if cfg.out is None
+        else os.path.join(cfg.out, "checkpoints", "memorization", f"seed{seed}-K{cfg.mem_models}")
+    )
+    train_fn = vmapped_train_fn(cfg, ds, apply_fn, dd, seed, desc="memorization models", checkpoint_dir=ckpt)
     logits_fn = models.logits_fn(apply_fn, state)
     return metrics.memorization_scores(
         train_fn, logits_fn, ds.x_train, ds.y_train, num_models=cfg.mem_models, seed=seed

@@ -480,6 +480,60 @@ def test_train_many_reuses_its_step_across_run_lengths(small):
     assert not np.allclose(np.asarray(a["head"]["kernel"]), np.asarray(b["head"]["kernel"]))
 
 
+@pytest.mark.parametrize("mode", ["vmap", "unroll"])
+def test_train_many_groups_equal_one_run_and_resume(small, tmp_path, mode):
+    """K = 5 models trained in groups of 2 (2 + 2 + 1) equal the run over all 5 at once: model k keeps its
+    initialisation and its batches (seed, k, epoch). With a checkpoint folder each group checkpoints in its own
+    folder; a rerun with ``resume`` retrains only a group whose checkpoints are gone, with the same result."""
+    inits = [_mlp(seed=k) for k in range(5)]
+    apply_fn = inits[0][0]
+    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+    p5, s5 = stack([p for _, p, _ in inits]), stack([s for _, _, s in inits])
+    rng = np.random.default_rng(1)
+    sets = np.stack([np.sort(rng.choice(len(small), 120, replace=False)) for _ in range(5)])
+    kw = dict(optimizer=engine.OptimConfig(lr=0.05), epochs=2, seed=7, progress=False, model_mode=mode)
+    whole, _ = engine.train_many(apply_fn, p5, s5, small, sets, **kw)
+    ckpt = tmp_path / "many"
+    grouped, _ = engine.train_many(apply_fn, p5, s5, small, sets, group_size=2, checkpoint_dir=ckpt, **kw)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(grouped)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert sorted(os.listdir(ckpt)) == ["models0-1", "models2-3", "models4-4"]
+    import shutil
+
+    shutil.rmtree(ckpt / "models2-3")
+    kept = {f: os.stat(f).st_mtime_ns for f in (ckpt / "models0-1").rglob("*") if f.is_file()}
+    again, _ = engine.train_many(apply_fn, p5, s5, small, sets, group_size=2, checkpoint_dir=ckpt, resume=True, **kw)
+    for a, b in zip(jax.tree.leaves(grouped), jax.tree.leaves(again)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert os.path.isdir(ckpt / "models2-3")  # retrained
+    assert kept and {f: os.stat(f).st_mtime_ns for f in kept} == kept  # a finished group is only read back
+    # the groups are not the same models: model k's own batches and initialisation
+    assert not np.allclose(np.asarray(grouped["head"]["kernel"][0]), np.asarray(grouped["head"]["kernel"][2]))
+    with pytest.raises(ValueError, match="group_size must be a whole number"):
+        engine.train_many(apply_fn, p5, s5, small, sets, group_size=0, **kw)
+
+
+def test_train_many_groups_by_default_on_cpu_beyond_the_unroll_limit(small, monkeypatch):
+    """With ``model_mode=None`` on CPU, K above ``MAX_UNROLL_MODELS`` trains in unrolled groups of that size."""
+    from jaxunlearn.engine import many
+
+    monkeypatch.setattr(many.jax, "default_backend", lambda: "cpu")
+    calls = []
+    real = many._run
+    monkeypatch.setattr(many, "MAX_UNROLL_MODELS", 2)
+    monkeypatch.setattr(
+        many, "_run", lambda *a, **k: calls.append((k["first_model"], len(k["retain_idx"]))) or real(*a, **k)
+    )
+    apply_fn, params, state = _mlp()
+    p3, s3 = (jax.tree.map(lambda a: jnp.stack([a, a, a]), t) for t in (params, state))
+    sets = np.stack([np.arange(40), np.arange(40, 80), np.arange(80, 120)])
+    engine.train_many(apply_fn, p3, s3, small, sets, epochs=1, progress=False)
+    assert calls == [(0, 2), (2, 1)]
+    calls.clear()
+    engine.train_many(apply_fn, p3, s3, small, sets, epochs=1, progress=False, model_mode="vmap")
+    assert calls == [(0, 3)]  # an explicit mode: one program for all
+
+
 def test_train_many_validation(small):
     apply_fn, params, state = _mlp()
     p2 = jax.tree.map(lambda a: jnp.stack([a, a]), params)

@@ -81,6 +81,27 @@ def _noop_unlearn(calls):
     return unlearn_fn
 
 
+def test_memorization_models_checkpoint_under_the_job_and_resume(tmp_path, monkeypatch):
+    """With ``cfg.out`` the memorization models checkpoint under OUT/checkpoints/memorization/seed<s>-K<k>, in
+    groups (here of 2, as on CPU beyond MAX_UNROLL_MODELS); a second call finds them and trains nothing again."""
+    from jaxunlearn import models
+    from jaxunlearn.engine import many
+
+    monkeypatch.setattr(many, "MAX_UNROLL_MODELS", 2)
+    monkeypatch.setattr(many.jax, "default_backend", lambda: "cpu")
+    cfg = JobConfig(**{**TINY, "max_train": 80}, mem_models=3, out=str(tmp_path / "job"))
+    ds = runner.load_dataset(cfg, seed=0)
+    apply_fn, params, state = models.split_model(runner.build_model(cfg, ds, seed=0))
+    dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+    first = runner.memorization_scores(cfg, ds, apply_fn, params, state, dd, seed=0)
+    where = tmp_path / "job" / "checkpoints" / "memorization" / "seed0-K3"
+    assert sorted(os.listdir(where)) == ["models0-1", "models2-2"]
+    stamps = {f: os.stat(f).st_mtime_ns for f in where.rglob("*") if f.is_file()}
+    again = runner.memorization_scores(cfg, ds, apply_fn, params, state, dd, seed=0)
+    np.testing.assert_array_equal(first, again)
+    assert {f: os.stat(f).st_mtime_ns for f in stamps} == stamps
+
+
 def test_run_job_uses_the_memorization_and_unlearning_functions_passed_in(tmp_path):
     """The scores choose the forget set; every method runs once per unlearning optimizer through ``unlearn_fn``
     (Retrain once) and its result is what gets evaluated; a resume calls it for nothing already recorded."""
