@@ -451,14 +451,18 @@ def _rate_options(method, ctx, where: str | None, value: float) -> dict:
 
 def default_grid(method: str, ctx: methods.Context) -> tuple[float, ...]:
     """The default ``lr_scale`` grid: the method's current ``lr_scale`` (its default, or ``ctx.options``'s) times
-    :data:`GRID_FACTORS` ``(0.1, 0.3, 1, 3)``.
+    :data:`GRID_FACTORS` ``(0.1, 0.3, 1, 3)``, or times the method's registered ``tune_factors`` (GA: ``(0.3, 1,
+    3, 10)``: the ascent a class needs is 3–10× what a random forget set takes, see ``methods/ga.py``).
 
     Example:
-        >>> default_grid("ga", methods.toy_context())  # GA's default lr_scale is 0.01
-        (0.001, 0.003, 0.01, 0.03)
+        >>> default_grid("ft", methods.toy_context())  # FT's default lr_scale is 1
+        (0.1, 0.3, 1.0, 3.0)
+        >>> default_grid("ga", methods.toy_context())  # GA's default lr_scale is 0.003
+        (0.0009, 0.003, 0.009, 0.03)
     """
-    current, _ = _rate_option(methods.get(method), ctx)
-    return tuple(float(f"{current * f:.6g}") for f in GRID_FACTORS)
+    m = methods.get(method)
+    current, _ = _rate_option(m, ctx)
+    return tuple(float(f"{current * f:.6g}") for f in (m.tune_factors or GRID_FACTORS))
 
 
 def _subset(idx: np.ndarray, limit: int | None, seed: int) -> np.ndarray:

@@ -194,6 +194,18 @@ def test_default_grid_and_injected_rate_match_scaled():
     assert tuning.default_grid("scrub", ctx) == (0.02, 0.06, 0.2, 0.6)
     base = methods.resolve_options(methods.get("neggrad"), {})["lr_scale"]  # hessian_select's rate: its base's
     assert tuning.default_grid("hessian_select", ctx) == tuple(float(f"{base * f:.6g}") for f in tuning.GRID_FACTORS)
+    ga = res_default("ga")
+    assert tuning.default_grid("ga", ctx) == tuple(float(f"{ga * f:.6g}") for f in (0.3, 1, 3, 10))  # its own factors
+    assert tuning.default_grid("ga@x", ctx) == tuning.default_grid("ga", ctx)  # a variant keeps them
+    ctx2 = methods.toy_context(options={"lr_scale": 0.5})
+    assert tuning.default_grid("ft", ctx2) == (0.05, 0.15, 0.5, 1.5)  # around the rate the context sets
+
+
+@pytest.mark.parametrize("bad", [(), (1.0, 0.0), (float("nan"),)])
+def test_register_rejects_bad_tune_factors(bad):
+    with pytest.raises(ValueError, match="tune_factors must be finite numbers > 0"):
+        methods.register("my_bad_factors", "x", {"lr_scale": 1.0}, tune_factors=bad)
+    assert "my_bad_factors" not in methods.METHODS
 
 
 def res_default(method):

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -212,12 +213,13 @@ class Method:
 
     ``gradient_based`` is False for methods that edit the weights directly (no plan, no optimizer).
     ``tune_options`` (``{option: values}``) is the grid :func:`jaxunlearn.tuning.tune` searches by default for a
-    method without a learning rate (SSD's ``alpha``).
+    method without a learning rate (SSD's ``alpha``); ``tune_factors`` (None: the common
+    ``tuning.GRID_FACTORS``) the factors of its default ``lr_scale`` grid (GA's reaches 10× up).
 
     Example:
         >>> m = get("ga")
         >>> m.name, m.gradient_based, m.defaults
-        ('ga', True, {'lr_scale': 0.01, 'epochs': 5})
+        ('ga', True, {'lr_scale': 0.003, 'epochs': 5})
         >>> m.recipe(toy_context()).plan.epochs  # the method's default of 5 epochs, not the context's 1
         5
         >>> m.recipe(toy_context(options={"epochs": 3})).plan.epochs
@@ -233,6 +235,7 @@ class Method:
     gradient_based: bool = True
     checks: dict = dataclasses.field(default_factory=dict)
     tune_options: dict = dataclasses.field(default_factory=dict)
+    tune_factors: tuple[float, ...] | None = None
 
     def recipe(self, ctx: Context) -> Recipe:
         """The method's recipe for ``ctx`` (its options merged over the defaults); a plan's ``corrected``
@@ -265,6 +268,7 @@ def register(
     overwrite: bool = False,
     checks: dict | None = None,
     tune_options: dict | None = None,
+    tune_factors: Sequence[float] | None = None,
 ):
     """Decorator registering ``fn(ctx, options) -> Recipe`` under ``name``.
 
@@ -272,7 +276,8 @@ def register(
     that defines a method). ``checks``: ``{option: rule}`` (:mod:`jaxunlearn.methods.options`), checked with
     the common rules whenever options are resolved, so a bad value fails before any training. ``tune_options``:
     ``{option: values}``, the grid ``tuning.tune`` searches when it is given none for a method that edits the
-    weights directly (no learning rate to tune). A method is a
+    weights directly (no learning rate to tune). ``tune_factors``: the factors of the default ``lr_scale`` grid
+    ``tuning.tune`` searches around the method's rate (default ``tuning.GRID_FACTORS``). A method is a
     recipe builder: compose the pieces exported here (:class:`~jaxunlearn.plan.Phase`, :func:`method_plan`,
     :class:`Recipe`, :mod:`jaxunlearn.objectives`).
 
@@ -292,6 +297,10 @@ def register(
     unknown = sorted(set(tune_options or {}) - set(defaults or {}))
     if unknown:
         raise ValueError(f"register({name!r}): tune_options names {unknown}, which are not among its defaults.")
+    if tune_factors is not None:
+        tune_factors = tuple(float(f) for f in tune_factors)
+        if not tune_factors or not all(math.isfinite(f) and f > 0 for f in tune_factors):
+            raise ValueError(f"register({name!r}): tune_factors must be finite numbers > 0, got {tune_factors}.")
 
     def deco(fn):
         if name in METHODS and not overwrite:
@@ -305,7 +314,7 @@ def register(
                 f"method, which needs no registration), got {name!r}."
             )
         METHODS[name] = Method(name, summary, fn, dict(defaults or {}), gradient_based, dict(checks or {}),
-                               {k: tuple(v) for k, v in (tune_options or {}).items()})  # fmt: skip
+                               {k: tuple(v) for k, v in (tune_options or {}).items()}, tune_factors)  # fmt: skip
         return fn
 
     return deco

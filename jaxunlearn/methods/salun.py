@@ -2,6 +2,10 @@
 
 Saliency ``s = |Σ_{i∈F} ∇ CE(x_i, y_i)|``; the mask keeps the top ``fraction`` of all parameters
 (global rank), and RL's updates are masked with it.
+
+Default recipe: ``fraction`` 0.5 (SalUn's threshold) and RL's rate, ``lr_scale`` 0.03, for the same reason as
+RL's (``methods/rl.py``): at 0.1 a random 10 % of Fashion-MNIST drops to 47 % forget accuracy against
+Retrain's 84 %.
 """
 
 from jaxunlearn import selection
@@ -12,7 +16,7 @@ from jaxunlearn.plan import Phase
 
 
 @register(
-    "salun", "RL restricted to the top fraction of |grad CE(F)|", {"fraction": 0.5, "lr_scale": 0.1, "epochs": None}
+    "salun", "RL restricted to the top fraction of |grad CE(F)|", {"fraction": 0.5, "lr_scale": 0.03, "epochs": None}
 )
 def salun(ctx, opts):
     """SalUn's recipe: RL's phase (:func:`~jaxunlearn.methods.rl.rl_loss`) with its updates restricted to the
