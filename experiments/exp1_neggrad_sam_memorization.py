@@ -3,7 +3,8 @@ depends on how memorized the forget set is (high / mid / low / mix Feldman–Zha
 
 One ``runner.run_job`` per forget level over the grid pretrain {SGD, SAM, ASAM} × unlearn {SGD-style
 (AdamW), SAM, ASAM} with NegGrad(+) and Retrain; memorization scores come from ``mem_models`` vmapped
-models on random 70 % subsets (computed once per seed and reused across levels, see common.py).
+models on random 70 % subsets (computed once per seed and reused across levels, see common.py); the level jobs
+share each seed's original models (``--originals OUT/originals``), so only the first level pretrains them.
 Table: ToW (mean ± std over seeds) per level and variant.
 
     .venv/bin/python experiments/exp1_neggrad_sam_memorization.py
@@ -42,6 +43,7 @@ def main(argv=None):
             pretrain=opts,
             unlearn_optimizer=opts,
             methods=("retrain", "neggrad"),
+            originals=os.path.join(out, "originals"),  # the levels share each seed's originals
         )
         if args.collect and not os.path.exists(os.path.join(cfg.out, "progress.json")):
             continue

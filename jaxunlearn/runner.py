@@ -340,6 +340,13 @@ class JobConfig:
     seed: int = _setting(0, "first seed", group=_RUN, check=_at_most(MAX_SEED))
     out: str | None = _setting(None, "output directory (default runs/<timestamp>)", group=_RUN, check=_check_out)
     resume: bool = _setting(False, "continue an interrupted run in --out", group=_RUN)
+    originals: str | None = _setting(
+        None,
+        "a folder of original models shared by jobs that differ only in what they forget or how they unlearn: an "
+        "original one job pretrained there is read back by the next (same data, model and pretraining recipe)",
+        group=_RUN,
+        check=_check_out,
+    )
     overwrite: bool = _setting(
         False,
         "write into a non-empty --out that holds no run (its files of the same names are replaced); without it "
@@ -487,10 +494,13 @@ class JobConfig:
         Example:
             >>> cfg = JobConfig()
             >>> sorted(set(cfg.settings()) - set(cfg.resume_settings()))
-            ['checkpoint_every', 'checkpoint_seconds', 'figures', 'landscape_grid', 'out', 'overwrite', 'resume']
+            ['checkpoint_every', 'checkpoint_seconds', 'figures', 'landscape_grid', 'originals', 'out', 'overwrite',
+             'resume']
         """
         s = self.settings()
-        for k in ("resume", "overwrite", "out", "figures", "landscape_grid", "checkpoint_every", "checkpoint_seconds"):
+        skip = ("resume", "overwrite", "out", "originals", "figures", "landscape_grid", "checkpoint_every",
+                "checkpoint_seconds")  # fmt: skip
+        for k in skip:
             s.pop(k, None)
         return s
 
@@ -1345,8 +1355,12 @@ def _first_sentence(exc: BaseException) -> str:
 
 
 def _pretrain(job: _Job, sd: _Seed, pre: str, pre_cfg: OptimConfig) -> engine.RunResult:
-    """Train the original model of the seed ``sd`` with the pretraining optimizer ``pre`` (``pre_cfg``)."""
+    """Train the original model of the seed ``sd`` with the pretraining optimizer ``pre`` (``pre_cfg``); with
+    ``cfg.originals`` its checkpoints live in that shared folder, so a finished one is read back."""
     cfg = job.cfg
+    kwargs = job.run_kwargs(f"seed{sd.seed}", f"pretrain-{pre}", "original")
+    if cfg.originals and not os.path.isdir(kwargs["checkpoint_dir"]):  # a job's own original (resumed) comes first
+        kwargs["checkpoint_dir"] = shared_original_dir(cfg, sd.seed, pre)
     return engine.train(
         sd.apply_fn,
         sd.params,
@@ -1357,8 +1371,50 @@ def _pretrain(job: _Job, sd: _Seed, pre: str, pre_cfg: OptimConfig) -> engine.Ru
         batch_size=cfg.batch_size,
         seed=sd.seed,
         desc=f"pretrain ({pre})",
-        **job.run_kwargs(f"seed{sd.seed}", f"pretrain-{pre}", "original"),
+        **kwargs,
     )
+
+
+#: The settings an original model depends on: jobs that agree on them (and on the seed and the pretraining
+#: optimizer) can share it through ``--originals``.
+ORIGINAL_FIELDS = ("dataset", "data_dir", "max_train", "max_test", "model", "width", "pretrain_epochs",
+                   "pretrain_lr", "pretrain_rho", "batch_size", "preset")  # fmt: skip
+
+
+def shared_original_dir(cfg: JobConfig, seed: int, pretrain: str) -> str:
+    """``ORIGINALS/seed<seed>/pretrain-<pretrain>``: where jobs with ``cfg.originals`` keep the original model of
+    ``seed`` and pretraining optimizer ``pretrain``, beside a ``recipe.json`` of its :data:`ORIGINAL_FIELDS`.
+    The first job to use the folder writes the recipe; a job whose recipe differs is refused with one line.
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> d = shared_original_dir(JobConfig(originals=root, max_train=60), seed=0, pretrain="sgd")
+        >>> os.path.relpath(d, root), sorted(os.listdir(d))
+        ('seed0/pretrain-sgd', ['recipe.json'])
+        >>> shared_original_dir(JobConfig(originals=root, max_train=80), seed=0, pretrain="sgd")
+        Traceback (most recent call last):
+        ValueError: --originals ... holds an original pretrained with max_train=60, not 80; give this job another ...
+    """
+    where = os.path.join(cfg.originals, f"seed{int(seed)}", f"pretrain-{pretrain}")
+    recipe = {k: getattr(cfg, k) for k in ORIGINAL_FIELDS}
+    recipe.update(seed=int(seed), pretrain=pretrain, init=MODEL_INIT_SCHEME)
+    recipe = json.loads(json.dumps(recipe, default=str))  # tuples and paths as JSON reads them back
+    path = os.path.join(where, "recipe.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        diff = [k for k in recipe if saved.get(k) != recipe[k]]
+        if diff:
+            k = diff[0]
+            raise ValueError(
+                f"--originals {cfg.originals} holds an original pretrained with {k}={saved.get(k)}, not "
+                f"{recipe[k]}; give this job another --originals folder."
+            )
+    elif distributed.is_main_process():
+        os.makedirs(where, exist_ok=True)
+        _atomic.write_text(path, json.dumps(recipe, indent=1, sort_keys=True))
+    return where
 
 
 def _context(job: _Job, sd: _Seed, params, model_state, pre_cfg: OptimConfig, name: str, optimizer):

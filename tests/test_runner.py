@@ -102,6 +102,34 @@ def test_memorization_models_checkpoint_under_the_job_and_resume(tmp_path, monke
     assert {f: os.stat(f).st_mtime_ns for f in stamps} == stamps
 
 
+def test_jobs_share_their_originals_through_a_folder(tmp_path, monkeypatch):
+    """Two jobs that differ only in the forget set share one original per (seed, pretraining): the second reads
+    it back (resumed at its last epoch, no training) and records the same test accuracy for it; a job with
+    another pretraining recipe is refused with one line naming the setting."""
+    pretrains = []
+    real = runner.engine.train
+
+    def train(*a, **k):
+        res = real(*a, **k)
+        if k.get("desc", "").startswith("pretrain"):
+            pretrains.append((k["checkpoint_dir"], res.resumed_from))
+        return res
+
+    monkeypatch.setattr(runner.engine, "train", train)
+    shared = str(tmp_path / "originals")
+    base = {**TINY, "methods": ("retrain", "ft"), "unlearn_optimizer": ("sgd",), "originals": shared}
+    runner.run_job(JobConfig(forget="random", out=str(tmp_path / "a"), **base))
+    runner.run_job(JobConfig(forget="class", forget_class=3, out=str(tmp_path / "b"), **base))
+    where = os.path.join(shared, "seed0", "pretrain-sgd")
+    assert pretrains == [(where, None), (where, TINY["pretrain_epochs"])]
+    acc = [Progress.read(str(tmp_path / job)) for job in ("a", "b")]
+    key = Progress.key(0, "sgd", "original")
+    assert acc[0][key]["test_acc"] == acc[1][key]["test_acc"]
+    assert acc[0][key]["forget_acc"] != acc[1][key]["forget_acc"]  # each job scores its own forget set
+    with pytest.raises(ValueError, match="--originals .* pretrained with pretrain_epochs=1, not 2"):
+        runner.run_job(JobConfig(forget="random", out=str(tmp_path / "c"), **{**base, "pretrain_epochs": 2}))
+
+
 def test_run_job_uses_the_memorization_and_unlearning_functions_passed_in(tmp_path):
     """The scores choose the forget set; every method runs once per unlearning optimizer through ``unlearn_fn``
     (Retrain once) and its result is what gets evaluated; a resume calls it for nothing already recorded."""
