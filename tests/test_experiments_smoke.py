@@ -67,3 +67,21 @@ def test_lm_facts_bad_options_fail_in_one_line_before_any_training(capsys):
         assert e.value.code == 2  # argparse's usage error, before any training
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert "error:" in last and says in last
+
+
+def test_untuned_experiments_pin_the_recipes_of_their_tables_and_tuned_ones_search_the_defaults(tmp_path):
+    """Untuned jobs pin paper A's NegGrad and the recipes RESULTS.md was run with (for the methods they run);
+    tuned jobs keep paper A's NegGrad but tune the others around the library's current defaults; a user's
+    --option still wins."""
+    common = _load("common")
+    import argparse
+
+    args = argparse.Namespace(resume=False, progress=False)
+    s = {"dataset": "digits", "max_train": 100}
+    cfg = common.job_config(args, s, str(tmp_path / "a"), methods=("retrain", "ga", "scrub", "neggrad"))
+    assert cfg.method_options == {"neggrad": common.NEGGRAD_PAPER, "ga": {"lr_scale": 0.01, "epochs": 2},
+                                  "scrub": {"lr_scale": 0.1}}  # fmt: skip
+    tuned = common.job_config(args, {**s, "tune": True}, str(tmp_path / "b"), methods=("retrain", "ga", "neggrad"))
+    assert tuned.method_options == {"neggrad": common.NEGGRAD_PAPER}
+    own = common.job_config(args, s, str(tmp_path / "c"), methods=("rl",), method_options={"rl": {"lr_scale": 0.5}})
+    assert own.method_options["rl"] == {"lr_scale": 0.5}
