@@ -430,17 +430,21 @@ def test_cosine_schedule_matches_optax_and_takes_a_traced_length():
 # ---------------------------------------------------------------------------------------------------
 
 
+def _many_models(small, k: int, size: int, seed: int):
+    """K MLPs (their own initialisations), stacked, and K random training subsets of ``size`` examples."""
+    inits = [_mlp(seed=i) for i in range(k)]
+    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+    rng = np.random.default_rng(seed)
+    sets = np.stack([np.sort(rng.choice(len(small), size, replace=False)) for _ in range(k)])
+    return inits, inits[0][0], stack([p for _, p, _ in inits]), stack([s for _, _, s in inits]), sets
+
+
 @pytest.mark.parametrize("sam,mode", [("none", "vmap"), ("sam", "vmap"), ("none", "unroll"), ("sam", "unroll")])
 def test_train_many_equals_separate_runs(small, sam, mode):
     """K = 3 models trained at once (vmapped or unrolled in one program) equal 3 separate ``train`` runs
     with the same seeds (``seeds=[s_k]`` gives model k the batches of ``train(..., seed=s_k)``), and a
     K = 1 sweep on row k."""
-    inits = [_mlp(seed=k) for k in range(3)]
-    apply_fn = inits[0][0]
-    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
-    p3, s3 = stack([p for _, p, _ in inits]), stack([s for _, _, s in inits])
-    rng = np.random.default_rng(0)
-    sets = np.stack([np.sort(rng.choice(len(small), 200, replace=False)) for _ in range(3)])
+    inits, apply_fn, p3, s3, sets = _many_models(small, k=3, size=200, seed=0)
     cfg = engine.OptimConfig(lr=0.05, sam=sam)
     seeds = [10, 11, 12]
     pk, _ = engine.train_many(
@@ -485,12 +489,7 @@ def test_train_many_groups_equal_one_run_and_resume(small, tmp_path, mode):
     """K = 5 models trained in groups of 2 (2 + 2 + 1) equal the run over all 5 at once: model k keeps its
     initialisation and its batches (seed, k, epoch). With a checkpoint folder each group checkpoints in its own
     folder; a rerun with ``resume`` retrains only a group whose checkpoints are gone, with the same result."""
-    inits = [_mlp(seed=k) for k in range(5)]
-    apply_fn = inits[0][0]
-    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
-    p5, s5 = stack([p for _, p, _ in inits]), stack([s for _, _, s in inits])
-    rng = np.random.default_rng(1)
-    sets = np.stack([np.sort(rng.choice(len(small), 120, replace=False)) for _ in range(5)])
+    _, apply_fn, p5, s5, sets = _many_models(small, k=5, size=120, seed=1)
     kw = dict(optimizer=engine.OptimConfig(lr=0.05), epochs=2, seed=7, progress=False, model_mode=mode)
     whole, _ = engine.train_many(apply_fn, p5, s5, small, sets, **kw)
     ckpt = tmp_path / "many"
