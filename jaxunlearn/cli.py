@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         ft              fine-tune on the retain set: min CE(R)
                         options: lr_scale=1.0, epochs=None
         ga              gradient ascent on the forget set: min -CE(F)
-                        options: lr_scale=0.01, epochs=5
+                        options: lr_scale=0.003, epochs=5
         ...
         0
         >>> main(["show", "no/such/run"])  # a user error: one line on stderr, no traceback
