@@ -458,8 +458,33 @@ def main(argv: list[str] | None = None) -> int:
 
     distributed.maybe_initialize()  # multi-host runs: jax.distributed.initialize() when the env says so
     handlers = {"run": _cmd_run, "show": _cmd_show, "theory": _cmd_theory, "methods": _cmd_methods}
+    code = _dispatch(handlers[args.command], args)
+    if code == 130 and argv is None:  # the program itself, interrupted: leave at once (see exit_interrupted)
+        exit_interrupted()
+    return code
+
+
+def exit_interrupted() -> None:
+    """End the process with status 130 (``128 + SIGINT``) at once, after flushing stdout and stderr: a Ctrl-C
+    that lands inside a checkpoint save can leave Orbax's background threads waiting for a signal that never
+    comes, and the interpreter's normal exit would join them forever. The command line calls it after printing
+    its "interrupted" line.
+
+    Example (in a child process, as it ends the process):
+        >>> import subprocess, sys
+        >>> code = "from jaxunlearn.cli import exit_interrupted; print('bye'); exit_interrupted()"
+        >>> r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        >>> r.returncode, r.stdout
+        (130, 'bye\\n')
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _dispatch(handler, args) -> int:
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except USER_ERRORS as exc:
         print(f"jaxunlearn: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -439,8 +439,10 @@ threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 try:  # save until the interrupt arrives (however fast the saves are), so it lands during one
     for step in range(1, 10**6):
         c.save(step, state)
-except KeyboardInterrupt:
+except KeyboardInterrupt:  # what the command line does
     print("jaxunlearn: interrupted; rerun the same command with --resume to continue.", file=sys.stderr)
+    from jaxunlearn.cli import exit_interrupted
+    exit_interrupted()
 """
 
 
@@ -450,6 +452,7 @@ def test_ctrl_c_during_a_save_prints_only_the_clean_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "jaxunlearn: interrupted; rerun the same command with --resume to continue."
     ], proc.stderr[-3000:]
+    assert proc.returncode == 130  # exit_interrupted: Orbax's threads of the interrupted save do not hold it
 
 
 def test_show_on_an_interrupted_run_says_incomplete_and_how_to_resume(tmp_path, capsys):
