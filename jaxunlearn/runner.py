@@ -47,6 +47,7 @@ Example (the settings of a small job and its variants; ``run_job(cfg)`` would tr
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
 import difflib
@@ -329,6 +330,15 @@ class JobConfig:
         "criterion that needs neither Retrain nor the test set (Retrain is not tuned)",
         group=_UNLEARN,
     )
+    tune_seeds: int | None = _setting(
+        None,
+        "with --tune, tune on the job's first N seeds only: each later seed runs every cell at the setting chosen "
+        "most often for that cell on those seeds (ties: the earlier seed's), still chosen on validation data; "
+        "default: tune every seed",
+        group=_UNLEARN,
+        metavar="N",
+        check=_positive_int,
+    )
     preset: str = _setting(
         "default",
         "reference: the official sharp-unlearn code's algorithms wherever they differ from ours (ASAM without "
@@ -465,6 +475,8 @@ class JobConfig:
             for flag, v in (("--population", self.population), ("--population-chunk", self.population_chunk)):
                 if v is not None and v % self.devices:
                     raise ValueError(f"{flag} {v} must be a multiple of --devices {self.devices} (models per device).")
+        if self.tune_seeds is not None and not self.tune:
+            raise ValueError("--tune-seeds N needs --tune (it says on how many seeds to tune); add --tune or drop it.")
         if self.tune and self.population is not None:
             raise ValueError("--tune does not apply to --population (each model would be tuned on its own); drop one.")
         if self.population_chunk is not None and self.population is None:
@@ -1235,7 +1247,8 @@ def _run_grid(cfg: JobConfig, progress: Progress, memorization_fn, unlearn_fn) -
                         bar.set_postfix_str(f"seed {sd.seed} {label} {name}")
                         first = s == 0 and pre == cfg.pretrain[0] and un == cfg.unlearn_optimizer[0]
                         wants_figure = cfg.figures and first and name == _figure_method(method_list)
-                        cell = functools.partial(run, name, un_cfg, f"seed{sd.seed}", label, name)
+                        cell = functools.partial(run, name, un_cfg, f"seed{sd.seed}", label, name,
+                                                 reuse=_reused_tuning(job, s, pre, un, name))  # fmt: skip
                         res = _run_cell(
                             job, sd, Progress.key(sd.seed, pre, name, un), cell, keep=wants_figure, info=True
                         )
@@ -1440,12 +1453,50 @@ def _context(job: _Job, sd: _Seed, params, model_state, pre_cfg: OptimConfig, na
     )
 
 
-def _unlearn(job: _Job, sd: _Seed, orig, pre_cfg: OptimConfig, name: str, optimizer, *checkpoint: str):
-    """Run method ``name`` from the original model ``orig`` through the job's unlearning function."""
+def _unlearn(job: _Job, sd: _Seed, orig, pre_cfg: OptimConfig, name: str, optimizer, *checkpoint: str, reuse=None):
+    """Run method ``name`` from the original model ``orig`` through the job's unlearning function; with ``--tune``
+    tune it, or, given ``reuse`` (:func:`_reused_tuning`), run it at the setting chosen on earlier seeds."""
     ctx = _context(job, sd, orig.params, orig.model_state, pre_cfg, name, optimizer)
+    if reuse is not None:
+        chosen, seeds = reuse
+        ctx = dataclasses.replace(ctx, options={**ctx.options, **tuning.chosen_options(name, ctx, chosen)})
+        res = job.unlearn_fn(name, ctx, **job.run_kwargs(*checkpoint))
+        info = {**(res.info or {}), "tuned": chosen, "tuned_on_seeds": seeds}
+        return dataclasses.replace(res, info=info)
     if job.cfg.tune and methods.get(name).base != "retrain":
         return _tuned(job, sd, name, ctx)
     return job.unlearn_fn(name, ctx, **job.run_kwargs(*checkpoint))
+
+
+def _reused_tuning(job: _Job, s: int, pre: str, un: str, name: str) -> tuple[dict, list[int]] | None:
+    """``--tune-seeds N``: for the job's seed number ``s >= N``, the setting ``(chosen, seeds)`` to run cell
+    ``(pre, un, name)`` at: the one chosen most often for it on the first N seeds (ties: the earliest), and those
+    seeds. None when this seed tunes (or the job does not), or for Retrain.
+
+    Example:
+        >>> import types
+        >>> cfg = JobConfig(tune=True, tune_seeds=1, seeds=2)
+        >>> job = _Job(cfg, types.SimpleNamespace(done={"0/sgd/sam/ft": {"info_tuned": {"lr_scale": 0.3}}}), None, None)
+        >>> _reused_tuning(job, 0, "sgd", "sam", "ft"), _reused_tuning(job, 1, "sgd", "sam", "ft")
+        (None, ({'lr_scale': 0.3}, [0]))
+    """
+    cfg = job.cfg
+    if not cfg.tune or cfg.tune_seeds is None or s < cfg.tune_seeds or methods.get(name).base == "retrain":
+        return None
+    seeds = [cfg.seed + j for j in range(cfg.tune_seeds)]
+    chosen = []
+    for sd in seeds:
+        entry = job.progress.done.get(Progress.key(sd, pre, name, un), {})
+        if not isinstance(entry.get("info_tuned"), dict):
+            raise ValueError(
+                f"--tune-seeds {cfg.tune_seeds}: seed {sd}'s {name} ({variant_label(pre, un)}) has no tuned setting "
+                f"on record in {cfg.out}; rerun it with --tune (drop --tune-seeds) or start a new --out."
+            )
+        chosen.append(json.dumps(entry["info_tuned"], sort_keys=True))
+    counts = collections.Counter(chosen)
+    best = max(counts.values())
+    pick = next(c for c in chosen if counts[c] == best)
+    return json.loads(pick), seeds
 
 
 def _tuned(job: _Job, sd: _Seed, name: str, ctx: methods.Context) -> engine.RunResult:

@@ -76,6 +76,7 @@ __all__ = [
     "Criterion",
     "TuneResult",
     "GRID_FACTORS",
+    "chosen_options",
     "default_grid",
     "injected_rate",
     "RateSlot",
@@ -449,6 +450,34 @@ def _rate_options(method, ctx, where: str | None, value: float) -> dict:
     return {}
 
 
+def chosen_options(method: str, ctx: methods.Context, chosen: dict) -> dict:
+    """The method options that run ``method`` at a setting :func:`tune` chose (``TuneResult.chosen``: its
+    ``lr_scale``, ``epochs`` and other option values), to merge into ``ctx.options``: the rate goes where the method
+    keeps it (``lr_scale``, or hessian_select's ``base_options``), as do the epochs; an ``epochs`` of None (or
+    absent) keeps the method's. ``TuneResult.options`` is this of its ``chosen``; use it to run a tuned setting on
+    another seed or model.
+
+    Example:
+        >>> ctx = methods.toy_context()
+        >>> chosen_options("ft", ctx, {"lr_scale": 0.3, "epochs": None})
+        {'lr_scale': 0.3}
+        >>> chosen_options("hessian_select", ctx, {"lr_scale": 0.1, "epochs": 3})["base_options"]
+        {'lr_scale': 0.1, 'epochs': 3}
+    """
+    m = methods.get(method)
+    if not isinstance(chosen, dict) or "lr_scale" not in chosen:
+        raise ValueError(f"chosen_options: give the setting tune chose, a dict with 'lr_scale', got {chosen!r}.")
+    _, where = _rate_option(m, ctx)
+    extra = {k: v for k, v in chosen.items() if k not in ("lr_scale", "epochs")}
+    opts = {**extra, **_rate_options(m, ctx, where, float(chosen["lr_scale"]))}
+    if chosen.get("epochs") is not None:
+        if where == "base_options":
+            opts["base_options"]["epochs"] = int(chosen["epochs"])
+        else:
+            opts["epochs"] = int(chosen["epochs"])
+    return opts
+
+
 def default_grid(method: str, ctx: methods.Context) -> tuple[float, ...]:
     """The default ``lr_scale`` grid: the method's current ``lr_scale`` (its default, or ``ctx.options``'s) times
     :data:`GRID_FACTORS` ``(0.1, 0.3, 1, 3)``, or times the method's registered ``tune_factors`` (GA: ``(0.3, 1,
@@ -724,12 +753,7 @@ def tune(
     best, satisfied = crit.select(candidates, reference, sizes)
     win = candidates[best]
     chosen = {"lr_scale": win.lr_scale, "epochs": win.epochs, **win.options}
-    opts = {**win.options, **_rate_options(m, ctx, where, win.lr_scale)}
-    if win.epochs is not None:
-        if where == "base_options":
-            opts["base_options"]["epochs"] = win.epochs
-        else:
-            opts["epochs"] = win.epochs
+    opts = chosen_options(method, ctx, chosen)
     params, state = results[best]
     return TuneResult(
         method,

@@ -316,6 +316,39 @@ def test_population_job_records_scores_tables_and_figure_and_resumes(tmp_path, m
             assert again["population"]["methods"][name].get(key) == pytest.approx(e.get(key), abs=1e-6), (name, key)
 
 
+def test_tune_seeds_tunes_the_first_seed_and_runs_the_later_ones_at_its_choice(tmp_path, monkeypatch):
+    """``tune_seeds=1``: only the first seed is tuned; every later seed runs each cell with the options of the
+    setting chosen for that cell on seed 0 (the rate of FT, SSD's alpha), and records it and where it came from."""
+    tuned_on, ran_with = [], []
+    real_tune = runner.tuning.tune
+
+    def counting_tune(name, ctx, **kw):
+        tuned_on.append((name, ctx.seed))
+        return real_tune(name, ctx, **kw)
+
+    def recording_unlearn(name, ctx, **kw):
+        ran_with.append((name, ctx.seed, dict(ctx.options)))
+        return runner.methods.unlearn(name, ctx, **kw)
+
+    monkeypatch.setattr(runner.tuning, "tune", counting_tune)
+    cfg = JobConfig(tune=True, tune_seeds=1, seeds=3, out=str(tmp_path / "t"),
+                    **{**TINY, "unlearn_optimizer": ("sgd",), "methods": ("retrain", "ft", "ssd")})  # fmt: skip
+    runner.run_job(cfg, unlearn_fn=recording_unlearn)
+    assert sorted(tuned_on) == [("ft", 0), ("ssd", 0)]
+    done = Progress.read(tmp_path / "t")
+    for name, key in (("ft", "lr_scale"), ("ssd", "alpha")):
+        first = done[f"0/sgd/sgd/{name}"]["info_tuned"]
+        for seed in (1, 2):
+            e = done[f"{seed}/sgd/sgd/{name}"]
+            assert e["info_tuned"] == first and e["info_tuned_on_seeds"] == [0]
+            (opts,) = [o for n, sd, o in ran_with if n == name and sd == seed]
+            assert opts[key] == first[key]
+    with pytest.raises(ValueError, match="--tune-seeds N needs --tune"):
+        JobConfig(tune_seeds=1).validate()
+    with pytest.raises(ValueError, match="--tune-seeds must be an integer >= 1, got 0"):
+        JobConfig(tune=True, tune_seeds=0).validate()
+
+
 def test_tune_chooses_each_methods_rate_on_the_validation_split_and_records_it(tmp_path):
     """``tune=True``: every method but Retrain runs at the lr_scale jaxunlearn.tuning chooses; the entry records the
     choice; a job without validation data or with populations is refused before training."""
