@@ -379,6 +379,61 @@ def compare(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
+def _current_default(name: str, cand: dict) -> bool:
+    """Whether a tuning candidate is the method's current default recipe: its registered rate (hessian_select's
+    base method's), its own epochs and its registered option values."""
+    from jaxunlearn import methods
+
+    m = methods.get(name)
+    resolved = methods.resolve_options(m, {})
+    if "lr_scale" in resolved:
+        rate = resolved["lr_scale"]
+    elif "base_options" in resolved:
+        rate = methods.resolve_options(methods.get(resolved["base"]), dict(resolved["base_options"] or {}))
+        rate = rate.get("lr_scale", 1.0)
+    else:
+        rate = 1.0
+    same_options = all(resolved.get(k) == v for k, v in cand["options"].items())
+    return cand["epochs"] is None and same_options and abs(cand["lr_scale"] - rate) <= 1e-9 * max(1.0, rate)
+
+
+def paired(out: dict) -> str:
+    """Markdown: per tuned method, ToW of the tuned choice against the current default recipe, both read from the
+    same tune's candidates (so one measurement: FA and TA on the full sets, RA on the tune's retain subset), the
+    paired difference over seeds with its 95 % interval, and the verdict on "tuned is better" by the project's rule
+    (``metrics.stats``): "disagrees" means the tuned setting is resolved below the default."""
+    from jaxunlearn.metrics import stats
+
+    ref = {(c["seed"], c["pretrain"]): c for c in out["cells"] if c["method"] == "retrain"}
+    got: dict = {}
+    for c in out["cells"]:
+        if not c["method"].endswith(" (tuned)"):
+            continue
+        name = c["method"].split()[0]
+        cands = c["candidates"]
+        dflt = [k for k in cands if _current_default(name, k)]
+        if not dflt:
+            continue
+        r = ref[(c["seed"], c["pretrain"])]
+        (chosen,) = [k for k in cands if k.get("chosen")]
+        got.setdefault((c["pretrain"], c["unlearn"], name), []).append(
+            (100 * _tow(chosen, r), 100 * _tow(dflt[0], r))
+        )
+    lines = [
+        "| pretrain | unlearn | method | seeds | ToW default | ToW tuned | tuned − default (95 % CI) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (pre, un, name), v in got.items():
+        tuned, dflt = np.array(v).T
+        d = stats.paired_difference(tuned, dflt)
+        ci = f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if d["n"] > 1 else f"{d['mean']:+.1f}"
+        lines.append(
+            f"| {pre} | {un} | {name} | {d['n']} | {dflt.mean():.1f} ± {dflt.std():.1f} | "
+            f"{tuned.mean():.1f} ± {tuned.std():.1f} | {ci} | {stats.verdict(d, 'greater')} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
@@ -407,6 +462,7 @@ def main(argv=None) -> None:
     p.add_argument("--from-json", default=None)
     p.add_argument("--cost", action="store_true", help="measure tune's cost as a multiple of one run")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), default=None)
+    p.add_argument("--paired", metavar="TUNED.json", default=None, help="tuned vs default ToW, paired over seeds")
     args = p.parse_args(argv)
     if args.cost:
         out = cost(args)
@@ -416,6 +472,10 @@ def main(argv=None) -> None:
     if args.compare:
         with open(args.compare[0]) as f, open(args.compare[1]) as g:
             print(compare(json.load(f), json.load(g)))
+        return
+    if args.paired:
+        with open(args.paired) as f:
+            print(paired(json.load(f)))
         return
     if args.from_json:
         with open(args.from_json) as f:

@@ -113,3 +113,25 @@ def test_targets_names_the_methods_that_miss_and_why():
     # seed means: one seed that misses is averaged with one that meets
     two = [*ref, *[dict(c, seed=1) for c in ref], cell("ga", 1.0, 0.9), cell("ga", 0.0, 0.9, seed=1)]
     assert recipes.targets({"cells": two}) == "- sgd / sgd: 1 of 1 meet it"
+
+
+def test_paired_compares_the_tuned_choice_with_the_current_default_over_seeds():
+    """``--paired``: per method, the tuned candidate against the candidate at the method's registered default (FT:
+    lr_scale 1, its own epochs), ToW against Retrain from the same tune, with the paired interval and verdict."""
+
+    def cand(lr, fa, chosen):
+        return {"lr_scale": lr, "epochs": None, "options": {}, "forget_acc": fa, "retain_acc": 1.0, "test_acc": 0.9,
+                "chosen": chosen}  # fmt: skip
+
+    cells = []
+    for seed, (fa_default, fa_tuned) in enumerate([(0.2, 0.0), (0.3, 0.05), (0.25, 0.0)]):
+        cells.append({"seed": seed, "pretrain": "sgd", "unlearn": None, "method": "retrain", "forget_acc": 0.0,
+                      "retain_acc": 1.0, "test_acc": 0.9})  # fmt: skip
+        cands = [cand(1.0, fa_default, False), cand(3.0, fa_tuned, True), cand(0.3, 0.9, False)]
+        cells.append({"seed": seed, "pretrain": "sgd", "unlearn": "sgd", "method": "ft (tuned)", "candidates": cands})
+    (row,) = recipes.paired({"cells": cells}).splitlines()[2:]
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[:4] == ["sgd", "sgd", "ft", "3"]
+    # ToW = 1 - FA here: default 80 / 70 / 75, tuned 100 / 95 / 100: differences 20, 25, 25
+    assert cols[4] == "75.0 ± 4.1" and cols[5] == "98.3 ± 2.4"
+    assert cols[6].startswith("+23.3 [") and cols[7] == "agrees"
