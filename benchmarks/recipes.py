@@ -416,9 +416,7 @@ def paired(out: dict) -> str:
             continue
         r = ref[(c["seed"], c["pretrain"])]
         (chosen,) = [k for k in cands if k.get("chosen")]
-        got.setdefault((c["pretrain"], c["unlearn"], name), []).append(
-            (100 * _tow(chosen, r), 100 * _tow(dflt[0], r))
-        )
+        got.setdefault((c["pretrain"], c["unlearn"], name), []).append((100 * _tow(chosen, r), 100 * _tow(dflt[0], r)))
     lines = [
         "| pretrain | unlearn | method | seeds | ToW default | ToW tuned | tuned − default (95 % CI) | verdict |",
         "|---|---|---|---|---|---|---|---|",
