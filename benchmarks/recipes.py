@@ -194,8 +194,9 @@ def run(args) -> dict:
                     if args.tune and _tunable(name):
                         t0 = time.perf_counter()
                         tr = tuning.tune(
-                            name, ctx, x_val=ds.x_val, y_val=ds.y_val, forget_kind=args.forget, keep_runs=True
-                        )
+                            name, ctx, x_val=ds.x_val, y_val=ds.y_val, forget_kind=args.forget, keep_runs=True,
+                            forget_scores=None if scores is None else scores[forget_idx],
+                        )  # fmt: skip
                         wall = time.perf_counter() - t0
                         for cand, (p_k, s_k) in zip(tr.candidates, tr.runs):  # for offline analysis of criteria
                             cand.test_acc = _acc(apply_fn, p_k, s_k, ds.x_test, ds.y_test)

@@ -1059,7 +1059,8 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
     )[: len(ds.y_train)]
 
 
-def _forget_set(cfg, ds, seed, score_fn) -> np.ndarray:
+def _forget_set(cfg, ds, seed, score_fn) -> tuple[np.ndarray, np.ndarray | None]:
+    """The forget set's indices and, for memorization kinds, every training example's memorization score."""
     n = len(ds.y_train)
     size = None if cfg.forget == "class" else cfg.forget_size
     if cfg.forget == "class" and cfg.forget_class is None:
@@ -1076,7 +1077,8 @@ def _forget_set(cfg, ds, seed, score_fn) -> np.ndarray:
     scores = score_fn() if cfg.forget in ("high", "low", "mid", "mix") else None
     if size is not None and float(size).is_integer():
         size = int(size)
-    return data.select_forget(ds.y_train, cfg.forget, size, seed=seed, scores=scores, class_id=cfg.forget_class)
+    idx = data.select_forget(ds.y_train, cfg.forget, size, seed=seed, scores=scores, class_id=cfg.forget_class)
+    return idx, scores
 
 
 def _eval_split(apply_fn, params, state, x, y, mesh=None) -> dict:
@@ -1305,6 +1307,8 @@ class _Seed:
     model_state: Any
     forget_idx: np.ndarray
     retain_idx: np.ndarray
+    #: memorization forget sets: the forget examples' memorization scores (``--tune``'s target), else None
+    forget_scores: np.ndarray | None = None
 
     def init_fn(self, seed: int):
         """A fresh initialisation of the job's model (Retrain starts from one)."""
@@ -1346,7 +1350,7 @@ def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndar
     # The forget set depends only on the data and the initial model (memorization scores), so it
     # is chosen before any training: a bad --forget-size fails at once.
     scores = functools.partial(memorization_fn, cfg, ds, apply_fn, params, state, dd, seed)
-    forget_idx = _forget_set(cfg, ds, seed, scores)
+    forget_idx, all_scores = _forget_set(cfg, ds, seed, scores)
     retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
     if retain_idx.size == 0:
         raise ValueError(
@@ -1359,7 +1363,8 @@ def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndar
             f"--batch-size {cfg.batch_size} is larger than the retain set ({retain_idx.size} of the {n} training "
             f"examples{hint}), so every batch would repeat examples; use --batch-size {retain_idx.size} or less."
         )
-    return _Seed(cfg, seed, ds, dd, apply_fn, params, state, forget_idx, retain_idx)
+    forget_scores = None if all_scores is None else np.asarray(all_scores)[forget_idx]
+    return _Seed(cfg, seed, ds, dd, apply_fn, params, state, forget_idx, retain_idx, forget_scores)
 
 
 def _first_sentence(exc: BaseException) -> str:
@@ -1501,13 +1506,18 @@ def _reused_tuning(job: _Job, s: int, pre: str, un: str, name: str) -> tuple[dic
 
 def _tuned(job: _Job, sd: _Seed, name: str, ctx: methods.Context) -> engine.RunResult:
     """``--tune``: method ``name`` at the learning rate :func:`jaxunlearn.tuning.tune` chooses on the validation
-    split; the chosen setting, whether it met the criterion and the tuning's cost go to the entry's ``info``."""
-    res = tuning.tune(name, ctx, x_val=sd.ds.x_val, y_val=sd.ds.y_val, forget_kind=job.cfg.forget)
+    split (for memorization forget sets aiming at the forget accuracy their scores predict held out:
+    :func:`jaxunlearn.tuning.forget_target`); the chosen setting, whether it met the criterion, that target and
+    the tuning's cost go to the entry's ``info``."""
+    res = tuning.tune(name, ctx, x_val=sd.ds.x_val, y_val=sd.ds.y_val, forget_kind=job.cfg.forget,
+                      forget_scores=sd.forget_scores)  # fmt: skip
     info = {
         "tuned": {k: v for k, v in res.chosen.items() if v is not None},
         "tune_satisfied": bool(res.satisfied),
         "tune_candidates": len(res.candidates),
     }
+    if "forget_target" in res.reference:
+        info["tune_forget_target"] = res.reference["forget_target"]
     return engine.RunResult(res.params, res.model_state, history=[], seconds=res.seconds, diverged=None,
                             info=info, compile_seconds=getattr(res, "compile_seconds", 0.0))  # fmt: skip
 

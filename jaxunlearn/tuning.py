@@ -18,7 +18,9 @@ accuracy) and a candidate's ``FA, RA, VA``:
   ``VA`` wins, ties broken by the higher ``RA``;
 * ``random`` and memorization (``high | mid | low | mix``) forgetting: among candidates that keep, the
   smallest gap ``|FA − VA|`` wins (the forget set should look like unseen data), ties broken by the higher
-  ``VA``, then ``RA``;
+  ``VA``, then ``RA``; given the forget examples' memorization scores (``tune(..., forget_scores=...)``; the
+  runner passes them for ``high | mid | low | mix``), the gap is ``|FA − T|`` with ``T = FA₀ − mean mem(F)``
+  (:func:`forget_target`), the accuracy the scores predict for the forget set held out;
 * ties: two values of a key count as equal when they differ by less than ``max(tie, se · SE)``, with ``SE``
   the binomial standard error of that key at the best value (``√(p(1−p)/n)`` for an accuracy on ``n``
   examples; ``√(FA(1−FA)/n_F + VA(1−VA)/n_V)`` for the gap), so differences the splits cannot resolve do
@@ -32,9 +34,10 @@ non-collapsed candidate that forgets with the highest ``VA`` (its ``VA`` dropped
 the non-collapsed one with the lowest ``FA``; for random forgetting the non-collapsed one with the highest
 ``VA``; when every candidate collapsed, the one with the highest RA.
 
-Limits: ``|FA − VA|`` targets the accuracy of unseen data; for examples that are hard by nature (high
-memorization scores) Retrain's forget accuracy lies well below the validation accuracy, so the criterion
-then stops short of Retrain's FA. For class forgetting "at chance or below" accepts any FA from 0 to
+Limits: ``|FA − VA|`` targets the accuracy of typical unseen data; for examples that are hard by nature (high
+memorization scores) Retrain's forget accuracy lies well below the validation accuracy, so without
+``forget_scores`` the criterion stops short of Retrain's FA there; ``T`` is an estimate (the memorization
+models train on 70 % subsets, and their own epochs and noise enter the scores). For class forgetting "at chance or below" accepts any FA from 0 to
 ``1/C + margin``: Retrain's is 0, and a model that spreads a class's examples over the others gives ~0 too.
 The validation split must come from the training distribution and share no examples with the forget set;
 a small split (digits: 144 examples) makes ``VA`` coarse (one example = 0.7 points, one standard error about
@@ -77,6 +80,7 @@ __all__ = [
     "TuneResult",
     "GRID_FACTORS",
     "chosen_options",
+    "forget_target",
     "default_grid",
     "injected_rate",
     "RateSlot",
@@ -199,7 +203,8 @@ class Criterion:
         """Score every candidate (sets ``status`` and ``gap``) and return ``(index of the best, satisfied)``.
 
         Ranking inside the qualifying pool (``status == "ok"``): class, ``max VA`` then ``max RA``; random,
-        ``min |FA − VA|`` then ``max VA`` then ``max RA``; then the smallest ``distance`` from the default
+        ``min |FA − VA|`` (``min |FA − ref["forget_target"]|`` when ``ref`` holds one: see :func:`forget_target`)
+        then ``max VA`` then ``max RA``; then the smallest ``distance`` from the default
         recipe, then the gentlest (``cost``). "max/min" with ties closer than ``max(tie, se · SE)``, ``SE`` from
         ``sizes = {"forget_acc": n_F, "retain_acc": n_R, "val_acc": n_V}`` (None: ``tie`` alone). Fallback
         pools (``satisfied=False``): class, the non-collapsed candidates that forget (ranked as above), else
@@ -229,10 +234,19 @@ class Criterion:
         def var(p: float, split: str) -> float:  # the binomial variance of an accuracy p on a split
             return p * (1.0 - p) / n[split] if n.get(split) else 0.0
 
+        target = ref.get("forget_target")
+        if target is not None:  # a memorization forget set: |FA − the held-out accuracy the scores predict|
+            for cand in candidates:
+                cand.gap = abs(cand.forget_acc - float(target))
         va = (lambda i: -c[i].val_acc, lambda i: var(c[i].val_acc, "val_acc"))
         ra = (lambda i: -c[i].retain_acc, lambda i: var(c[i].retain_acc, "retain_acc"))
         fa = (lambda i: c[i].forget_acc, lambda i: var(c[i].forget_acc, "forget_acc"))
-        gap = (lambda i: c[i].gap, lambda i: var(c[i].forget_acc, "forget_acc") + var(c[i].val_acc, "val_acc"))
+        gap_var = (
+            (lambda i: var(c[i].forget_acc, "forget_acc"))
+            if target is not None
+            else (lambda i: var(c[i].forget_acc, "forget_acc") + var(c[i].val_acc, "val_acc"))
+        )
+        gap = (lambda i: c[i].gap, gap_var)
         if self.kind == "class":
             if ok:
                 return self._rank(ok, [va, ra], c), True
@@ -450,6 +464,32 @@ def _rate_options(method, ctx, where: str | None, value: float) -> dict:
     return {}
 
 
+def forget_target(forget_acc: float, scores) -> float:
+    """The forget accuracy a model that never trained on the forget set F should have, from the Feldman–Zhang
+    memorization scores of F's examples: ``clip(FA₀ − mean_{i∈F} mem_i, 0, 1)``, with ``FA₀`` the original
+    model's forget accuracy.
+
+    ``mem_i = P(correct | i trained on) − P(correct | i held out)``, and the original trained on F, so ``FA₀``
+    estimates the first term's mean over F and ``FA₀ − mean mem`` the second's: the accuracy Retrain should have
+    on F, measured without Retrain. For a random forget set it is close to the validation accuracy (mean mem ≈
+    the generalization gap), for highly memorized examples well below it (atypical examples are rarely right
+    when held out). :func:`tune` uses it as the random criterion's target when given ``forget_scores``.
+
+    Example:
+        >>> round(forget_target(1.0, [0.4, 0.0, 0.2]), 6)  # three forget examples, all right in the original
+        0.8
+        >>> forget_target(0.5, [0.9, 0.9])       # never below 0
+        0.0
+    """
+    sc = np.asarray(scores, np.float64).reshape(-1)
+    if sc.size == 0 or not np.all(np.isfinite(sc)) or np.any(np.abs(sc) > 1.0):
+        raise ValueError(
+            "forget_target: the memorization scores must be finite values in [-1, 1], one per forget example, "
+            f"got {sc.size} value(s)."
+        )
+    return float(np.clip(float(forget_acc) - sc.mean(), 0.0, 1.0))
+
+
 def chosen_options(method: str, ctx: methods.Context, chosen: dict) -> dict:
     """The method options that run ``method`` at a setting :func:`tune` chose (``TuneResult.chosen``: its
     ``lr_scale``, ``epochs`` and other option values), to merge into ``ctx.options``: the rate goes where the method
@@ -582,6 +622,7 @@ def tune(
     mode: str = "auto",
     max_eval: int | None = 2000,
     keep_runs: bool = False,
+    forget_scores=None,
 ) -> TuneResult:
     """Select ``method``'s learning rate (and, optionally, epochs and option values) on a validation split.
 
@@ -603,8 +644,15 @@ def tune(
     ``TuneResult.runs``). A method that edits the weights directly (no learning rate) is tuned over the
     ``options`` given, else over its registered ``tune_options`` (SSD: ``alpha`` ∈ {2, 5, 10, 20}).
 
+    ``forget_scores`` (random and memorization forget sets): the Feldman–Zhang memorization scores of the forget
+    examples, in ``ctx.forget_idx`` order. The random criterion then asks for ``FA`` close to
+    :func:`forget_target` (the accuracy the scores predict for F held out, stored as
+    ``reference["forget_target"]``) instead of close to the candidate's ``VA``: on highly memorized examples
+    Retrain's forget accuracy lies far below the validation accuracy.
+
     Errors (one line, before any training): an empty grid, a value ≤ 0 or not finite, no validation data, an
-    unknown ``forget_kind``, a method without a learning rate given a rate or epochs grid.
+    unknown ``forget_kind``, a method without a learning rate given a rate or epochs grid, ``forget_scores`` for
+    class forgetting or not one per forget example.
 
     Example:
         >>> ctx = methods.toy_context()
@@ -654,6 +702,16 @@ def tune(
     epoch_grid = _check_epochs(epochs) if m.gradient_based else (None,)
     kind = "class" if forget_kind == "class" else "random"
     crit = criterion or Criterion(kind, int(ctx.num_classes))
+    if forget_scores is not None:
+        if kind == "class":
+            raise ValueError("tune: forget_scores set the target of random and memorization forgetting; drop them "
+                             "for class forgetting (its target is chance).")  # fmt: skip
+        forget_scores = np.asarray(forget_scores, np.float64).reshape(-1)
+        if forget_scores.size != np.size(ctx.forget_idx):
+            raise ValueError(
+                f"tune: forget_scores holds {forget_scores.size} value(s) for {np.size(ctx.forget_idx)} forget "
+                "examples; give one memorization score per forget example, in forget_idx order."
+            )
 
     # evaluation sets: forget, retain (a seeded subset), validation (class: the kept classes only)
     x_val, y_val = np.asarray(x_val, np.float32), np.asarray(y_val, np.int32)
@@ -671,6 +729,8 @@ def tune(
         "val_acc": (jnp.asarray(x_val), y_val),
     }
     reference = _accuracies(ctx.apply_fn, ctx.params, ctx.model_state, sets)
+    if forget_scores is not None:
+        reference["forget_target"] = forget_target(reference["forget_acc"], forget_scores)
 
     if m.gradient_based:
         injected, slot = _injected(ctx.optimizer)

@@ -349,6 +349,31 @@ def test_tune_seeds_tunes_the_first_seed_and_runs_the_later_ones_at_its_choice(t
         JobConfig(tune=True, tune_seeds=0).validate()
 
 
+def test_tune_on_a_memorization_set_aims_at_the_forget_accuracy_its_scores_predict(tmp_path, monkeypatch):
+    """``--forget high --tune``: the runner hands the forget examples' own memorization scores to the tuner, which
+    records the target it derived from them (``info_tune_forget_target``)."""
+    seen = []
+    real_tune = runner.tuning.tune
+
+    def spying_tune(name, ctx, **kw):
+        seen.append((np.asarray(ctx.forget_idx), kw.get("forget_scores")))
+        return real_tune(name, ctx, **kw)
+
+    def scores_fn(cfg, ds, *args):  # a stand-in for the memorization models: a known score per example
+        return np.linspace(-0.9, 0.0, len(ds.y_train))
+
+    monkeypatch.setattr(runner.tuning, "tune", spying_tune)
+    cfg = JobConfig(tune=True, forget="high", out=str(tmp_path / "m"),
+                    **{**TINY, "unlearn_optimizer": ("sgd",), "methods": ("retrain", "ft")})  # fmt: skip
+    res = runner.run_job(cfg, memorization_fn=scores_fn)
+    ((forget_idx, got),) = seen
+    n = len(runner.load_dataset(cfg, 0).y_train)
+    np.testing.assert_array_equal(got, np.linspace(-0.9, 0.0, n)[forget_idx])
+    assert got.min() >= np.quantile(np.linspace(-0.9, 0.0, n), 0.85)  # the highest-scoring tenth
+    target = res["methods"]["ft"]["info_tune_forget_target"]  # FA₀ − mean score, the original's FA₀
+    assert target == pytest.approx(res["methods"]["original"]["forget_acc"] - got.mean(), abs=1e-6)
+
+
 def test_tune_chooses_each_methods_rate_on_the_validation_split_and_records_it(tmp_path):
     """``tune=True``: every method but Retrain runs at the lr_scale jaxunlearn.tuning chooses; the entry records the
     choice; a job without validation data or with populations is refused before training."""

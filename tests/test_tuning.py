@@ -98,6 +98,27 @@ def test_random_gap_tie_goes_to_higher_val():
     assert Criterion("random", 10).select(cands, REF) == (1, True)
 
 
+def test_random_with_a_forget_target_aims_at_it_instead_of_val():
+    """A memorization forget set: the target is the held-out accuracy its scores predict (0.80), far below VA; the
+    candidate nearest it wins, where the plain gap |FA − VA| would pick the gentler run (FA 0.94, VA 0.95)."""
+    cands = [cand(0.3, 0.94, 1.0, 0.95), cand(1.0, 0.81, 0.99, 0.94), cand(3.0, 0.60, 0.97, 0.93)]
+    assert Criterion("random", 10).select(cands, REF) == (0, True)
+    best, ok = Criterion("random", 10).select(cands, {**REF, "forget_target": 0.80})
+    assert (best, ok) == (1, True) and [round(c.gap, 2) for c in cands] == [0.14, 0.01, 0.2]
+    # ties are sized by FA's standard error alone (the target is fixed): 0.79 and 0.82 tie on 100 forget examples
+    near = [cand(1.0, 0.79, 0.99, 0.93), cand(0.3, 0.82, 1.0, 0.95)]
+    sizes = {"forget_acc": 100, "retain_acc": 1000, "val_acc": 1000}
+    assert Criterion("random", 10).select(near, {**REF, "forget_target": 0.80}, sizes) == (1, True)
+
+
+def test_forget_target_is_the_original_forget_accuracy_minus_the_mean_score():
+    assert tuning.forget_target(0.98, [0.3, 0.1]) == pytest.approx(0.78)
+    assert tuning.forget_target(0.2, [0.5]) == 0.0  # clipped to [0, 1]
+    for bad in ([], [float("nan")], [1.5]):
+        with pytest.raises(ValueError, match="finite values in \\[-1, 1\\], one per forget example"):
+            tuning.forget_target(1.0, bad)
+
+
 def test_random_collapse_and_fallback():
     crit = Criterion("random", 10)
     cands = [cand(3.0, 0.5, 0.5, 0.5), cand(1.0, 0.8, 0.85, 0.80)]
@@ -225,6 +246,22 @@ def test_tune_toy_no_recompile_per_grid_point(method):
     again = tuning.tune(method, ctx, x_val=ctx.x[:12], y_val=ctx.y[:12], forget_kind="random", grid=(0.1, 0.5))
     assert again.compiles == 0  # a later tune of the same method and optimizer reuses the compiled steps
     assert len(res.table()) == 3 and sum(r["chosen"] for r in res.table()) == 1
+
+
+def test_tune_with_forget_scores_records_the_target_and_refuses_bad_scores():
+    ctx = methods.toy_context(epochs=1)
+    n = len(ctx.forget_idx)
+    kw = {"x_val": ctx.x[:12], "y_val": ctx.y[:12], "grid": (0.3, 1.0)}
+    scores = np.linspace(0.0, 0.4, n)
+    res = tuning.tune("ft", ctx, forget_kind="high", forget_scores=scores, **kw)
+    assert res.reference["forget_target"] == pytest.approx(max(0.0, res.reference["forget_acc"] - 0.2))
+    assert [c.gap for c in res.candidates] == pytest.approx(
+        [abs(c.forget_acc - res.reference["forget_target"]) for c in res.candidates]
+    )
+    with pytest.raises(ValueError, match=f"forget_scores holds 3 value\\(s\\) for {n} forget examples"):
+        tuning.tune("ft", ctx, forget_kind="high", forget_scores=[0.1, 0.2, 0.3], **kw)
+    with pytest.raises(ValueError, match="drop them for class forgetting"):
+        tuning.tune("ft", ctx, forget_kind="class", forget_scores=scores, **kw)
 
 
 def test_tune_rate_matches_unlearn_with_the_chosen_options():
