@@ -37,8 +37,9 @@ the non-collapsed one with the lowest ``FA``; for random forgetting the non-coll
 Limits: ``|FA − VA|`` targets the accuracy of typical unseen data; for examples that are hard by nature (high
 memorization scores) Retrain's forget accuracy lies well below the validation accuracy, so without
 ``forget_scores`` the criterion stops short of Retrain's FA there; ``T`` is an estimate (the memorization
-models train on 70 % subsets, and their own epochs and noise enter the scores). For class forgetting "at chance or below" accepts any FA from 0 to
-``1/C + margin``: Retrain's is 0, and a model that spreads a class's examples over the others gives ~0 too.
+models train on 70 % subsets, and their own epochs and noise enter the scores). For class forgetting "at chance
+or below" accepts any FA from 0 to ``1/C + margin``: Retrain's is 0, and a model that spreads a class's examples
+over the others gives ~0 too.
 The validation split must come from the training distribution and share no examples with the forget set;
 a small split (digits: 144 examples) makes ``VA`` coarse (one example = 0.7 points, one standard error about
 2 points), so on small data the criterion mostly guards against collapse and non-forgetting rather than
