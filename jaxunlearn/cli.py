@@ -18,7 +18,10 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
+import time
 
 __all__ = ["main", "build_parser", "parse_method_options", "resume_command"]
 
@@ -457,11 +460,61 @@ def main(argv: list[str] | None = None) -> int:
     from jaxunlearn import distributed
 
     distributed.maybe_initialize()  # multi-host runs: jax.distributed.initialize() when the env says so
+    if argv is None:  # the program itself: a Ctrl-C ends it even when it lands inside a blocking save
+        watch_interrupts()
     handlers = {"run": _cmd_run, "show": _cmd_show, "theory": _cmd_theory, "methods": _cmd_methods}
     code = _dispatch(handlers[args.command], args)
     if code == 130 and argv is None:  # the program itself, interrupted: leave at once (see exit_interrupted)
         exit_interrupted()
     return code
+
+
+INTERRUPTED = "jaxunlearn: interrupted; rerun the same command with --resume to continue."
+_INTERRUPT = {"lock": threading.Lock(), "said": False}
+
+
+def say_interrupted(*, unless_said: bool = False) -> None:
+    """Print the "interrupted" line on stderr; ``unless_said=True`` (the watchdog of :func:`watch_interrupts`) skips
+    it when the command's own handler printed it already."""
+    with _INTERRUPT["lock"]:
+        if not (unless_said and _INTERRUPT["said"]):
+            print(INTERRUPTED, file=sys.stderr)
+        _INTERRUPT["said"] = True
+
+
+def watch_interrupts(grace: float = 10.0) -> bool:
+    """Make a Ctrl-C end the program within ``grace`` seconds even when the main thread is blocked where Python
+    cannot raise ``KeyboardInterrupt`` (inside a native wait of a checkpoint save): the signal is also written to a
+    pipe (``signal.set_wakeup_fd``) that a daemon thread reads; ``grace`` seconds after a SIGINT, if the program is
+    still running, it prints the "interrupted" line (:func:`say_interrupted`) and leaves with status 130
+    (:func:`exit_interrupted`). Returns False (and does nothing) outside the main thread. The ``jaxunlearn``
+    program calls it at start.
+
+    Example (a child process whose main thread never raises the KeyboardInterrupt, as when it is stuck in a
+    native wait; here a handler that swallows it stands in for that):
+        >>> import subprocess, sys
+        >>> code = ("import os, signal, threading; from jaxunlearn import cli; cli.watch_interrupts(grace=0.5); "
+        ...         "signal.signal(signal.SIGINT, lambda *a: None); "
+        ...         "threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start(); threading.Event().wait(60)")
+        >>> r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        >>> r.returncode, r.stderr.strip().splitlines()[-1]
+        (130, 'jaxunlearn: interrupted; rerun the same command with --resume to continue.')
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def watch():
+        while signal.SIGINT not in os.read(read_fd, 64):
+            pass
+        time.sleep(grace)
+        say_interrupted(unless_said=True)
+        exit_interrupted()
+
+    threading.Thread(target=watch, name="jaxunlearn-interrupt-watchdog", daemon=True).start()
+    return True
 
 
 def exit_interrupted() -> None:
@@ -489,7 +542,7 @@ def _dispatch(handler, args) -> int:
         print(f"jaxunlearn: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("jaxunlearn: interrupted; rerun the same command with --resume to continue.", file=sys.stderr)
+        say_interrupted()
         return 130
     except Exception as exc:  # JAX/XLA runtime errors: translate the ones a user can fix
         msg = _runtime_error_message(exc) if type(exc).__name__ in ("XlaRuntimeError", "JaxRuntimeError") else None
