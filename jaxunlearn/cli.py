@@ -475,7 +475,17 @@ _INTERRUPT = {"lock": threading.Lock(), "said": False}
 
 def say_interrupted(*, unless_said: bool = False) -> None:
     """Print the "interrupted" line on stderr; ``unless_said=True`` (the watchdog of :func:`watch_interrupts`) skips
-    it when the command's own handler printed it already."""
+    it when the command's own handler printed it already.
+
+    Example:
+        >>> import contextlib, io
+        >>> err = io.StringIO()
+        >>> with contextlib.redirect_stderr(err):
+        ...     say_interrupted()
+        ...     say_interrupted(unless_said=True)  # said already: nothing more
+        >>> err.getvalue().splitlines()
+        ['jaxunlearn: interrupted; rerun the same command with --resume to continue.']
+    """
     with _INTERRUPT["lock"]:
         if not (unless_said and _INTERRUPT["said"]):
             print(INTERRUPTED, file=sys.stderr)
@@ -483,12 +493,13 @@ def say_interrupted(*, unless_said: bool = False) -> None:
 
 
 def watch_interrupts(grace: float = 10.0) -> bool:
-    """Make a Ctrl-C end the program within ``grace`` seconds even when the main thread is blocked where Python
-    cannot raise ``KeyboardInterrupt`` (inside a native wait of a checkpoint save): the signal is also written to a
-    pipe (``signal.set_wakeup_fd``) that a daemon thread reads; ``grace`` seconds after a SIGINT, if the program is
-    still running, it prints the "interrupted" line (:func:`say_interrupted`) and leaves with status 130
-    (:func:`exit_interrupted`). Returns False (and does nothing) outside the main thread. The ``jaxunlearn``
-    program calls it at start.
+    """Make a Ctrl-C end the program within ``grace`` seconds, wherever it lands: SIGINT gets a handler of its own
+    that raises ``KeyboardInterrupt`` (asyncio, which Orbax's saves run, replaces Python's default handler with one
+    that only cancels its task, and a cancelled save can swallow the interrupt), and the signal is also written
+    to a pipe (``signal.set_wakeup_fd``) that a daemon thread reads, for a main thread blocked where Python cannot
+    raise. ``grace`` seconds after a SIGINT, if the program is still running, a watchdog prints the
+    "interrupted" line (:func:`say_interrupted`) and leaves with status 130 (:func:`exit_interrupted`). Returns
+    False (and does nothing) outside the main thread. The ``jaxunlearn`` program calls it at start.
 
     Example (a child process whose main thread never raises the KeyboardInterrupt, as when it is stuck in a
     native wait; here a handler that swallows it stands in for that):
@@ -505,15 +516,28 @@ def watch_interrupts(grace: float = 10.0) -> bool:
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    armed = threading.Event()
 
-    def watch():
-        while signal.SIGINT not in os.read(read_fd, 64):
-            pass
+    def leave_after_grace():
+        armed.wait()
         time.sleep(grace)
         say_interrupted(unless_said=True)
         exit_interrupted()
 
-    threading.Thread(target=watch, name="jaxunlearn-interrupt-watchdog", daemon=True).start()
+    def watch():
+        while signal.SIGINT not in os.read(read_fd, 64):
+            pass
+        armed.set()
+
+    def on_sigint(signum, frame):
+        # Our own handler, not Python's default: asyncio.run (inside Orbax's saves) replaces only the default one,
+        # with a handler that cancels its task, and a cancelled save can swallow the Ctrl-C; this one raises it.
+        armed.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    threading.Thread(target=watch, name="jaxunlearn-interrupt-pipe", daemon=True).start()
+    threading.Thread(target=leave_after_grace, name="jaxunlearn-interrupt-watchdog", daemon=True).start()
     return True
 
 
