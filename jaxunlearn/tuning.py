@@ -223,9 +223,10 @@ class Criterion:
         """
         if not candidates:
             raise ValueError("no candidates to select from.")
+        target = ref.get("forget_target")  # memorization forget sets: the held-out accuracy the scores predict
         for c in candidates:
             c.status = self.status(c, ref)
-            c.gap = abs(c.forget_acc - c.val_acc)
+            c.gap = abs(c.forget_acc - (c.val_acc if target is None else float(target)))
         idx = list(range(len(candidates)))
         alive = [i for i in idx if candidates[i].status not in ("collapsed", "diverged")]
         ok = [i for i in idx if candidates[i].status == "ok"]
@@ -235,10 +236,6 @@ class Criterion:
         def var(p: float, split: str) -> float:  # the binomial variance of an accuracy p on a split
             return p * (1.0 - p) / n[split] if n.get(split) else 0.0
 
-        target = ref.get("forget_target")
-        if target is not None:  # a memorization forget set: |FA − the held-out accuracy the scores predict|
-            for cand in candidates:
-                cand.gap = abs(cand.forget_acc - float(target))
         va = (lambda i: -c[i].val_acc, lambda i: var(c[i].val_acc, "val_acc"))
         ra = (lambda i: -c[i].retain_acc, lambda i: var(c[i].retain_acc, "retain_acc"))
         fa = (lambda i: c[i].forget_acc, lambda i: var(c[i].forget_acc, "forget_acc"))
