@@ -162,7 +162,7 @@ def job_config(args, s: dict, out: str, **kw) -> JobConfig:
     return JobConfig(**base)
 
 
-_MEM_CACHE: dict[str, np.ndarray] = {}
+_MEM_CACHE: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 #: (forget size, seed) -> the scores a cached memorization_fn returned in this process, for set statistics
 SCORES_SEEN: dict[int, np.ndarray] = {}
 
@@ -188,10 +188,13 @@ def memorization_sets(scores: np.ndarray, size: float, seed: int) -> dict:
     }
 
 
-def cache_memorization(cache_dir: str) -> Callable[..., np.ndarray]:
-    """``runner.memorization_scores`` memoized by (dataset, sizes, recipe, seed) in memory and in ``cache_dir``:
-    the ``memorization_fn`` to pass to ``runner.run_job`` (through :func:`run_or_collect`)."""
-    orig = runner.memorization_scores
+def cache_memorization(cache_dir: str) -> Callable[..., tuple[np.ndarray, np.ndarray | None]]:
+    """``runner.memorization_details`` (scores and held-out accuracies) memoized by (dataset, sizes, recipe, seed)
+    in memory and in ``cache_dir`` (``mem_<key>.npz``): the ``memorization_fn`` to pass to ``runner.run_job``
+    (through :func:`run_or_collect`). A cache written before the held-out accuracies were kept
+    (``mem_<key>.npy``, scores only) is read as it is, so the jobs that used it keep their forget sets and
+    ``--tune`` targets."""
+    orig = runner.memorization_details
     os.makedirs(cache_dir, exist_ok=True)
 
     def cached(cfg, ds, apply_fn, params, state, dd, seed):
@@ -213,18 +216,20 @@ def cache_memorization(cache_dir: str) -> Callable[..., np.ndarray]:
             default=str,
         )
         key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
-        if key in _MEM_CACHE:
-            SCORES_SEEN[int(seed)] = _MEM_CACHE[key]
-            return _MEM_CACHE[key]
-        path = os.path.join(cache_dir, f"mem_{key}.npy")
-        if os.path.exists(path):
-            scores = np.load(path)
-        else:
-            scores = np.asarray(orig(cfg, ds, apply_fn, params, state, dd, seed))
-            np.save(path, scores)
-        _MEM_CACHE[key] = scores
+        if key not in _MEM_CACHE:
+            old, path = os.path.join(cache_dir, f"mem_{key}.npy"), os.path.join(cache_dir, f"mem_{key}.npz")
+            if os.path.exists(old):
+                _MEM_CACHE[key] = (np.load(old), None)
+            elif os.path.exists(path):
+                with np.load(path) as z:
+                    _MEM_CACHE[key] = (z["scores"], z["heldout"])
+            else:
+                scores, heldout = (np.asarray(a) for a in orig(cfg, ds, apply_fn, params, state, dd, seed))
+                np.savez(path, scores=scores, heldout=heldout)
+                _MEM_CACHE[key] = (scores, heldout)
+        scores, heldout = _MEM_CACHE[key]
         SCORES_SEEN[int(seed)] = scores
-        return scores
+        return scores if heldout is None else (scores, heldout)
 
     return cached
 

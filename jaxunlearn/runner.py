@@ -1028,14 +1028,16 @@ def vmapped_train_fn(
     return train_fn
 
 
-def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
-    """Feldman–Zhang scores from ``cfg.mem_models`` models trained together in one program
-    (:func:`vmapped_train_fn`: each model its own initialisation and random subset). ``params`` only
-    fixes the structure. The default ``memorization_fn`` of :func:`run_job` (experiments pass a cached one).
+def memorization_details(cfg, ds, apply_fn, params, state, dd, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Feldman–Zhang scores and held-out accuracies ``(mem [N], heldout [N])`` from ``cfg.mem_models`` models
+    trained together in one program (:func:`vmapped_train_fn`: each model its own initialisation and random
+    subset). ``params`` only fixes the structure. The default ``memorization_fn`` of :func:`run_job`.
     With ``cfg.out`` the models checkpoint every epoch under ``OUT/checkpoints/memorization/seed<s>-K<k>``, so
     an interrupted job resumes its memorization models too.
     ``mem_i = mean_{k: i ∈ S_k} [f_k(x_i) = y_i] − mean_{k: i ∉ S_k} [f_k(x_i) = y_i]`` over the models'
-    training subsets ``S_k``, in [−1, 1].
+    training subsets ``S_k``, in [−1, 1]; ``heldout_i = mean_{k: i ∉ S_k} [f_k(x_i) = y_i]``
+    (``metrics.heldout_accuracy``), whose mean over a forget set estimates Retrain's forget accuracy and is the
+    target ``--tune`` aims at on memorization forget sets (``tuning.forget_target``).
 
     Example (two small MLPs, one epoch: a toy estimate):
         >>> cfg = JobConfig(max_train=60, model="mlp", width=8, pretrain_epochs=1, batch_size=16, mem_models=2,
@@ -1043,9 +1045,9 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
         >>> ds = load_dataset(cfg, seed=0)
         >>> apply_fn, params, state = models.split_model(build_model(cfg, ds, seed=0))
         >>> dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
-        >>> scores = memorization_scores(cfg, ds, apply_fn, params, state, dd, seed=0)
-        >>> scores.shape, bool(((scores >= -1) & (scores <= 1)).all())
-        ((54,), True)
+        >>> scores, heldout = memorization_details(cfg, ds, apply_fn, params, state, dd, seed=0)
+        >>> scores.shape, bool(((scores >= -1) & (scores <= 1)).all()), bool(((heldout >= 0) & (heldout <= 1)).all())
+        ((54,), True, True)
     """
     ckpt = (
         None
@@ -1054,13 +1056,32 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
     )
     train_fn = vmapped_train_fn(cfg, ds, apply_fn, dd, seed, desc="memorization models", checkpoint_dir=ckpt)
     logits_fn = models.logits_fn(apply_fn, state)
-    return metrics.memorization_scores(
-        train_fn, logits_fn, ds.x_train, ds.y_train, num_models=cfg.mem_models, seed=seed
-    )[: len(ds.y_train)]
+    scores, details = metrics.memorization_scores(
+        train_fn, logits_fn, ds.x_train, ds.y_train, num_models=cfg.mem_models, seed=seed, return_details=True
+    )
+    n = len(ds.y_train)
+    return scores[:n], metrics.heldout_accuracy(details["correct"], details["masks"])[:n]
 
 
-def _forget_set(cfg, ds, seed, score_fn) -> tuple[np.ndarray, np.ndarray | None]:
-    """The forget set's indices and, for memorization kinds, every training example's memorization score."""
+def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarray:
+    """The Feldman–Zhang scores ``mem [N]`` of :func:`memorization_details` (the same models and formula), for a
+    ``memorization_fn`` that returns scores only.
+
+    Example (two small MLPs, one epoch: a toy estimate):
+        >>> cfg = JobConfig(max_train=60, model="mlp", width=8, pretrain_epochs=1, batch_size=16, mem_models=2,
+        ...                 progress=False)
+        >>> ds = load_dataset(cfg, seed=0)
+        >>> apply_fn, params, state = models.split_model(build_model(cfg, ds, seed=0))
+        >>> dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
+        >>> memorization_scores(cfg, ds, apply_fn, params, state, dd, seed=0).shape
+        (54,)
+    """
+    return memorization_details(cfg, ds, apply_fn, params, state, dd, seed)[0]
+
+
+def _forget_set(cfg, ds, seed, score_fn) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The forget set's indices and, for memorization kinds, every training example's memorization score and, when
+    the ``memorization_fn`` gives them, held-out accuracy."""
     n = len(ds.y_train)
     size = None if cfg.forget == "class" else cfg.forget_size
     if cfg.forget == "class" and cfg.forget_class is None:
@@ -1074,11 +1095,33 @@ def _forget_set(cfg, ds, seed, score_fn) -> tuple[np.ndarray, np.ndarray | None]
         raise ValueError(
             f"--forget-class {cfg.forget_class} is not a class of {ds.name} (classes 0..{ds.num_classes - 1})."
         )
-    scores = score_fn() if cfg.forget in ("high", "low", "mid", "mix") else None
+    scores = heldout = None
+    if cfg.forget in ("high", "low", "mid", "mix"):
+        scores, heldout = _memorization_output(score_fn(), n)
     if size is not None and float(size).is_integer():
         size = int(size)
     idx = data.select_forget(ds.y_train, cfg.forget, size, seed=seed, scores=scores, class_id=cfg.forget_class)
-    return idx, scores
+    return idx, scores, heldout
+
+
+def _memorization_output(out, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A ``memorization_fn``'s result, ``scores [N]`` or ``(scores [N], heldout [N])``, as two arrays (the second
+    None when not given), checked: one finite score per training example, held-out accuracies in [0, 1]."""
+    scores, heldout = out if isinstance(out, tuple) else (out, None)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if scores.size != n or not np.all(np.isfinite(scores)):
+        raise ValueError(
+            f"memorization_fn returned {scores.size} score(s) for {n} training examples; it must return one finite "
+            "score per example (or a pair (scores, heldout accuracies))."
+        )
+    if heldout is not None:
+        heldout = np.asarray(heldout, np.float64).reshape(-1)
+        if heldout.size != n or not np.all((heldout >= 0) & (heldout <= 1)):
+            raise ValueError(
+                f"memorization_fn returned {heldout.size} held-out accuracies for {n} training examples; give one "
+                "value in [0, 1] per example, or return the scores alone."
+            )
+    return scores, heldout
 
 
 def _eval_split(apply_fn, params, state, x, y, mesh=None) -> dict:
@@ -1167,9 +1210,11 @@ def run_job(
 
     Args:
         cfg: the job's settings (validated here).
-        memorization_fn: ``fn(cfg, ds, apply_fn, params, model_state, data, seed) -> scores [N]``, the
-            memorization score of each training example, called once per seed when ``cfg.forget`` ranks by
-            memorization (``high | low | mid | mix``); default :func:`memorization_scores` (or a cached one).
+        memorization_fn: ``fn(cfg, ds, apply_fn, params, model_state, data, seed) -> scores [N]`` or
+            ``(scores [N], heldout [N])``, the memorization score of each training example (and its accuracy when
+            held out, which ``--tune`` then aims at: ``tuning.forget_target``), called once per seed when
+            ``cfg.forget`` ranks by memorization (``high | low | mid | mix``); default
+            :func:`memorization_details` (or a cached one).
         unlearn_fn: ``fn(method, ctx, **run_kwargs) -> RunResult``, the runner of one method from a
             ``methods.Context`` (``run_kwargs``: checkpointing, progress, mesh); called for Retrain and each
             (unlearning optimizer, method) cell not yet recorded, and for the method whose figures are drawn.
@@ -1229,7 +1274,7 @@ def _run_grid(cfg: JobConfig, progress: Progress, memorization_fn, unlearn_fn) -
     un_base = preset.optimizer_config(dataclasses.replace(engine.UNLEARN_DEFAULT, lr=cfg.unlearn_lr))
     try:
         for s in range(cfg.seeds):
-            sd = _load_seed(cfg, cfg.seed + s, memorization_fn or memorization_scores)
+            sd = _load_seed(cfg, cfg.seed + s, memorization_fn or memorization_details)
             for pre in cfg.pretrain:
                 pre_cfg = optimizer_for(pre, preset.optimizer_config(OptimConfig(lr=cfg.pretrain_lr)), cfg.pretrain_rho)
                 bar.set_postfix_str(f"seed {sd.seed} pretrain {pre}")
@@ -1309,6 +1354,8 @@ class _Seed:
     retain_idx: np.ndarray
     #: memorization forget sets: the forget examples' memorization scores (``--tune``'s target), else None
     forget_scores: np.ndarray | None = None
+    #: ... and their held-out accuracies when the memorization_fn gives them (the target itself), else None
+    forget_heldout: np.ndarray | None = None
 
     def init_fn(self, seed: int):
         """A fresh initialisation of the job's model (Retrain starts from one)."""
@@ -1350,7 +1397,7 @@ def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndar
     # The forget set depends only on the data and the initial model (memorization scores), so it
     # is chosen before any training: a bad --forget-size fails at once.
     scores = functools.partial(memorization_fn, cfg, ds, apply_fn, params, state, dd, seed)
-    forget_idx, all_scores = _forget_set(cfg, ds, seed, scores)
+    forget_idx, all_scores, all_heldout = _forget_set(cfg, ds, seed, scores)
     retain_idx = data.retain_indices(len(ds.y_train), forget_idx)
     if retain_idx.size == 0:
         raise ValueError(
@@ -1363,8 +1410,9 @@ def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndar
             f"--batch-size {cfg.batch_size} is larger than the retain set ({retain_idx.size} of the {n} training "
             f"examples{hint}), so every batch would repeat examples; use --batch-size {retain_idx.size} or less."
         )
-    forget_scores = None if all_scores is None else np.asarray(all_scores)[forget_idx]
-    return _Seed(cfg, seed, ds, dd, apply_fn, params, state, forget_idx, retain_idx, forget_scores)
+    forget_scores = None if all_scores is None else all_scores[forget_idx]
+    forget_heldout = None if all_heldout is None else all_heldout[forget_idx]
+    return _Seed(cfg, seed, ds, dd, apply_fn, params, state, forget_idx, retain_idx, forget_scores, forget_heldout)
 
 
 def _first_sentence(exc: BaseException) -> str:
@@ -1510,7 +1558,7 @@ def _tuned(job: _Job, sd: _Seed, name: str, ctx: methods.Context) -> engine.RunR
     :func:`jaxunlearn.tuning.forget_target`); the chosen setting, whether it met the criterion, that target and
     the tuning's cost go to the entry's ``info``."""
     res = tuning.tune(name, ctx, x_val=sd.ds.x_val, y_val=sd.ds.y_val, forget_kind=job.cfg.forget,
-                      forget_scores=sd.forget_scores)  # fmt: skip
+                      forget_scores=sd.forget_scores, forget_heldout=sd.forget_heldout)  # fmt: skip
     info = {
         "tuned": {k: v for k, v in res.chosen.items() if v is not None},
         "tune_satisfied": bool(res.satisfied),

@@ -19,8 +19,9 @@ accuracy) and a candidate's ``FA, RA, VA``:
 * ``random`` and memorization (``high | mid | low | mix``) forgetting: among candidates that keep, the
   smallest gap ``|FA − VA|`` wins (the forget set should look like unseen data), ties broken by the higher
   ``VA``, then ``RA``; given the forget examples' memorization scores (``tune(..., forget_scores=...)``; the
-  runner passes them for ``high | mid | low | mix``), the gap is ``|FA − T|`` with ``T = FA₀ − mean mem(F)``
-  (:func:`forget_target`), the accuracy the scores predict for the forget set held out;
+  runner passes them for ``high | mid | low | mix``), the gap is ``|FA − T|`` with ``T`` the accuracy the
+  memorization models predict for the forget set held out (:func:`forget_target`): the mean of the forget
+  examples' held-out accuracies when given (``forget_heldout``), else ``FA₀ − mean mem(F)``;
 * ties: two values of a key count as equal when they differ by less than ``max(tie, se · SE)``, with ``SE``
   the binomial standard error of that key at the best value (``√(p(1−p)/n)`` for an accuracy on ``n``
   examples; ``√(FA(1−FA)/n_F + VA(1−VA)/n_V)`` for the gap), so differences the splits cannot resolve do
@@ -462,10 +463,12 @@ def _rate_options(method, ctx, where: str | None, value: float) -> dict:
     return {}
 
 
-def forget_target(forget_acc: float, scores) -> float:
-    """The forget accuracy a model that never trained on the forget set F should have, from the Feldman–Zhang
-    memorization scores of F's examples: ``clip(FA₀ − mean_{i∈F} mem_i, 0, 1)``, with ``FA₀`` the original
-    model's forget accuracy.
+def forget_target(forget_acc: float, scores, heldout=None) -> float:
+    """The forget accuracy a model that never trained on the forget set F should have, from the memorization models:
+    ``mean_{i∈F} heldout_i`` when their held-out accuracies are given (``heldout_i`` = the fraction of the models
+    that did not train on example i and get it right, ``metrics.heldout_accuracy``), else from the Feldman–Zhang
+    scores of F's examples: ``clip(FA₀ − mean_{i∈F} mem_i, 0, 1)``, with ``FA₀`` the original model's forget
+    accuracy.
 
     ``mem_i = P(correct | i trained on) − P(correct | i held out)``, and the original trained on F, so ``FA₀``
     estimates the first term's mean over F and ``FA₀ − mean mem`` the second's: the accuracy Retrain should have
@@ -474,14 +477,26 @@ def forget_target(forget_acc: float, scores) -> float:
     when held out). :func:`tune` uses it as the random criterion's target when given ``forget_scores``. It assumes
     the original fits F as well as the scoring models fit their subsets; when it does not, ``T`` comes out too low
     (a SAM-pretrained CNN on Fashion-MNIST's ``high`` set: FA₀ 80 %, ``T`` 1.9 % against Retrain's 19.6 %; after
-    SGD pretraining FA₀ 98 %, ``T`` 19.7 % against 15.9 %).
+    SGD pretraining FA₀ 98 %, ``T`` 19.7 % against 15.9 %). The held-out accuracies measure the second term
+    directly, whatever the original, so they are used when given (the runner's default memorization function,
+    ``runner.memorization_details``, returns them).
 
     Example:
         >>> round(forget_target(1.0, [0.4, 0.0, 0.2]), 6)  # three forget examples, all right in the original
         0.8
         >>> forget_target(0.5, [0.9, 0.9])       # never below 0
         0.0
+        >>> forget_target(0.5, [0.9, 0.9], heldout=[0.0, 0.5])  # held out, the models got one in four right
+        0.25
     """
+    if heldout is not None:
+        h = np.asarray(heldout, np.float64).reshape(-1)
+        if h.size == 0 or not np.all((h >= 0.0) & (h <= 1.0)):
+            raise ValueError(
+                f"forget_target: the held-out accuracies must be values in [0, 1], one per forget example, got "
+                f"{h.size} value(s)."
+            )
+        return float(h.mean())
     sc = np.asarray(scores, np.float64).reshape(-1)
     if sc.size == 0 or not np.all(np.isfinite(sc)) or np.any(np.abs(sc) > 1.0):
         raise ValueError(
@@ -624,6 +639,7 @@ def tune(
     max_eval: int | None = 2000,
     keep_runs: bool = False,
     forget_scores=None,
+    forget_heldout=None,
 ) -> TuneResult:
     """Select ``method``'s learning rate (and, optionally, epochs and option values) on a validation split.
 
@@ -649,11 +665,13 @@ def tune(
     examples, in ``ctx.forget_idx`` order. The random criterion then asks for ``FA`` close to
     :func:`forget_target` (the accuracy the scores predict for F held out, stored as
     ``reference["forget_target"]``) instead of close to the candidate's ``VA``: on highly memorized examples
-    Retrain's forget accuracy lies far below the validation accuracy.
+    Retrain's forget accuracy lies far below the validation accuracy. ``forget_heldout``: the same examples'
+    accuracies when held out from the memorization models (``metrics.heldout_accuracy``); given, the target is
+    their mean, which does not depend on how well the original fits F.
 
     Errors (one line, before any training): an empty grid, a value ≤ 0 or not finite, no validation data, an
-    unknown ``forget_kind``, a method without a learning rate given a rate or epochs grid, ``forget_scores`` for
-    class forgetting or not one per forget example.
+    unknown ``forget_kind``, a method without a learning rate given a rate or epochs grid, ``forget_scores`` or
+    ``forget_heldout`` for class forgetting or not one per forget example.
 
     Example:
         >>> ctx = methods.toy_context()
@@ -703,15 +721,18 @@ def tune(
     epoch_grid = _check_epochs(epochs) if m.gradient_based else (None,)
     kind = "class" if forget_kind == "class" else "random"
     crit = criterion or Criterion(kind, int(ctx.num_classes))
-    if forget_scores is not None:
+    given = {"forget_scores": forget_scores, "forget_heldout": forget_heldout}
+    for name, values in given.items():
+        if values is None:
+            continue
         if kind == "class":
-            raise ValueError("tune: forget_scores set the target of random and memorization forgetting; drop them "
-                             "for class forgetting (its target is chance).")  # fmt: skip
-        forget_scores = np.asarray(forget_scores, np.float64).reshape(-1)
-        if forget_scores.size != np.size(ctx.forget_idx):
+            raise ValueError(f"tune: {name} set the target of random and memorization forgetting; drop them for "
+                             "class forgetting (its target is chance).")  # fmt: skip
+        given[name] = np.asarray(values, np.float64).reshape(-1)
+        if given[name].size != np.size(ctx.forget_idx):
             raise ValueError(
-                f"tune: forget_scores holds {forget_scores.size} value(s) for {np.size(ctx.forget_idx)} forget "
-                "examples; give one memorization score per forget example, in forget_idx order."
+                f"tune: {name} holds {given[name].size} value(s) for {np.size(ctx.forget_idx)} forget examples; give "
+                "one value per forget example, in forget_idx order."
             )
 
     # evaluation sets: forget, retain (a seeded subset), validation (class: the kept classes only)
@@ -730,8 +751,10 @@ def tune(
         "val_acc": (jnp.asarray(x_val), y_val),
     }
     reference = _accuracies(ctx.apply_fn, ctx.params, ctx.model_state, sets)
-    if forget_scores is not None:
-        reference["forget_target"] = forget_target(reference["forget_acc"], forget_scores)
+    if given["forget_heldout"] is not None or given["forget_scores"] is not None:
+        reference["forget_target"] = forget_target(
+            reference["forget_acc"], given["forget_scores"], heldout=given["forget_heldout"]
+        )
 
     if m.gradient_based:
         injected, slot = _injected(ctx.optimizer)

@@ -50,7 +50,7 @@ def test_verdicts_summarize_the_recorded_runs_with_the_paired_rule(tmp_path):
     assert len(obj["rows"]) >= 10
     for row in obj["rows"]:
         verdict, ci = row[5], row[4]
-        assert verdict in ("agrees", "disagrees", "not resolved", "not run")
+        assert verdict in ("agrees", "disagrees", "not resolved", "not run", "one seed so far")
         if verdict in ("agrees", "disagrees"):
             lo, hi = (float(v) for v in ci[ci.index("[") + 1 : ci.index("]")].split(","))
             assert lo > 0 or hi < 0
@@ -85,3 +85,35 @@ def test_untuned_experiments_pin_the_recipes_of_their_tables_and_tuned_ones_sear
     assert tuned.method_options == {"neggrad": common.NEGGRAD_PAPER}
     own = common.job_config(args, s, str(tmp_path / "c"), methods=("rl",), method_options={"rl": {"lr_scale": 0.5}})
     assert own.method_options["rl"] == {"lr_scale": 0.5}
+
+
+def test_cached_memorization_keeps_the_held_out_accuracies_and_reads_score_only_caches(tmp_path, monkeypatch):
+    """``common.cache_memorization`` computes a seed's memorization once, keeps scores and held-out accuracies on
+    disk (``mem_<key>.npz``) and returns both; a cache from before (``mem_<key>.npy``, scores only) is read as it
+    is, so the jobs that used it keep their forget sets and targets."""
+    import numpy as np
+
+    common = _load("common")
+    calls = []
+
+    def details(cfg, ds, *args):
+        calls.append(args[-1])
+        return np.array([0.5, -0.1, 0.2]), np.array([0.25, 1.0, 0.5])
+
+    monkeypatch.setattr(common.runner, "memorization_details", details)
+    monkeypatch.setattr(common, "_MEM_CACHE", {})
+    cfg = common.JobConfig(max_train=60)
+    ds = type("DS", (), {"y_train": np.zeros(3)})()
+    fn = common.cache_memorization(str(tmp_path / "c"))
+    scores, heldout = fn(cfg, ds, None, None, None, None, 7)
+    np.testing.assert_array_equal(heldout, [0.25, 1.0, 0.5])
+    (saved,) = os.listdir(tmp_path / "c")
+    assert saved.endswith(".npz") and calls == [7]
+    monkeypatch.setattr(common, "_MEM_CACHE", {})  # a new process: read back from disk, nothing recomputed
+    again = common.cache_memorization(str(tmp_path / "c"))(cfg, ds, None, None, None, None, 7)
+    np.testing.assert_array_equal(again[1], heldout)
+    assert calls == [7] and common.SCORES_SEEN[7].tolist() == [0.5, -0.1, 0.2]
+    np.save(tmp_path / "c" / saved.replace(".npz", ".npy"), np.array([0.9, 0.0, 0.1]))  # an older cache wins
+    monkeypatch.setattr(common, "_MEM_CACHE", {})
+    old = common.cache_memorization(str(tmp_path / "c"))(cfg, ds, None, None, None, None, 7)
+    assert isinstance(old, np.ndarray) and old.tolist() == [0.9, 0.0, 0.1] and calls == [7]

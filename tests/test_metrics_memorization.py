@@ -62,6 +62,20 @@ def test_memorization_from_correctness_validation():
         Z.memorization_from_correctness(np.ones((2, 2)), np.full((2, 2), 2))
 
 
+def test_heldout_accuracy_is_the_out_models_mean_and_completes_the_score():
+    correct = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 1, 1]])
+    masks = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 1], [0, 1, 1], [1, 0, 0]], bool)
+    # the OUT sides of test_memorization_from_correctness_hand_toy: {1,3} → 0, {1,2,4} → 1, {0,1,4} → ⅔
+    h = Z.heldout_accuracy(correct, masks)
+    np.testing.assert_allclose(h, [0.0, 1.0, 2 / 3])
+    mean_in = (correct * masks).sum(0) / masks.sum(0)
+    np.testing.assert_allclose(mean_in - h, Z.memorization_from_correctness(correct, masks))  # mem = in − out
+    with pytest.raises(ValueError, match="1 example\\(s\\) were never held out"):
+        Z.heldout_accuracy(np.array([[1, 1], [0, 1]]), np.array([[1, 1], [0, 1]], bool))
+    with pytest.raises(ValueError, match="masks has shape"):
+        Z.heldout_accuracy(np.ones((3, 4)), np.ones((3, 5), bool))
+
+
 @pytest.mark.slow  # end to end: in the second CI step
 def test_mislabelled_digits_are_more_memorized_than_clean_ones():
     d = load_digits()

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxunlearn import engine, runner
+from jaxunlearn import data, engine, runner
 from jaxunlearn.runner import JobConfig, Progress, job_options
 
 #: A job small enough for seconds: one pretraining, two unlearning optimizers, Retrain and two methods.
@@ -372,6 +372,27 @@ def test_tune_on_a_memorization_set_aims_at_the_forget_accuracy_its_scores_predi
     assert got.min() >= np.quantile(np.linspace(-0.9, 0.0, n), 0.85)  # the highest-scoring tenth
     target = res["methods"]["ft"]["info_tune_forget_target"]  # FA₀ − mean score, the original's FA₀
     assert target == pytest.approx(res["methods"]["original"]["forget_acc"] - got.mean(), abs=1e-6)
+
+
+def test_a_memorization_fn_with_held_out_accuracies_sets_the_tune_target_to_their_mean(tmp_path):
+    """A ``memorization_fn`` may return ``(scores, heldout)``: the scores still choose the forget set and the
+    tuner aims at the forget examples' mean held-out accuracy; a malformed pair fails in one line, before
+    training."""
+
+    def pair_fn(cfg, ds, *args):
+        n = len(ds.y_train)
+        return np.linspace(-0.9, 0.0, n), np.linspace(0.0, 1.0, n)
+
+    cfg = JobConfig(tune=True, forget="high", out=str(tmp_path / "h"),
+                    **{**TINY, "unlearn_optimizer": ("sgd",), "methods": ("retrain", "ft")})  # fmt: skip
+    res = runner.run_job(cfg, memorization_fn=pair_fn)
+    ds = runner.load_dataset(cfg, 0)
+    scores, heldout = pair_fn(cfg, ds)
+    forget_idx = data.select_forget(ds.y_train, "high", cfg.forget_size, seed=0, scores=scores)
+    assert res["methods"]["ft"]["info_tune_forget_target"] == pytest.approx(heldout[forget_idx].mean())
+    bad = JobConfig(tune=True, forget="high", out=str(tmp_path / "b"), **TINY)
+    with pytest.raises(ValueError, match="held-out accuracies for .* training examples; give one value in"):
+        runner.run_job(bad, memorization_fn=lambda cfg, ds, *a: (np.zeros(len(ds.y_train)), np.full(3, 0.5)))
 
 
 def test_tune_chooses_each_methods_rate_on_the_validation_split_and_records_it(tmp_path):

@@ -119,6 +119,17 @@ def test_forget_target_is_the_original_forget_accuracy_minus_the_mean_score():
             tuning.forget_target(1.0, bad)
 
 
+def test_forget_target_is_the_mean_held_out_accuracy_when_given_whatever_the_original():
+    """Held-out accuracies measure Retrain's forget accuracy directly: an original that fits F badly (FA₀ 0.8 on
+    examples whose scores say 0.78 of a fitted model's accuracy is memorization) no longer drags the target to 0."""
+    assert tuning.forget_target(0.8, [0.78, 0.78], heldout=[0.1, 0.3]) == pytest.approx(0.2)
+    assert tuning.forget_target(0.8, [0.78, 0.78]) == pytest.approx(0.02)  # the score-only estimate
+    assert tuning.forget_target(0.5, None, heldout=[1.0, 0.0, 0.5]) == pytest.approx(0.5)
+    for bad in ([], [1.2], [-0.1], [float("nan")]):
+        with pytest.raises(ValueError, match="held-out accuracies must be values in \\[0, 1\\]"):
+            tuning.forget_target(1.0, [0.1], heldout=bad)
+
+
 def test_random_collapse_and_fallback():
     crit = Criterion("random", 10)
     cands = [cand(3.0, 0.5, 0.5, 0.5), cand(1.0, 0.8, 0.85, 0.80)]
@@ -262,6 +273,13 @@ def test_tune_with_forget_scores_records_the_target_and_refuses_bad_scores():
         tuning.tune("ft", ctx, forget_kind="high", forget_scores=[0.1, 0.2, 0.3], **kw)
     with pytest.raises(ValueError, match="drop them for class forgetting"):
         tuning.tune("ft", ctx, forget_kind="class", forget_scores=scores, **kw)
+    # with the held-out accuracies the target is their mean, whatever FA₀ and the scores say
+    heldout = np.linspace(0.1, 0.5, n)
+    res = tuning.tune("ft", ctx, forget_kind="high", forget_scores=scores, forget_heldout=heldout, **kw)
+    assert res.reference["forget_target"] == pytest.approx(heldout.mean())
+    assert [c.gap for c in res.candidates] == pytest.approx([abs(c.forget_acc - 0.3) for c in res.candidates])
+    with pytest.raises(ValueError, match=f"forget_heldout holds 2 value\\(s\\) for {n} forget examples"):
+        tuning.tune("ft", ctx, forget_kind="high", forget_heldout=[0.1, 0.2], **kw)
 
 
 def test_tune_rate_matches_unlearn_with_the_chosen_options():

@@ -47,7 +47,12 @@ from jaxunlearn.metrics.accuracy import (
 from jaxunlearn.metrics.entanglement import entanglement_from_features, entanglement_score
 from jaxunlearn.metrics.features import plot_features, project_2d
 from jaxunlearn.metrics.landscape import loss_surface, plot_surface, random_directions, sharpness_summary
-from jaxunlearn.metrics.memorization import memorization_from_correctness, memorization_scores, subset_masks
+from jaxunlearn.metrics.memorization import (
+    heldout_accuracy,
+    memorization_from_correctness,
+    memorization_scores,
+    subset_masks,
+)
 from jaxunlearn.metrics.mia import (
     attack_auc,
     lira_attack,
@@ -119,6 +124,7 @@ __all__ = [
     "tow_mia",
     "memorization_from_correctness",
     "memorization_scores",
+    "heldout_accuracy",
     "subset_masks",
     "attack_auc",
     "lira_attack",

@@ -27,7 +27,7 @@ from jaxunlearn.metrics.accuracy import (
     correctness_stacked,
 )
 
-__all__ = ["subset_masks", "memorization_scores", "memorization_from_correctness"]
+__all__ = ["subset_masks", "memorization_scores", "memorization_from_correctness", "heldout_accuracy"]
 
 
 def subset_masks(num_models: int, num_examples: int, fraction: float, *, seed: int = 0) -> np.ndarray:
@@ -59,6 +59,23 @@ def subset_masks(num_models: int, num_examples: int, fraction: float, *, seed: i
     return ranks < m
 
 
+def _correctness(correct: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``correct`` as float64 and ``masks`` as bool, both ``[K, N]``, checked."""
+    c = np.asarray(correct)
+    msk = np.asarray(masks)
+    if c.ndim != 2:
+        raise ValueError(f"correct must have shape [K, N], got {c.shape}")
+    if msk.shape != c.shape:
+        raise ValueError(f"masks has shape {msk.shape} but correct has shape {c.shape}")
+    if c.size == 0:
+        raise ValueError("correct is empty")
+    if msk.dtype != bool:
+        if not np.all((msk == 0) | (msk == 1)):
+            raise ValueError("masks must be boolean (or 0/1)")
+        msk = msk.astype(bool)
+    return c.astype(np.float64), msk
+
+
 def memorization_from_correctness(correct: Any, masks: Any) -> np.ndarray:
     """Feldman–Zhang estimate from a correctness matrix: ``mem_i = mean_{k: M_ki} C_ki − mean_{k: ¬M_ki} C_ki``.
 
@@ -73,19 +90,7 @@ def memorization_from_correctness(correct: Any, masks: Any) -> np.ndarray:
         >>> memorization_from_correctness(c, m)   # example 0: 1 − 0; example 1: 1 − 1
         array([1., 0.])
     """
-    c = np.asarray(correct)
-    msk = np.asarray(masks)
-    if c.ndim != 2:
-        raise ValueError(f"correct must have shape [K, N], got {c.shape}")
-    if msk.shape != c.shape:
-        raise ValueError(f"masks has shape {msk.shape} but correct has shape {c.shape}")
-    if c.size == 0:
-        raise ValueError("correct is empty")
-    if msk.dtype != bool:
-        if not np.all((msk == 0) | (msk == 1)):
-            raise ValueError("masks must be boolean (or 0/1)")
-        msk = msk.astype(bool)
-    c = c.astype(np.float64)
+    c, msk = _correctness(correct, masks)
     n_in = msk.sum(axis=0)
     n_out = (~msk).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -102,6 +107,31 @@ def memorization_from_correctness(correct: Any, masks: Any) -> np.ndarray:
         )
         score = np.where(missing, 0.0, score)
     return score
+
+
+def heldout_accuracy(correct: Any, masks: Any) -> np.ndarray:
+    """Each example's accuracy when held out: ``h_i = mean_{k: ¬M_ki} C_ki``, the fraction of the models that did
+    NOT train on example i and still classify it correctly (the second term of the Feldman–Zhang estimate).
+
+    Averaged over a forget set F, ``mean_{i∈F} h_i`` estimates the forget accuracy of a model that never saw F,
+    i.e. Retrain's, without training one (``tuning.forget_target`` uses it). ``correct`` and ``masks`` as in
+    :func:`memorization_from_correctness` (``memorization_scores(..., return_details=True)`` returns both); an
+    example that is never OUT has no estimate and raises.
+
+    Example:
+        >>> c = np.array([[1, 1], [0, 1], [1, 1], [0, 1]])
+        >>> m = np.array([[1, 1], [0, 0], [1, 0], [0, 1]], bool)
+        >>> heldout_accuracy(c, m)   # example 0: OUT for models 1, 3 (both wrong); example 1: OUT for 1, 2
+        array([0., 1.])
+    """
+    c, msk = _correctness(correct, masks)
+    n_out = (~msk).sum(axis=0)
+    if np.any(n_out == 0):
+        raise ValueError(
+            f"{int((n_out == 0).sum())} example(s) were never held out, so they have no held-out accuracy; build the "
+            "masks with subset_masks (every example is OUT for at least one model)."
+        )
+    return np.where(~msk, c, 0.0).sum(axis=0) / n_out
 
 
 def memorization_scores(
