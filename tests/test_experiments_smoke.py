@@ -54,6 +54,9 @@ def test_verdicts_summarize_the_recorded_runs_with_the_paired_rule(tmp_path):
         if verdict in ("agrees", "disagrees"):
             lo, hi = (float(v) for v in ci[ci.index("[") + 1 : ci.index("]")].split(","))
             assert lo > 0 or hi < 0
+    top = json.loads((tmp_path / "headline" / "table.json").read_text())["rows"]  # the summary's first table
+    assert top and all(r in obj["rows"] for r in top) and len(top) < len(obj["rows"])
+    assert not any(r[0].startswith("1: …") for r in top)
 
 
 def test_lm_facts_bad_options_fail_in_one_line_before_any_training(capsys):
