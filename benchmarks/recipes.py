@@ -77,30 +77,37 @@ def _tunable(name: str) -> bool:
 MEMORIZATION = ("high", "mid", "low", "mix")
 
 
-def memorization(args, ds, apply_fn, params, state, dd, seed: int) -> np.ndarray:
-    """Feldman–Zhang scores of ``ds``'s training examples from ``args.mem_models`` CNNs trained together with the
-    pretraining recipe (``runner.memorization_scores``), cached in ``--mem-cache`` (default: the folder
-    ``memorization_cache`` beside ``--out``) so that the four memorization kinds of one seed train the models once."""
+def memorization(args, ds, apply_fn, params, state, dd, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Feldman–Zhang scores of ``ds``'s training examples and their held-out accuracies from ``args.mem_models``
+    CNNs trained together with the pretraining recipe (``runner.memorization_details``), cached in ``--mem-cache``
+    (default: the folder ``memorization_cache`` beside ``--out``) so that the four memorization kinds of one seed
+    train the models once. A cache of scores alone (``.npy``, written before the held-out accuracies were kept)
+    is read as it is: the held-out accuracies are then None and ``--tune`` falls back to ``FA₀ − mean mem``."""
     from jaxunlearn import runner
 
-    name = f"{args.dataset}-n{args.max_train}-e{args.pretrain_epochs}-seed{seed}-m{args.mem_models}.npy"
+    name = f"{args.dataset}-n{args.max_train}-e{args.pretrain_epochs}-seed{seed}-m{args.mem_models}"
     folder = args.mem_cache or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "memorization_cache")
                                 if args.out else None)  # fmt: skip
     path = os.path.join(folder, name) if folder else None
-    if path and os.path.exists(path):
-        return np.load(path)
+    if path and os.path.exists(path + ".npy"):
+        return np.load(path + ".npy"), None
+    if path and os.path.exists(path + ".npz"):
+        with np.load(path + ".npz") as z:
+            return z["scores"], z["heldout"]
     cfg = runner.JobConfig(
         dataset=args.dataset, max_train=args.max_train, mem_models=args.mem_models,
         pretrain_epochs=args.pretrain_epochs, batch_size=64, progress=False,
     )  # fmt: skip
     t0 = time.perf_counter()
-    scores = np.asarray(runner.memorization_scores(cfg, ds, apply_fn, params, state, dd, seed))
+    scores, heldout = (np.asarray(a) for a in runner.memorization_details(cfg, ds, apply_fn, params, state, dd, seed))
     print(f"seed {seed}: memorization scores of {args.mem_models} models in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr, flush=True)  # fmt: skip
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        np.save(path, scores)
-    return scores
+        with open(path + ".npz.tmp", "wb") as f:
+            np.savez(f, scores=scores, heldout=heldout)
+        os.replace(path + ".npz.tmp", path + ".npz")
+    return scores, heldout
 
 
 def _dump(out: dict, path: str | None) -> None:
@@ -141,7 +148,8 @@ def run(args) -> dict:
         apply_fn, params0, state0 = models.split_model(model)
         size = None if args.forget == "class" else args.forget_size
         dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
-        scores = memorization(args, ds, apply_fn, params0, state0, dd, seed) if args.forget in MEMORIZATION else None
+        scores, heldout = (memorization(args, ds, apply_fn, params0, state0, dd, seed)
+                           if args.forget in MEMORIZATION else (None, None))  # fmt: skip
         forget_idx = data.select_forget(
             ds.y_train, args.forget, size, seed=seed, class_id=args.forget_class, scores=scores
         )
@@ -196,6 +204,7 @@ def run(args) -> dict:
                         tr = tuning.tune(
                             name, ctx, x_val=ds.x_val, y_val=ds.y_val, forget_kind=args.forget, keep_runs=True,
                             forget_scores=None if scores is None else scores[forget_idx],
+                            forget_heldout=None if heldout is None else heldout[forget_idx],
                         )  # fmt: skip
                         wall = time.perf_counter() - t0
                         for cand, (p_k, s_k) in zip(tr.candidates, tr.runs):  # for offline analysis of criteria

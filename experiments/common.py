@@ -225,7 +225,9 @@ def cache_memorization(cache_dir: str) -> Callable[..., tuple[np.ndarray, np.nda
                     _MEM_CACHE[key] = (z["scores"], z["heldout"])
             else:
                 scores, heldout = (np.asarray(a) for a in orig(cfg, ds, apply_fn, params, state, dd, seed))
-                np.savez(path, scores=scores, heldout=heldout)
+                with open(path + ".tmp", "wb") as f:  # whole or not at all: a killed job leaves no broken cache
+                    np.savez(f, scores=scores, heldout=heldout)
+                os.replace(path + ".tmp", path)
                 _MEM_CACHE[key] = (scores, heldout)
         scores, heldout = _MEM_CACHE[key]
         SCORES_SEEN[int(seed)] = scores

@@ -1107,20 +1107,30 @@ def _forget_set(cfg, ds, seed, score_fn) -> tuple[np.ndarray, np.ndarray | None,
 def _memorization_output(out, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """A ``memorization_fn``'s result, ``scores [N]`` or ``(scores [N], heldout [N])``, as two arrays (the second
     None when not given), checked: one finite score per training example, held-out accuracies in [0, 1]."""
+    if isinstance(out, tuple) and len(out) != 2:
+        raise ValueError(
+            f"memorization_fn returned a tuple of {len(out)} items; return the scores [N] alone or the tuple "
+            "(scores [N], heldout accuracies [N])."
+        )
     scores, heldout = out if isinstance(out, tuple) else (out, None)
     scores = np.asarray(scores, np.float64).reshape(-1)
-    if scores.size != n or not np.all(np.isfinite(scores)):
+    if scores.size != n:
         raise ValueError(
-            f"memorization_fn returned {scores.size} score(s) for {n} training examples; it must return one finite "
-            "score per example (or a pair (scores, heldout accuracies))."
+            f"memorization_fn returned {scores.size} score(s) for {n} training examples; it must return one score "
+            "per example (or the tuple (scores, heldout accuracies))."
         )
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("memorization_fn returned non-finite scores; every example needs a finite score.")
     if heldout is not None:
         heldout = np.asarray(heldout, np.float64).reshape(-1)
-        if heldout.size != n or not np.all((heldout >= 0) & (heldout <= 1)):
+        if heldout.size != n:
             raise ValueError(
                 f"memorization_fn returned {heldout.size} held-out accuracies for {n} training examples; give one "
-                "value in [0, 1] per example, or return the scores alone."
+                "per example, or return the scores alone."
             )
+        if not np.all((heldout >= 0) & (heldout <= 1)):
+            raise ValueError("memorization_fn returned held-out accuracies outside [0, 1] (or NaN); they are "
+                             "fractions of models, each in [0, 1].")  # fmt: skip
     return scores, heldout
 
 
@@ -1199,7 +1209,7 @@ def _finish_entry(entry: dict, ref: dict) -> dict:
 def run_job(
     cfg: JobConfig,
     *,
-    memorization_fn: Callable[..., np.ndarray] | None = None,
+    memorization_fn: Callable[..., np.ndarray | tuple[np.ndarray, np.ndarray]] | None = None,
     unlearn_fn: Callable[..., engine.RunResult] | None = None,
 ) -> dict:
     """Run the whole job described by ``cfg``; return the top-level results object (also written to ``cfg.out``).
@@ -1363,7 +1373,7 @@ class _Seed:
         return p, st
 
 
-def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., np.ndarray]) -> _Seed:
+def _load_seed(cfg: JobConfig, seed: int, memorization_fn: Callable[..., Any]) -> _Seed:
     """Load the data of ``seed``, build its model and choose its forget set."""
     ds = load_dataset(cfg, seed)
     n = len(ds.y_train)
@@ -1566,6 +1576,8 @@ def _tuned(job: _Job, sd: _Seed, name: str, ctx: methods.Context) -> engine.RunR
     }
     if "forget_target" in res.reference:
         info["tune_forget_target"] = res.reference["forget_target"]
+        # what it came from: the memorization models' held-out accuracies, or FA₀ − mean score without them
+        info["tune_forget_target_from"] = "scores" if sd.forget_heldout is None else "heldout"
     return engine.RunResult(res.params, res.model_state, history=[], seconds=res.seconds, diverged=None,
                             info=info, compile_seconds=getattr(res, "compile_seconds", 0.0))  # fmt: skip
 

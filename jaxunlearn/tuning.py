@@ -37,10 +37,10 @@ the non-collapsed one with the lowest ``FA``; for random forgetting the non-coll
 
 Limits: ``|FA − VA|`` targets the accuracy of typical unseen data; for examples that are hard by nature (high
 memorization scores) Retrain's forget accuracy lies well below the validation accuracy, so without
-``forget_scores`` the criterion stops short of Retrain's FA there; ``T`` is an estimate (the memorization
-models train on 70 % subsets, and their own epochs and noise enter the scores). For class forgetting "at chance
-or below" accepts any FA from 0 to ``1/C + margin``: Retrain's is 0, and a model that spreads a class's examples
-over the others gives ~0 too.
+``forget_heldout`` or ``forget_scores`` the criterion stops short of Retrain's FA there; ``T`` is an estimate
+(the memorization models train on 70 % subsets, and their own epochs and noise enter the scores). For class
+forgetting "at chance or below" accepts any FA from 0 to ``1/C + margin``: Retrain's is 0, and a model that
+spreads a class's examples over the others gives ~0 too.
 The validation split must come from the training distribution and share no examples with the forget set;
 a small split (digits: 144 examples) makes ``VA`` coarse (one example = 0.7 points, one standard error about
 2 points), so on small data the criterion mostly guards against collapse and non-forgetting rather than
@@ -474,7 +474,8 @@ def forget_target(forget_acc: float, scores, heldout=None) -> float:
     estimates the first term's mean over F and ``FA₀ − mean mem`` the second's: the accuracy Retrain should have
     on F, measured without Retrain. For a random forget set it is close to the validation accuracy (mean mem ≈
     the generalization gap), for highly memorized examples well below it (atypical examples are rarely right
-    when held out). :func:`tune` uses it as the random criterion's target when given ``forget_scores``. It assumes
+    when held out). :func:`tune` uses it as the random criterion's target when given ``forget_scores`` or
+    ``forget_heldout``. The score-only estimate assumes
     the original fits F as well as the scoring models fit their subsets; when it does not, ``T`` comes out too low
     (a SAM-pretrained CNN on Fashion-MNIST's ``high`` set: FA₀ 80 %, ``T`` 1.9 % against Retrain's 19.6 %; after
     SGD pretraining FA₀ 98 %, ``T`` 19.7 % against 15.9 %). The held-out accuracies measure the second term
@@ -491,11 +492,10 @@ def forget_target(forget_acc: float, scores, heldout=None) -> float:
     """
     if heldout is not None:
         h = np.asarray(heldout, np.float64).reshape(-1)
-        if h.size == 0 or not np.all((h >= 0.0) & (h <= 1.0)):
-            raise ValueError(
-                f"forget_target: the held-out accuracies must be values in [0, 1], one per forget example, got "
-                f"{h.size} value(s)."
-            )
+        if h.size == 0:
+            raise ValueError("forget_target: no held-out accuracies; give one per forget example.")
+        if not np.all((h >= 0.0) & (h <= 1.0)):
+            raise ValueError("forget_target: the held-out accuracies must be values in [0, 1] (fractions of models).")
         return float(h.mean())
     sc = np.asarray(scores, np.float64).reshape(-1)
     if sc.size == 0 or not np.all(np.isfinite(sc)) or np.any(np.abs(sc) > 1.0):
@@ -729,6 +729,8 @@ def tune(
             raise ValueError(f"tune: {name} set the target of random and memorization forgetting; drop them for "
                              "class forgetting (its target is chance).")  # fmt: skip
         given[name] = np.asarray(values, np.float64).reshape(-1)
+        if not np.all(np.isfinite(given[name])):
+            raise ValueError(f"tune: {name} holds non-finite values; give one finite value per forget example.")
         if given[name].size != np.size(ctx.forget_idx):
             raise ValueError(
                 f"tune: {name} holds {given[name].size} value(s) for {np.size(ctx.forget_idx)} forget examples; give "

@@ -63,21 +63,23 @@ def test_memorization_kinds_train_the_scoring_models_once_per_seed(tmp_path, mon
     from jaxunlearn import runner
 
     calls = []
-    real = runner.memorization_scores
+    real = runner.memorization_details
 
     def counted(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(runner, "memorization_scores", counted)
+    monkeypatch.setattr(runner, "memorization_details", counted)
     tiny = [*TINY, "--methods", "ft", "--mem-models", "2"]
     high, low = tmp_path / "high.json", tmp_path / "low.json"
     recipes.main([*tiny, "--forget", "high", "--out", str(high)])
     recipes.main([*tiny, "--forget", "low", "--out", str(low)])
     assert len(calls) == 1  # the second kind read the cached scores
-    (cached,) = (tmp_path / "memorization_cache").glob("*.npy")  # beside --out
-    scores = np.load(cached)
-    assert scores.shape == (360,) and ((scores >= -1) & (scores <= 1)).all()
+    (cached,) = (tmp_path / "memorization_cache").glob("*.npz")  # beside --out
+    with np.load(cached) as z:
+        scores, heldout = z["scores"], z["heldout"]
+    assert scores.shape == heldout.shape == (360,) and ((scores >= -1) & (scores <= 1)).all()
+    assert ((heldout >= 0) & (heldout <= 1)).all()
     for path in (high, low):
         cells = {c["method"]: c for c in json.loads(path.read_text())["cells"]}
         assert set(cells) == {"original", "retrain", "ft"}

@@ -372,6 +372,7 @@ def test_tune_on_a_memorization_set_aims_at_the_forget_accuracy_its_scores_predi
     assert got.min() >= np.quantile(np.linspace(-0.9, 0.0, n), 0.85)  # the highest-scoring tenth
     target = res["methods"]["ft"]["info_tune_forget_target"]  # FA₀ − mean score, the original's FA₀
     assert target == pytest.approx(res["methods"]["original"]["forget_acc"] - got.mean(), abs=1e-6)
+    assert res["methods"]["ft"]["info_tune_forget_target_from"] == "scores"
 
 
 def test_a_memorization_fn_with_held_out_accuracies_sets_the_tune_target_to_their_mean(tmp_path):
@@ -390,9 +391,16 @@ def test_a_memorization_fn_with_held_out_accuracies_sets_the_tune_target_to_thei
     scores, heldout = pair_fn(cfg, ds)
     forget_idx = data.select_forget(ds.y_train, "high", cfg.forget_size, seed=0, scores=scores)
     assert res["methods"]["ft"]["info_tune_forget_target"] == pytest.approx(heldout[forget_idx].mean())
+    assert res["methods"]["ft"]["info_tune_forget_target_from"] == "heldout"
     bad = JobConfig(tune=True, forget="high", out=str(tmp_path / "b"), **TINY)
-    with pytest.raises(ValueError, match="held-out accuracies for .* training examples; give one value in"):
-        runner.run_job(bad, memorization_fn=lambda cfg, ds, *a: (np.zeros(len(ds.y_train)), np.full(3, 0.5)))
+    for out, says in (
+        (lambda n: (np.zeros(n), np.full(3, 0.5)), "returned 3 held-out accuracies for .* training examples"),
+        (lambda n: (np.zeros(n), np.full(n, 1.5)), "held-out accuracies outside \\[0, 1\\]"),
+        (lambda n: (np.zeros(n), np.zeros(n), np.zeros(n)), "a tuple of 3 items"),
+        (lambda n: np.full(n, np.nan), "non-finite scores"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            runner.run_job(bad, memorization_fn=lambda cfg, ds, *a, out=out: out(len(ds.y_train)))
 
 
 def test_tune_chooses_each_methods_rate_on_the_validation_split_and_records_it(tmp_path):

@@ -125,9 +125,11 @@ def test_forget_target_is_the_mean_held_out_accuracy_when_given_whatever_the_ori
     assert tuning.forget_target(0.8, [0.78, 0.78], heldout=[0.1, 0.3]) == pytest.approx(0.2)
     assert tuning.forget_target(0.8, [0.78, 0.78]) == pytest.approx(0.02)  # the score-only estimate
     assert tuning.forget_target(0.5, None, heldout=[1.0, 0.0, 0.5]) == pytest.approx(0.5)
-    for bad in ([], [1.2], [-0.1], [float("nan")]):
+    for bad in ([1.2], [-0.1], [float("nan")]):
         with pytest.raises(ValueError, match="held-out accuracies must be values in \\[0, 1\\]"):
             tuning.forget_target(1.0, [0.1], heldout=bad)
+    with pytest.raises(ValueError, match="no held-out accuracies"):
+        tuning.forget_target(1.0, [0.1], heldout=[])
 
 
 def test_random_collapse_and_fallback():
