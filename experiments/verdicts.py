@@ -25,7 +25,7 @@ NAME = "verdicts"
 #: ≥ 99 % training accuracy with SGD; memorization from 64 models; 5 seeds; rates tuned on validation), run with
 #: ``--out experiments/results/<name>_fit30``; "CNN fit 20" = configs/fashion_mnist_fit.json, the same at 20 epochs
 #: (97-99 % training accuracy), ``<name>_fit``.
-SCALES = {"MLP": "", "CNN": "_cnn", "CNN fit 20": "_fit", "CNN fit 30": "_fit30"}
+SCALES = {"CNN fit 30": "_fit30", "CNN fit 20": "_fit", "CNN": "_cnn", "MLP": ""}
 
 
 def _entries(job_dir: str) -> dict:
@@ -80,17 +80,21 @@ def claim1(root: str) -> list[list[str]]:
     rows = []
     for scale, suffix in SCALES.items():
         name = "exp1_neggrad_sam_memorization" + ("_asam" if scale == "MLP" else suffix)
-        jobs = {lv: _entries(os.path.join(root, name, f"job_{lv}")) for lv in ("high", "mid", "low", "mix")}
-        jobs = {lv: e for lv, e in jobs.items() if e}
+        levels = [lv for lv in ("high", "mid", "low", "mix") if os.path.isdir(os.path.join(root, name, f"job_{lv}"))]
+        jobs = {lv: _entries(os.path.join(root, name, f"job_{lv}")) for lv in levels}
         if not jobs:
             continue
-        done = {lv: len([s for s in _seeds(e) if f"{s}/sgd/sgd/neggrad" in e]) for lv, e in jobs.items()}
+        done = {lv: len([s for s in _seeds(e) if f"{s}/sgd/sgd/neggrad" in e]) if e else 0 for lv, e in jobs.items()}
         if max(done.values()) < 2:  # a run under way: one row saying how far it is instead of rows of "—"
             far = ", ".join(f"{lv} {n}" for lv, n in done.items())
             n = max(done.values())
             rows.append(["1: SAM helps NegGrad (ToW)", scale, f"run under way (seeds done per level: {far})", "—",
-                         "—", "one seed so far" if n == 1 else "not run", str(n)])  # fmt: skip
+                         "—", "under way", str(n)])  # fmt: skip
             continue
+        jobs = {lv: e for lv, e in jobs.items() if done[lv] >= 2}  # levels with a paired interval so far
+        what = f"mean of {len(jobs)} memorization level{'s' if len(jobs) > 1 else ''}"
+        if len(jobs) < len(done):
+            what += f" done; {', '.join(lv for lv in done if lv not in jobs)} under way"
         for label, (pa, ua) in {
             "SAM pretraining (AdamW unlearning)": ("sam", "sgd"),
             "SAM unlearning (SGD pretraining)": ("sgd", "sam"),
@@ -100,7 +104,7 @@ def claim1(root: str) -> list[list[str]]:
             cells = [(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad") for e in jobs.values()]
             if not all(f"0/{pa}/{ua}/neggrad" in e for e, *_ in cells):
                 continue
-            rows.append(_row("1: SAM helps NegGrad (ToW, mean of 4 memorization levels)", scale,
+            rows.append(_row(f"1: SAM helps NegGrad (ToW, {what})", scale,
                              f"{label} − SGD / AdamW", *_pairs(cells)))  # fmt: skip
             for lv, e in jobs.items():
                 rows.append(_row(f"1: … at {lv} memorization", scale, f"{label} − SGD / AdamW",
@@ -136,7 +140,7 @@ def claim3(root: str) -> list[list[str]]:
         if len(done) < 2:  # a run under way: one row saying how far it is
             rows.append(["3: Sharp MinMax beats the best baseline (ToW)", scale,
                          f"run under way (seeds done: {len(done)})", "—", "—",
-                         "one seed so far" if done else "not run", str(len(done))])  # fmt: skip
+                         "under way", str(len(done))])  # fmt: skip
             continue
         mean = {m: np.mean([t for s in _seeds(e) if (t := _tow(e, s, "sgd", f"sgd/{m}")) is not None]) for m in base}
         best = max(base, key=mean.get)

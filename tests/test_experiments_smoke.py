@@ -50,7 +50,7 @@ def test_verdicts_summarize_the_recorded_runs_with_the_paired_rule(tmp_path):
     assert len(obj["rows"]) >= 10
     for row in obj["rows"]:
         verdict, ci = row[5], row[4]
-        assert verdict in ("agrees", "disagrees", "not resolved", "not run", "one seed so far")
+        assert verdict in ("agrees", "disagrees", "not resolved", "not run", "one seed so far", "under way")
         if verdict in ("agrees", "disagrees"):
             lo, hi = (float(v) for v in ci[ci.index("[") + 1 : ci.index("]")].split(","))
             assert lo > 0 or hi < 0
