@@ -1067,14 +1067,12 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
     """The Feldman–Zhang scores ``mem [N]`` of :func:`memorization_details` (the same models and formula), for a
     ``memorization_fn`` that returns scores only.
 
-    Example (two small MLPs, one epoch: a toy estimate):
-        >>> cfg = JobConfig(max_train=60, model="mlp", width=8, pretrain_epochs=1, batch_size=16, mem_models=2,
-        ...                 progress=False)
-        >>> ds = load_dataset(cfg, seed=0)
-        >>> apply_fn, params, state = models.split_model(build_model(cfg, ds, seed=0))
-        >>> dd = engine.DeviceData.from_numpy(ds.x_train, ds.y_train)
-        >>> memorization_scores(cfg, ds, apply_fn, params, state, dd, seed=0).shape
-        (54,)
+    Example (two tiny MLPs, one epoch, on 36 digits):
+        >>> cfg = JobConfig(max_train=40, model="mlp", width=4, pretrain_epochs=1, mem_models=2, progress=False)
+        >>> ds = load_dataset(cfg, seed=1)
+        >>> model = models.split_model(build_model(cfg, ds, seed=1))
+        >>> memorization_scores(cfg, ds, *model, engine.DeviceData.from_numpy(ds.x_train, ds.y_train), seed=1).shape
+        (36,)
     """
     return memorization_details(cfg, ds, apply_fn, params, state, dd, seed)[0]
 
