@@ -83,7 +83,7 @@ def memorization(args, ds, apply_fn, params, state, dd, seed: int) -> tuple[np.n
     (default: the folder ``memorization_cache`` beside ``--out``) so that the four memorization kinds of one seed
     train the models once. A cache of scores alone (``.npy``, written before the held-out accuracies were kept)
     is read as it is: the held-out accuracies are then None and ``--tune`` falls back to ``FA₀ − mean mem``."""
-    from jaxunlearn import runner
+    from jaxunlearn import _atomic, runner
 
     name = f"{args.dataset}-n{args.max_train}-e{args.pretrain_epochs}-seed{seed}-m{args.mem_models}"
     folder = args.mem_cache or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "memorization_cache")
@@ -103,10 +103,7 @@ def memorization(args, ds, apply_fn, params, state, dd, seed: int) -> tuple[np.n
     print(f"seed {seed}: memorization scores of {args.mem_models} models in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr, flush=True)  # fmt: skip
     if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".npz.tmp", "wb") as f:
-            np.savez(f, scores=scores, heldout=heldout)
-        os.replace(path + ".npz.tmp", path + ".npz")
+        _atomic.save_npz(path + ".npz", scores=scores, heldout=heldout)
     return scores, heldout
 
 

@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:  # allow `python experiments/expN_*.py` from the repo root
     sys.path.insert(0, os.path.dirname(HERE))
 
-from jaxunlearn import report, runner  # noqa: E402
+from jaxunlearn import _atomic, report, runner  # noqa: E402
 from jaxunlearn.runner import JobConfig  # noqa: E402
 
 RESULTS_ROOT = os.path.join(HERE, "results")
@@ -225,9 +225,7 @@ def cache_memorization(cache_dir: str) -> Callable[..., tuple[np.ndarray, np.nda
                     _MEM_CACHE[key] = (z["scores"], z["heldout"])
             else:
                 scores, heldout = (np.asarray(a) for a in orig(cfg, ds, apply_fn, params, state, dd, seed))
-                with open(path + ".tmp", "wb") as f:  # whole or not at all: a killed job leaves no broken cache
-                    np.savez(f, scores=scores, heldout=heldout)
-                os.replace(path + ".tmp", path)
+                _atomic.save_npz(path, scores=scores, heldout=heldout)  # a killed job leaves no broken cache
                 _MEM_CACHE[key] = (scores, heldout)
         scores, heldout = _MEM_CACHE[key]
         SCORES_SEEN[int(seed)] = scores

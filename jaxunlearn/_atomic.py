@@ -1,4 +1,5 @@
-"""Atomic file writes shared by reports, metrics figures and the runner (internal leaf: os/tempfile only).
+"""Atomic file writes shared by reports, metrics figures, caches and the runner (internal leaf: os/tempfile;
+numpy only inside :func:`save_npz`).
 
 Every write goes to a temporary file in the target's directory, is flushed to disk, gets the mode
 ``open()`` would have given it, and is moved into place with ``os.replace``: a crash or a concurrent
@@ -57,6 +58,29 @@ def write_text(path, text: str) -> str:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return _replace_via_temp(path, write, prefix=".tmp-", suffix=".tmp")
+
+
+def save_npz(path, **arrays) -> str:
+    """Write ``arrays`` as an uncompressed ``.npz`` file at ``path`` atomically; parent directories are created.
+
+    Example:
+        >>> import numpy as np
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = save_npz(os.path.join(tmp.name, "mem.npz"), scores=np.zeros(3), heldout=np.ones(3))
+        >>> with np.load(path) as z:
+        ...     sorted(z.files), z["heldout"].tolist(), os.listdir(tmp.name)
+        (['heldout', 'scores'], [1.0, 1.0, 1.0], ['mem.npz'])
+        >>> tmp.cleanup()
+    """
+    import numpy as np
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:  # a file object: np.savez adds no ".npz" to the temporary name
+            np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from jaxunlearn import report
+from jaxunlearn import _atomic, report
 
 
 def _entry(fa, ra, ta, mia, tow, sec, **extra):
@@ -236,3 +236,23 @@ def test_figures(tmp_path, methods):
     assert sorted(os.listdir(tmp_path / "new" / "dir")) == ["line.png"]
     with pytest.raises(ValueError):
         report.plot_bars({"settings": {}, "methods": {}}, tmp_path / "x.png")
+
+
+def test_atomic_npz_is_whole_or_not_there(tmp_path, monkeypatch):
+    """``_atomic.save_npz`` (memorization caches): the arrays read back as written, and a write that fails leaves
+    the previous file and no temporary file behind."""
+    path = tmp_path / "mem.npz"
+    _atomic.save_npz(path, scores=np.array([0.5, -0.1]), heldout=np.array([0.25, 1.0]))
+    with np.load(path) as z:
+        assert z["scores"].tolist() == [0.5, -0.1] and z["heldout"].tolist() == [0.25, 1.0]
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _atomic.save_npz(path, scores=np.zeros(2), heldout=np.zeros(2))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["mem.npz"]
+    with np.load(path) as z:
+        assert z["heldout"].tolist() == [0.25, 1.0]
