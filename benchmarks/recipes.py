@@ -83,28 +83,26 @@ def memorization(args, ds, apply_fn, params, state, dd, seed: int) -> tuple[np.n
     (default: the folder ``memorization_cache`` beside ``--out``) so that the four memorization kinds of one seed
     train the models once. A cache of scores alone (``.npy``, written before the held-out accuracies were kept)
     is read as it is: the held-out accuracies are then None and ``--tune`` falls back to ``FA₀ − mean mem``."""
-    from jaxunlearn import _atomic, runner
+    from jaxunlearn import runner
 
     name = f"{args.dataset}-n{args.max_train}-e{args.pretrain_epochs}-seed{seed}-m{args.mem_models}"
     folder = args.mem_cache or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "memorization_cache")
                                 if args.out else None)  # fmt: skip
-    path = os.path.join(folder, name) if folder else None
-    if path and os.path.exists(path + ".npy"):
-        return np.load(path + ".npy"), None
-    if path and os.path.exists(path + ".npz"):
-        with np.load(path + ".npz") as z:
-            return z["scores"], z["heldout"]
     cfg = runner.JobConfig(
         dataset=args.dataset, max_train=args.max_train, mem_models=args.mem_models,
         pretrain_epochs=args.pretrain_epochs, batch_size=64, progress=False,
     )  # fmt: skip
-    t0 = time.perf_counter()
-    scores, heldout = (np.asarray(a) for a in runner.memorization_details(cfg, ds, apply_fn, params, state, dd, seed))
-    print(f"seed {seed}: memorization scores of {args.mem_models} models in {time.perf_counter() - t0:.0f} s",
-          file=sys.stderr, flush=True)  # fmt: skip
-    if path:
-        _atomic.save_npz(path + ".npz", scores=scores, heldout=heldout)
-    return scores, heldout
+
+    def compute():
+        t0 = time.perf_counter()
+        out = runner.memorization_details(cfg, ds, apply_fn, params, state, dd, seed)
+        print(f"seed {seed}: memorization scores of {args.mem_models} models in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return out
+
+    if folder is None:
+        return tuple(np.asarray(a) for a in compute())
+    return runner.memorization_cache(os.path.join(folder, name), compute)
 
 
 def _dump(out: dict, path: str | None) -> None:

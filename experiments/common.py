@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:  # allow `python experiments/expN_*.py` from the repo root
     sys.path.insert(0, os.path.dirname(HERE))
 
-from jaxunlearn import _atomic, report, runner  # noqa: E402
+from jaxunlearn import report, runner  # noqa: E402
 from jaxunlearn.runner import JobConfig  # noqa: E402
 
 RESULTS_ROOT = os.path.join(HERE, "results")
@@ -217,16 +217,9 @@ def cache_memorization(cache_dir: str) -> Callable[..., tuple[np.ndarray, np.nda
         )
         key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
         if key not in _MEM_CACHE:
-            old, path = os.path.join(cache_dir, f"mem_{key}.npy"), os.path.join(cache_dir, f"mem_{key}.npz")
-            if os.path.exists(old):
-                _MEM_CACHE[key] = (np.load(old), None)
-            elif os.path.exists(path):
-                with np.load(path) as z:
-                    _MEM_CACHE[key] = (z["scores"], z["heldout"])
-            else:
-                scores, heldout = (np.asarray(a) for a in orig(cfg, ds, apply_fn, params, state, dd, seed))
-                _atomic.save_npz(path, scores=scores, heldout=heldout)  # a killed job leaves no broken cache
-                _MEM_CACHE[key] = (scores, heldout)
+            _MEM_CACHE[key] = runner.memorization_cache(
+                os.path.join(cache_dir, f"mem_{key}"), lambda: orig(cfg, ds, apply_fn, params, state, dd, seed)
+            )
         scores, heldout = _MEM_CACHE[key]
         SCORES_SEEN[int(seed)] = scores
         return scores if heldout is None else (scores, heldout)

@@ -1077,6 +1077,35 @@ def memorization_scores(cfg, ds, apply_fn, params, state, dd, seed) -> np.ndarra
     return memorization_details(cfg, ds, apply_fn, params, state, dd, seed)[0]
 
 
+def memorization_cache(path: str, compute: Callable[[], Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Memorization scores and held-out accuracies ``(mem [N], heldout [N])`` kept on disk at ``path``, computed
+    by ``compute()`` (e.g. a call of :func:`memorization_details`) only when no file holds them.
+
+    Read order: ``path + ".npy"`` (a cache of scores alone, written before the held-out accuracies were kept:
+    ``heldout`` is then None, and ``--tune`` falls back to ``FA₀ − mean mem``), then ``path + ".npz"``
+    (``scores`` and ``heldout``); otherwise ``compute()``'s ``(scores, heldout)`` are written to ``path + ".npz"``
+    atomically, so a killed job leaves either the whole cache or none.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> base = os.path.join(tmp.name, "seed0")
+        >>> memorization_cache(base, lambda: (np.array([0.5, 0.0]), np.array([0.25, 1.0])))[1].tolist()
+        [0.25, 1.0]
+        >>> memorization_cache(base, lambda: 1 / 0)[0].tolist()  # read back: compute is not called
+        [0.5, 0.0]
+        >>> tmp.cleanup()
+    """
+    if os.path.exists(path + ".npy"):
+        return np.load(path + ".npy"), None
+    if os.path.exists(path + ".npz"):
+        with np.load(path + ".npz") as z:
+            return z["scores"], z["heldout"]
+    scores, heldout = (np.asarray(a) for a in compute())
+    _atomic.save_npz(path + ".npz", scores=scores, heldout=heldout)
+    return scores, heldout
+
+
 def _forget_set(cfg, ds, seed, score_fn) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The forget set's indices and, for memorization kinds, every training example's memorization score and, when
     the ``memorization_fn`` gives them, held-out accuracy."""

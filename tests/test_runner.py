@@ -102,6 +102,36 @@ def test_memorization_models_checkpoint_under_the_job_and_resume(tmp_path, monke
     assert {f: os.stat(f).st_mtime_ns for f in stamps} == stamps
 
 
+def test_memorization_cache_computes_once_reads_old_score_caches_first_and_never_leaves_a_partial_file(tmp_path):
+    """``memorization_cache``: the first call computes and writes ``.npz`` (scores and held-out accuracies), a
+    second reads it without computing; an old scores-only ``.npy`` beside it wins (held-out None); a failing
+    computation leaves no file behind."""
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.array([0.5, -0.25, 0.0]), np.array([0.25, 1.0, 0.5])
+
+    base = str(tmp_path / "cache" / "seed0")
+    first = runner.memorization_cache(base, compute)
+    again = runner.memorization_cache(base, compute)
+    assert len(calls) == 1 and sorted(os.listdir(tmp_path / "cache")) == ["seed0.npz"]
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(again[1], [0.25, 1.0, 0.5])
+
+    np.save(base + ".npy", np.array([1.0, 0.0, 0.0]))
+    scores, heldout = runner.memorization_cache(base, compute)
+    assert heldout is None and scores.tolist() == [1.0, 0.0, 0.0] and len(calls) == 1
+
+    def broken():
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        runner.memorization_cache(str(tmp_path / "other" / "seed1"), broken)
+    assert not (tmp_path / "other").exists() or os.listdir(tmp_path / "other") == []
+
+
 def test_jobs_share_their_originals_through_a_folder(tmp_path, monkeypatch):
     """Two jobs that differ only in the forget set share one original per (seed, pretraining): the second reads
     it back (resumed at its last epoch, no training) and records the same test accuracy for it; a job with
