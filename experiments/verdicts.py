@@ -5,8 +5,11 @@ and the one verdict rule (``metrics.verdict``: "agrees" only when the interval e
 Reads the per-seed entries that the experiments' jobs recorded (``job*/progress.json``), computes each entry's ToW
 against the Retrain of the same seed and pretraining, and pairs by seed. A comparison averaged over several cells
 (memorization levels, methods) averages them per seed first. The do-nothing row (the original model's ToW) is the
-floor every method should beat. Claim 6 (``exp6_sharpness_family/seed<k>.json``) compares every optimizer kind
-with plain AdamW on ToW and on the relearning attack's forget-accuracy AUC.
+floor every method should beat. Claims 4 and 5 (``exp4*/seed<k>.json``, ``exp5*/seed<k>.json``) pair their per-seed
+values the same way: the Hessian selection against all parameters and a random 10 % (paper B), SAM pretraining's
+forget-loss sharpness and entanglement, and Sharp MinMax's resistance to relearning (paper A). Claim 6
+(``exp6_sharpness_family/seed<k>.json``) compares every optimizer kind with plain AdamW on ToW and on the relearning
+attack's forget-accuracy AUC.
 
     .venv/bin/python experiments/verdicts.py          # writes experiments/results/verdicts/table.md (+ .json)
 """
@@ -61,19 +64,168 @@ def _pairs(cells: list[tuple[dict, str, str, str, str]]) -> tuple[list[float], l
     return a, b
 
 
-def _row(claim, scale, comparison, a, b, direction="greater"):
+def _row(claim, scale, comparison, a, b, direction="greater", percent=True):
+    """One summary row: ``mean(a) vs mean(b)`` and the paired interval of ``a − b`` with its verdict; fractions are
+    shown in % (differences in points) unless ``percent=False`` (the metric's own unit, 3 significant digits)."""
     if len(a) < 2:  # a paired interval needs two seeds; a run still under way may have one
         return [claim, scale, comparison, "—", "—", "not run" if not a else "one seed so far", str(len(a))]
     d = metrics.paired_difference(a, b)
-    return [
-        claim,
-        scale,
-        comparison,
-        f"{100 * np.mean(a):.1f} vs {100 * np.mean(b):.1f}",
-        f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]",
-        metrics.verdict(d, direction),
-        str(d["n"]),
-    ]
+    if percent:
+        value = f"{100 * np.mean(a):.1f} vs {100 * np.mean(b):.1f}"
+        delta = f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+    else:
+        value = f"{np.mean(a):.3g} vs {np.mean(b):.3g}"
+        delta = f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"
+    return [claim, scale, comparison, value, delta, metrics.verdict(d, direction), str(d["n"])]
+
+
+def _per_seed(folder: str) -> list[dict]:
+    """The ``entries`` of every ``seed<k>.json`` in ``folder`` (claims 4 and 5), in seed order."""
+    names = [n for n in os.listdir(folder) if n.startswith("seed") and n.endswith(".json")] if os.path.isdir(
+        folder) else []  # fmt: skip
+    return [json.load(open(os.path.join(folder, n)))["entries"] for n in sorted(names, key=lambda n: int(n[4:-5]))]
+
+
+def _metric(per: list[dict], path: tuple[str, ...], key: str) -> list[float] | None:
+    """``entries[path...][key]`` of every seed; None when a seed lacks it or its model diverged (the row is then
+    "not run" rather than a comparison with a kept original)."""
+    out = []
+    for entries in per:
+        e = entries
+        for p in path:
+            e = e.get(p) if isinstance(e, dict) else None
+        if not isinstance(e, dict) or e.get("diverged") or key not in e:
+            return None
+        out.append(float(e[key]))
+    return out
+
+
+def _compare(claim, scale, comparison, per, a, b, key, direction="greater", percent=True):
+    va, vb = _metric(per, a, key), _metric(per, b, key)
+    if va is None or vb is None:
+        return [claim, scale, comparison, "—", "—", "not run", str(len(per))]
+    return _row(claim, scale, comparison, va, vb, direction, percent)
+
+
+#: claim 4's runs: scale -> (main table, first-order τ = 0.01 table, gradient update for 2 epochs or None when the
+#: main table is already 2 epochs)
+EXP4 = {
+    "CNN": ("exp4_hessian_selection_cnn", "exp4_hessian_selection_cnn_first_order_tau0.01",
+            "exp4_hessian_selection_cnn_gradient_e2"),
+    "MLP": ("exp4_hessian_selection", "exp4_hessian_selection_first_order_tau0.01", None),
+}  # fmt: skip
+
+
+def claim4(root: str) -> list[list[str]]:
+    """Paper B (exp4): the Hessian-diagonal selection (10 % of the parameters) against updating all of them and
+    against a random 10 %: test accuracy kept by the gradient update on the backdoor (feature) task, where every
+    one of them removes the trigger, and Z accuracy recovered by the first-order update (τ = 0.01) on the label
+    task, paired by seed."""
+    rows = []
+    head = "4: the Hessian selection keeps more than updating all parameters"
+    more = "4: … and more than a random 10 %"
+    for scale, (main, tau, e2) in EXP4.items():
+        grad = {f"{'5' if e2 else '2'} epochs": _per_seed(os.path.join(root, main))}
+        if e2:
+            grad["2 epochs"] = _per_seed(os.path.join(root, e2))
+        for epochs, per in grad.items():
+            if not per:
+                continue
+            feature = f"backdoor, gradient update {epochs}: TA, Hessian − "
+            rows.append(
+                _compare(
+                    head,
+                    scale,
+                    feature + "all",
+                    per,
+                    ("feature", "hessian / gradient"),
+                    ("feature", "all / gradient"),
+                    "test_acc",
+                )
+            )
+            rows.append(
+                _compare(
+                    more,
+                    scale,
+                    feature + "random",
+                    per,
+                    ("feature", "hessian / gradient"),
+                    ("feature", "random / gradient"),
+                    "test_acc",
+                )
+            )
+        per = _per_seed(os.path.join(root, tau))
+        if per:
+            rows.append(
+                _compare(
+                    head,
+                    scale,
+                    "flipped labels, first-order τ = 0.01: Z acc, Hessian − all",
+                    per,
+                    ("label", "hessian / first_order"),
+                    ("label", "all / first_order"),
+                    "z_acc",
+                )
+            )
+    return rows
+
+
+#: claim 5's runs: scale -> {forget set: results folder}
+EXP5 = {
+    "CNN": {"random F": "exp5_analysis_cnn", "class 0": "exp5_analysis_class0_cnn"},
+    "MLP": {"random F": "exp5_analysis", "class 0": "exp5_analysis_class0"},
+}
+
+
+def claim5(root: str) -> list[list[str]]:
+    """Paper A's analysis (exp5), paired by seed: SAM pretraining flattens the forget loss around the original
+    (sharpness(F), lower = flatter) and lowers the retain/forget entanglement score (ES, lower); Sharp MinMax after
+    SGD pretraining resists the relearning attack better than NegGrad (steps to relearn, higher)."""
+    rows = []
+    for scale, runs in EXP5.items():
+        for forget, folder in runs.items():
+            per = _per_seed(os.path.join(root, folder))
+            if not per:
+                continue
+            orig = (("sam / original",), ("sgd / original",))
+            rows.append(
+                _compare(
+                    "5: SAM pretraining flattens the forget loss (sharpness(F), nats)",
+                    scale,
+                    f"{forget}: SAM − SGD original",
+                    per,
+                    *orig,
+                    "sharpness_F",
+                    "less",
+                    False,
+                )
+            )
+            rows.append(
+                _compare(
+                    "5: SAM pretraining lowers entanglement (ES)",
+                    scale,
+                    f"{forget}: SAM − SGD original",
+                    per,
+                    *orig,
+                    "entanglement",
+                    "less",
+                    False,
+                )
+            )
+            rows.append(
+                _compare(
+                    "5: Sharp MinMax resists relearning (steps to relearn)",
+                    scale,
+                    f"{forget}: Sharp MinMax − NegGrad (SGD pretraining)",
+                    per,
+                    ("sgd / sharp_minmax",),
+                    ("sgd / neggrad",),
+                    "relearn_steps",
+                    "greater",
+                    False,
+                )
+            )
+    return rows
 
 
 def claim1(root: str) -> list[list[str]]:
@@ -88,8 +240,17 @@ def claim1(root: str) -> list[list[str]]:
         if max(done.values()) < 2:  # a run under way: one row saying how far it is instead of rows of "—"
             far = ", ".join(f"{lv} {n}" for lv, n in done.items())
             n = max(done.values())
-            rows.append(["1: SAM helps NegGrad (ToW)", scale, f"run under way (seeds done per level: {far})", "—",
-                         "—", "under way", str(n)])  # fmt: skip
+            rows.append(
+                [
+                    "1: SAM helps NegGrad (ToW)",
+                    scale,
+                    f"run under way (seeds done per level: {far})",
+                    "—",
+                    "—",
+                    "under way",
+                    str(n),
+                ]
+            )
             continue
         jobs = {lv: e for lv, e in jobs.items() if done[lv] >= 2}  # levels with a paired interval so far
         what = f"mean of {len(jobs)} memorization level{'s' if len(jobs) > 1 else ''}"
@@ -104,14 +265,26 @@ def claim1(root: str) -> list[list[str]]:
             cells = [(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad") for e in jobs.values()]
             if not all(f"0/{pa}/{ua}/neggrad" in e for e, *_ in cells):
                 continue
-            rows.append(_row(f"1: SAM helps NegGrad (ToW, {what})", scale,
-                             f"{label} − SGD / AdamW", *_pairs(cells)))  # fmt: skip
+            rows.append(_row(f"1: SAM helps NegGrad (ToW, {what})", scale, f"{label} − SGD / AdamW", *_pairs(cells)))
             for lv, e in jobs.items():
-                rows.append(_row(f"1: … at {lv} memorization", scale, f"{label} − SGD / AdamW",
-                                 *_pairs([(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad")])))  # fmt: skip
+                rows.append(
+                    _row(
+                        f"1: … at {lv} memorization",
+                        scale,
+                        f"{label} − SGD / AdamW",
+                        *_pairs([(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad")]),
+                    )
+                )
         floor = [(e, "sgd", "original", "sgd", "sgd/neggrad") for e in jobs.values()]
-        rows.append(_row("1: NegGrad beats doing nothing (the floor)", scale, "original model − NegGrad SGD / AdamW",
-                         *_pairs(floor), "less"))  # fmt: skip
+        rows.append(
+            _row(
+                "1: NegGrad beats doing nothing (the floor)",
+                scale,
+                "original model − NegGrad SGD / AdamW",
+                *_pairs(floor),
+                "less",
+            )
+        )
     return rows
 
 
@@ -124,8 +297,14 @@ def claim2(root: str) -> list[list[str]]:
         names = sorted({k.split("/")[-1] for k in e if k.count("/") == 3})
         for label, (pa, ua) in {"SAM pretraining": ("sam", "sgd"), "SAM unlearning": ("sgd", "sam")}.items():
             cells = [(e, pa, f"{ua}/{m}", "sgd", f"sgd/{m}") for m in names]
-            rows.append(_row(f"2: SAM helps unlearning (ToW, mean of {len(names)} methods)", scale,
-                             f"{label} − SGD / AdamW", *_pairs(cells)))  # fmt: skip
+            rows.append(
+                _row(
+                    f"2: SAM helps unlearning (ToW, mean of {len(names)} methods)",
+                    scale,
+                    f"{label} − SGD / AdamW",
+                    *_pairs(cells),
+                )
+            )
     return rows
 
 
@@ -138,9 +317,17 @@ def claim3(root: str) -> list[list[str]]:
         base = ["neggrad", "salun", "scrub"]
         done = [s for s in _seeds(e) if all(f"{s}/sgd/sgd/{m}" in e for m in base + ["sharp_minmax@f0.3-largest"])]
         if len(done) < 2:  # a run under way: one row saying how far it is
-            rows.append(["3: Sharp MinMax beats the best baseline (ToW)", scale,
-                         f"run under way (seeds done: {len(done)})", "—", "—",
-                         "under way", str(len(done))])  # fmt: skip
+            rows.append(
+                [
+                    "3: Sharp MinMax beats the best baseline (ToW)",
+                    scale,
+                    f"run under way (seeds done: {len(done)})",
+                    "—",
+                    "—",
+                    "under way",
+                    str(len(done)),
+                ]
+            )
             continue
         mean = {m: np.mean([t for s in _seeds(e) if (t := _tow(e, s, "sgd", f"sgd/{m}")) is not None]) for m in base}
         best = max(base, key=mean.get)
@@ -149,12 +336,23 @@ def claim3(root: str) -> list[list[str]]:
             ("sharp_minmax@f0.3-smallest-reference", "t = 0.3, smallest, reference reading (official code)"),
             ("sharp_minmax@f0.1-largest", "t = 0.1, largest, strict"),
         ):
-            rows.append(_row("3: Sharp MinMax beats the best baseline (ToW)", scale,
-                             f"{label} − {best} (best baseline by mean)",
-                             *_pairs([(e, "sgd", f"sgd/{variant}", "sgd", f"sgd/{best}")])))  # fmt: skip
-        rows.append(_row("3: the best baseline beats doing nothing (the floor)", scale,
-                         f"original model − {best}", *_pairs([(e, "sgd", "original", "sgd", f"sgd/{best}")]),
-                         "less"))  # fmt: skip
+            rows.append(
+                _row(
+                    "3: Sharp MinMax beats the best baseline (ToW)",
+                    scale,
+                    f"{label} − {best} (best baseline by mean)",
+                    *_pairs([(e, "sgd", f"sgd/{variant}", "sgd", f"sgd/{best}")]),
+                )
+            )
+        rows.append(
+            _row(
+                "3: the best baseline beats doing nothing (the floor)",
+                scale,
+                f"original model − {best}",
+                *_pairs([(e, "sgd", "original", "sgd", f"sgd/{best}")]),
+                "less",
+            )
+        )
     return rows
 
 
@@ -196,8 +394,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     out = args.out or os.path.join(common.RESULTS_ROOT, NAME)
     os.makedirs(out, exist_ok=True)
-    rows = claim1(args.results) + claim2(args.results) + claim3(args.results) + claim6(args.results)
-    header = ["claim", "scale", "comparison", "value (%)", "paired Δ [95 % CI] (points)", "verdict", "seeds"]
+    rows = [r for claim in (claim1, claim2, claim3, claim4, claim5, claim6) for r in claim(args.results)]
+    header = ["claim", "scale", "comparison", "value", "paired Δ [95 % CI]", "verdict", "seeds"]
     rule = {"rule": "agrees / disagrees only when the 95 % CI excludes 0"}
     common.write_table(out, "Claims: paired differences over seeds and verdicts", header, rows, rule,
                        {"rule": "paired t, 95 %"})  # fmt: skip
@@ -221,7 +419,7 @@ def headline(rows: list[list[str]]) -> list[list[str]]:
     """
     keep = []
     for r in rows:
-        if r[0].startswith("1: …"):
+        if r[0][1:4] == ": …":  # a detail row (claim 1 per level, claim 4 against random)
             continue
         if r[0].startswith("6:") and "floor" not in r[0] and r[2] != "SAM − AdamW":
             continue

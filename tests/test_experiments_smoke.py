@@ -59,6 +59,31 @@ def test_verdicts_summarize_the_recorded_runs_with_the_paired_rule(tmp_path):
     assert not any(r[0].startswith("1: …") for r in top)
     claim = lambda r: (r[0].split(":")[0], r[1])  # noqa: E731
     assert {claim(r) for r in top} == {claim(r) for r in obj["rows"]}  # every claim × scale keeps a row
+    assert {"4", "5"} <= {r[0].split(":")[0] for r in top}  # claims 4 and 5 from their seed<k>.json
+
+
+def test_verdicts_of_claims_4_and_5_pair_the_per_seed_files_by_seed(tmp_path):
+    """Claims 4 and 5 read ``seed<k>.json``: a difference that is consistent over seeds resolves in the paper's
+    direction (SAM's sharpness(F) lower by 0.1 nats ± 0.01), one that flips sign does not, and a comparison
+    whose model diverged in any seed is "not run" instead of comparing a kept original."""
+    verdicts = _load("verdicts")
+    folder = tmp_path / "exp5_analysis_cnn"
+    folder.mkdir()
+    for seed, noise in enumerate((0.0, 0.01, -0.01)):
+        entries = {
+            "sgd / original": {"sharpness_F": 0.3 + noise, "entanglement": 5.0 + (-1) ** seed, "relearn_steps": 10},
+            "sam / original": {"sharpness_F": 0.2, "entanglement": 5.0, "relearn_steps": 12},
+            "sgd / neggrad": {"relearn_steps": 10.0 + seed},
+            "sgd / sharp_minmax": {"relearn_steps": 20.0, "diverged": seed == 2},
+        }
+        (folder / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "entries": entries}))
+    rows = {r[0].split("(")[0].strip(): r for r in verdicts.claim5(str(tmp_path))}
+    flat = rows["5: SAM pretraining flattens the forget loss"]
+    assert flat[1:3] == ["CNN", "random F: SAM − SGD original"] and flat[5:] == ["agrees", "3"]
+    assert flat[3] == "0.2 vs 0.3" and flat[4].startswith("-0.1 [")
+    assert rows["5: SAM pretraining lowers entanglement"][5] == "not resolved"  # ±1 flips sign between seeds
+    assert rows["5: Sharp MinMax resists relearning"][5] == "not run"  # Sharp MinMax diverged in seed 2
+    assert verdicts.claim4(str(tmp_path)) == []  # no claim 4 run in this folder: no rows
 
 
 def test_lm_facts_bad_options_fail_in_one_line_before_any_training(capsys):
