@@ -771,7 +771,7 @@ class Progress:
             for where in [self.out, *(e.path for e in os.scandir(self.out) if e.is_dir() and e.name != "checkpoints")]:
                 _atomic.remove_stale_temps(where)
                 for name in os.listdir(where):
-                    if name.endswith(".tmp.npz"):  # an interrupted _atomic_npz
+                    if name.endswith(".tmp.npz"):  # an interrupted population-array write of an older version
                         os.remove(os.path.join(where, name))
         if not os.path.isfile(settings_file):
             _atomic_json(settings_file, {"settings_key": self._settings_key})
@@ -1715,13 +1715,9 @@ def _population_stage(job: _Job, sd: _Seed, key: str, splits: dict, build: Calla
 
 
 def _atomic_npz(path: str, arrays: dict) -> None:
-    """Write ``arrays`` as an ``.npz`` file atomically (temporary file, then ``os.replace``); main process only."""
-    if not distributed.is_main_process():
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """Write ``arrays`` as an ``.npz`` file atomically (``_atomic.save_npz``); main process only."""
+    if distributed.is_main_process():
+        _atomic.save_npz(path, **arrays)
 
 
 def _population_entries(job: _Job, sd: _Seed, pre: str, un: str, method_list, key) -> dict:
