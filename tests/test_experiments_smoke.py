@@ -73,7 +73,7 @@ def test_verdicts_of_claims_4_and_5_pair_the_per_seed_files_by_seed(tmp_path):
         entries = {
             "sgd / original": {"sharpness_F": 0.3 + noise, "entanglement": 5.0 + (-1) ** seed, "relearn_steps": 10},
             "sam / original": {"sharpness_F": 0.2, "entanglement": 5.0, "relearn_steps": 12},
-            "sgd / neggrad": {"relearn_steps": 10.0 + seed},
+            "retrain": {"relearn_steps": 10.0 + seed},
             "sgd / sharp_minmax": {"relearn_steps": 20.0, "diverged": seed == 2},
         }
         (folder / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "entries": entries}))
@@ -82,7 +82,7 @@ def test_verdicts_of_claims_4_and_5_pair_the_per_seed_files_by_seed(tmp_path):
     assert flat[1:3] == ["CNN", "random F: SAM − SGD original"] and flat[5:] == ["agrees", "3"]
     assert flat[3] == "0.2 vs 0.3" and flat[4].startswith("-0.1 [")
     assert rows["5: SAM pretraining lowers entanglement"][5] == "not resolved"  # ±1 flips sign between seeds
-    assert rows["5: Sharp MinMax resists relearning"][5] == "not run"  # Sharp MinMax diverged in seed 2
+    assert rows["5: Sharp MinMax is as hard to relearn as Retrain"][5] == "not run"  # Sharp MinMax diverged in seed 2
     assert verdicts.claim4(str(tmp_path)) == []  # no claim 4 run in this folder: no rows
 
 
