@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(HERE))
 
-from jaxunlearn import _atomic, cli, lm_job  # noqa: E402
+from jaxunlearn import cli, lm_job, report  # noqa: E402
 
 OUT = os.path.join(HERE, "results", "lm_facts")
 
@@ -131,8 +131,8 @@ def main(argv=None):
             f"({pre['epochs']} epochs, {pre['seconds']:.0f} s), forget / retain exact-match after pretraining "
             f"{100 * pre['forget_em']:.1f} / {100 * pre['retain_em']:.1f} %. "
             f"Job wall time {wall:.0f} s for {cfg.seeds} seed(s).\n\n")  # fmt: skip
-    _atomic.write_text(os.path.join(args.out, "relearn.md"), relearn_table(res))
-    _atomic.write_text(os.path.join(args.out, "table.md"), head + lm_job.table(res))
+    report.write_text(os.path.join(args.out, "relearn.md"), relearn_table(res))
+    report.write_text(os.path.join(args.out, "table.md"), head + lm_job.table(res))
     relearn_figure(res, os.path.join(args.out, "relearn.png"))
     print(head + lm_job.table(res) + "\n" + relearn_table(res))
     print(f"pretraining: {pre}")

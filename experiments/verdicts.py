@@ -17,6 +17,7 @@ attack's forget-accuracy AUC.
 import argparse
 import json
 import os
+import re
 
 import common
 import numpy as np
@@ -79,36 +80,48 @@ def _row(claim, scale, comparison, a, b, direction="greater", percent=True):
     return [claim, scale, comparison, value, delta, metrics.verdict(d, direction), str(d["n"])]
 
 
+_SEED_FILE = re.compile(r"seed(\d+)\.json")
+
+
 def _per_seed(folder: str) -> list[dict]:
     """The ``entries`` of every ``seed<k>.json`` in ``folder`` (claims 4 and 5), in seed order."""
-    names = [n for n in os.listdir(folder) if n.startswith("seed") and n.endswith(".json")] if os.path.isdir(
-        folder) else []  # fmt: skip
-    return [json.load(open(os.path.join(folder, n)))["entries"] for n in sorted(names, key=lambda n: int(n[4:-5]))]
+    if not os.path.isdir(folder):
+        return []
+    found = sorted((int(m.group(1)), n) for n in os.listdir(folder) if (m := _SEED_FILE.fullmatch(n)))
+    return [json.load(open(os.path.join(folder, n)))["entries"] for _, n in found]
 
 
-def _metric(per: list[dict], path: tuple[str, ...], key: str) -> list[float] | None:
-    """``entries[path...][key]`` of every seed; None when a seed lacks it or its model diverged (the row is then
-    "not run" rather than a comparison with a kept original)."""
-    out = []
-    for entries in per:
-        e = entries
-        for p in path:
-            e = e.get(p) if isinstance(e, dict) else None
-        if not isinstance(e, dict) or e.get("diverged") or key not in e:
-            return None
-        out.append(float(e[key]))
-    return out
+def _value(entries: dict, path: tuple[str, ...], key: str) -> float | None:
+    """``entries[path...][key]``; None when missing or when that model diverged."""
+    e = entries
+    for p in path:
+        e = e.get(p) if isinstance(e, dict) else None
+    if not isinstance(e, dict) or e.get("diverged") or e.get(key) is None:
+        return None
+    return float(e[key])
 
 
 def _compare(claim, scale, comparison, per, a, b, key, direction="greater", percent=True):
-    va, vb = _metric(per, a, key), _metric(per, b, key)
-    if va is None or vb is None:
-        return [claim, scale, comparison, "—", "—", "not run", str(len(per))]
+    """The row of ``a − b`` on ``key`` paired by seed over the ``per``-seed entries. As in claims 1-3, a seed where
+    either model is missing or diverged is left out; the comparison's text says how many were, and says so when
+    every value is the same (e.g. a step count at its cap), where the interval carries no information."""
+    pairs = [(x, y) for e in per if (x := _value(e, a, key)) is not None and (y := _value(e, b, key)) is not None]
+    va, vb = [x for x, _ in pairs], [y for _, y in pairs]
+    if len(pairs) < len(per):
+        comparison += f" ({len(per) - len(pairs)} of {len(per)} seeds left out: diverged or missing)"
+    if len(pairs) > 1 and len(set(va + vb)) == 1:
+        comparison += " (the same value for both in every seed)"
     return _row(claim, scale, comparison, va, vb, direction, percent)
 
 
-#: claim 4's runs: scale -> (main table, first-order τ = 0.01 table, gradient update for 2 epochs or None when the
-#: main table is already 2 epochs)
+def _epochs(folder: str) -> str:
+    """``"<k> epochs"`` of a claim 4 run's gradient update, from its ``table.json``."""
+    path = os.path.join(folder, "table.json")
+    meta = json.load(open(path)).get("meta", {}) if os.path.exists(path) else {}
+    return f"{meta['unlearn_epochs']} epochs" if "unlearn_epochs" in meta else "its epochs"
+
+
+#: claim 4's runs: scale -> (main table, first-order τ = 0.01 table, a second gradient-update length or None)
 EXP4 = {
     "CNN": ("exp4_hessian_selection_cnn", "exp4_hessian_selection_cnn_first_order_tau0.01",
             "exp4_hessian_selection_cnn_gradient_e2"),
@@ -125,13 +138,11 @@ def claim4(root: str) -> list[list[str]]:
     head = "4: the Hessian selection keeps more than updating all parameters"
     more = "4: … and more than a random 10 %"
     for scale, (main, tau, e2) in EXP4.items():
-        grad = {f"{'5' if e2 else '2'} epochs": _per_seed(os.path.join(root, main))}
-        if e2:
-            grad["2 epochs"] = _per_seed(os.path.join(root, e2))
-        for epochs, per in grad.items():
+        for folder in (os.path.join(root, f) for f in (main, e2) if f):
+            per = _per_seed(folder)
             if not per:
                 continue
-            feature = f"backdoor, gradient update {epochs}: TA, Hessian − "
+            feature = f"backdoor, gradient update {_epochs(folder)}: TA, Hessian − "
             rows.append(
                 _compare(
                     head,
@@ -180,9 +191,9 @@ EXP5 = {
 def claim5(root: str) -> list[list[str]]:
     """Paper A's analysis (exp5), paired by seed: SAM pretraining flattens the forget loss around the original
     (sharpness(F), lower = flatter) and lowers the retain/forget entanglement score (ES, lower); Sharp MinMax after
-    SGD pretraining is as hard to relearn as Retrain, the model that never saw F (steps to relearn: fewer than
-    Retrain's = the forgotten knowledge was hidden, not removed). NegGrad is no reference here: where it collapses
-    (class forgetting) nothing relearns it."""
+    SGD pretraining leaves a flatter forget loss than NegGrad (random F only: on class forgetting NegGrad collapses
+    and is no reference) and resists relearning at least as well as Retrain, the model that never saw F (steps to
+    relearn: fewer than Retrain's = the forgotten knowledge was hidden, not removed)."""
     rows = []
     for scale, runs in EXP5.items():
         for forget, folder in runs.items():
@@ -214,9 +225,28 @@ def claim5(root: str) -> list[list[str]]:
                     False,
                 )
             )
+            for pre, claim in (
+                ("sgd", "5: Sharp MinMax leaves a flatter forget loss than NegGrad (sharpness(F), nats)"),
+                ("sam", "5: … after SAM pretraining"),
+            ):
+                if forget == "class 0":  # NegGrad collapses there (sharpness ~1e8): no reference
+                    continue
+                rows.append(
+                    _compare(
+                        claim,
+                        scale,
+                        f"{forget}: Sharp MinMax − NegGrad ({pre.upper()} pretraining)",
+                        per,
+                        (f"{pre} / sharp_minmax",),
+                        (f"{pre} / neggrad",),
+                        "sharpness_F",
+                        "less",
+                        False,
+                    )
+                )
             rows.append(
                 _compare(
-                    "5: Sharp MinMax is as hard to relearn as Retrain (steps to relearn)",
+                    "5: Sharp MinMax resists relearning at least as well as Retrain (steps to relearn)",
                     scale,
                     f"{forget}: Sharp MinMax (SGD pretraining) − Retrain",
                     per,
@@ -264,10 +294,13 @@ def claim1(root: str) -> list[list[str]]:
             continue
         jobs = {lv: e for lv, e in jobs.items() if done[lv] >= 2}  # levels with a paired interval so far
         what = f"mean of {len(jobs)} memorization level{'s' if len(jobs) > 1 else ''}"
-        going = [f"{lv} {n} of {want}" for lv, n in done.items() if n < (want := _planned_seeds(root, name, lv))]
-        going += [f"{lv} not started" for lv in ("high", "mid", "low", "mix") if lv not in done]
-        if going:  # a run under way: say how far each level is
+        want = {lv: _planned_seeds(root, name, lv) for lv in done}  # 0: a run from before settings.json
+        going = [f"{lv} {n} of {want[lv]}" if want[lv] else f"{lv} {n}" for lv, n in done.items()
+                 if n < want[lv] or lv not in jobs]  # fmt: skip
+        if going:  # a run under way: say how far each level is, and which levels have no job yet
             what += f"; run under way, seeds done: {', '.join(going)}"
+            if any(want.values()):
+                what += "".join(f", {lv} not started" for lv in ("high", "mid", "low", "mix") if lv not in done)
         for label, (pa, ua) in {
             "SAM pretraining (AdamW unlearning)": ("sam", "sgd"),
             "SAM unlearning (SGD pretraining)": ("sgd", "sam"),

@@ -42,6 +42,7 @@ __all__ = [
     "to_jsonable",
     "validate_results",
     "write_results",
+    "write_text",
 ]
 
 REQUIRED_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia", "tow", "seconds")
@@ -365,6 +366,21 @@ def _diverged_note(diverged) -> str:
         k = sum(d is not None and d is not False for d in diverged)
         return f" (diverged in {k}/{len(diverged)} seeds)" if k else ""
     return " (diverged)" if diverged not in (None, False) else ""
+
+
+def write_text(path, text: str) -> str:
+    """Write a table or note ``text`` (UTF-8) to ``path`` whole or not at all: a temporary file in the same
+    directory, fsynced, then moved into place with ``os.replace``; parent directories are created.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = write_text(os.path.join(tmp.name, "out", "table.md"), "| ToW | 0.95 |")
+        >>> open(path).read(), os.listdir(os.path.dirname(path))
+        ('| ToW | 0.95 |', ['table.md'])
+        >>> tmp.cleanup()
+    """
+    return _atomic.write_text(path, text)
 
 
 def save_figure(fig, path, *, dpi: int = 150, close: bool = True) -> str:

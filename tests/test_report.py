@@ -238,6 +238,22 @@ def test_figures(tmp_path, methods):
         report.plot_bars({"settings": {}, "methods": {}}, tmp_path / "x.png")
 
 
+def test_write_text_replaces_the_file_whole_and_keeps_the_old_one_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "tables" / "table.md"
+    report.write_text(path, "old\n")
+    report.write_text(path, "new\n")
+    assert path.read_text() == "new\n" and sorted(os.listdir(path.parent)) == ["table.md"]
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        report.write_text(path, "lost\n")
+    monkeypatch.undo()
+    assert path.read_text() == "new\n" and sorted(os.listdir(path.parent)) == ["table.md"]
+
+
 def test_atomic_npz_is_whole_or_not_there(tmp_path, monkeypatch):
     """``_atomic.save_npz`` (memorization caches): the arrays read back as written, and a write that fails leaves
     the previous file and no temporary file behind."""
