@@ -293,8 +293,10 @@ def claim1(root: str) -> list[list[str]]:
             )
             continue
         jobs = {lv: e for lv, e in jobs.items() if done[lv] >= 2}  # levels with a paired interval so far
-        what = f"mean of {len(jobs)} memorization level{'s' if len(jobs) > 1 else ''}"
         want = {lv: _planned_seeds(root, name, lv) for lv in done}  # 0: a run from before settings.json
+        whole = {lv: e for lv, e in jobs.items() if done[lv] >= want[lv]}  # the mean over levels: finished ones
+        mean_jobs = whole or jobs
+        what = f"mean of {len(mean_jobs)} memorization level{'s' if len(mean_jobs) > 1 else ''}"
         going = [f"{lv} {n} of {want[lv]}" if want[lv] else f"{lv} {n}" for lv, n in done.items()
                  if n < want[lv] or lv not in jobs]  # fmt: skip
         if going:  # a run under way: say how far each level is, and which levels have no job yet
@@ -307,7 +309,7 @@ def claim1(root: str) -> list[list[str]]:
             "SAM pretraining + SAM unlearning": ("sam", "sam"),
             "ASAM pretraining + ASAM unlearning": ("asam", "asam"),
         }.items():
-            cells = [(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad") for e in jobs.values()]
+            cells = [(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad") for e in mean_jobs.values()]
             if not all(f"0/{pa}/{ua}/neggrad" in e for e, *_ in cells):
                 continue
             rows.append(_row(f"1: SAM helps NegGrad (ToW, {what})", scale, f"{label} − SGD / AdamW", *_pairs(cells)))
@@ -320,7 +322,7 @@ def claim1(root: str) -> list[list[str]]:
                         *_pairs([(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad")]),
                     )
                 )
-        floor = [(e, "sgd", "original", "sgd", "sgd/neggrad") for e in jobs.values()]
+        floor = [(e, "sgd", "original", "sgd", "sgd/neggrad") for e in mean_jobs.values()]
         rows.append(
             _row(
                 "1: NegGrad beats doing nothing (the floor)",
