@@ -143,28 +143,9 @@ def claim4(root: str) -> list[list[str]]:
             if not per:
                 continue
             feature = f"backdoor, gradient update {_epochs(folder)}: TA, Hessian − "
-            rows.append(
-                _compare(
-                    head,
-                    scale,
-                    feature + "all",
-                    per,
-                    ("feature", "hessian / gradient"),
-                    ("feature", "all / gradient"),
-                    "test_acc",
-                )
-            )
-            rows.append(
-                _compare(
-                    more,
-                    scale,
-                    feature + "random",
-                    per,
-                    ("feature", "hessian / gradient"),
-                    ("feature", "random / gradient"),
-                    "test_acc",
-                )
-            )
+            for other, claim in (("all", head), ("random", more)):
+                rows.append(_compare(claim, scale, feature + other, per, ("feature", "hessian / gradient"),
+                                     ("feature", f"{other} / gradient"), "test_acc"))  # fmt: skip
         per = _per_seed(os.path.join(root, tau))
         if per:
             rows.append(
@@ -201,62 +182,21 @@ def claim5(root: str) -> list[list[str]]:
             if not per:
                 continue
             orig = (("sam / original",), ("sgd / original",))
-            rows.append(
-                _compare(
-                    "5: SAM pretraining flattens the forget loss (sharpness(F), nats)",
-                    scale,
-                    f"{forget}: SAM − SGD original",
-                    per,
-                    *orig,
-                    "sharpness_F",
-                    "less",
-                    False,
-                )
-            )
-            rows.append(
-                _compare(
-                    "5: SAM pretraining lowers entanglement (ES)",
-                    scale,
-                    f"{forget}: SAM − SGD original",
-                    per,
-                    *orig,
-                    "entanglement",
-                    "less",
-                    False,
-                )
-            )
-            for pre, claim in (
-                ("sgd", "5: Sharp MinMax leaves a flatter forget loss than NegGrad (sharpness(F), nats)"),
-                ("sam", "5: … after SAM pretraining"),
-            ):
-                if forget == "class 0":  # NegGrad collapses there (sharpness ~1e8): no reference
-                    continue
-                rows.append(
-                    _compare(
-                        claim,
-                        scale,
-                        f"{forget}: Sharp MinMax − NegGrad ({pre.upper()} pretraining)",
-                        per,
-                        (f"{pre} / sharp_minmax",),
-                        (f"{pre} / neggrad",),
-                        "sharpness_F",
-                        "less",
-                        False,
-                    )
-                )
-            rows.append(
-                _compare(
-                    "5: Sharp MinMax resists relearning at least as well as Retrain (steps to relearn)",
-                    scale,
-                    f"{forget}: Sharp MinMax (SGD pretraining) − Retrain",
-                    per,
-                    ("sgd / sharp_minmax",),
-                    ("retrain",),
-                    "relearn_steps",
-                    "greater",
-                    False,
-                )
-            )
+            specs = [
+                ("5: SAM pretraining flattens the forget loss (sharpness(F), nats)", "SAM − SGD original", *orig,
+                 "sharpness_F", "less"),
+                ("5: SAM pretraining lowers entanglement (ES)", "SAM − SGD original", *orig, "entanglement", "less"),
+            ]  # fmt: skip
+            if forget != "class 0":  # NegGrad collapses on class forgetting (sharpness ~1e8): no reference there
+                flatter = "5: Sharp MinMax leaves a flatter forget loss than NegGrad (sharpness(F), nats)"
+                specs += [(claim, f"Sharp MinMax − NegGrad ({pre.upper()} pretraining)", (f"{pre} / sharp_minmax",),
+                           (f"{pre} / neggrad",), "sharpness_F", "less")
+                          for pre, claim in (("sgd", flatter), ("sam", "5: … after SAM pretraining"))]  # fmt: skip
+            specs.append(("5: Sharp MinMax resists relearning at least as well as Retrain (steps to relearn)",
+                          "Sharp MinMax (SGD pretraining) − Retrain", ("sgd / sharp_minmax",), ("retrain",),
+                          "relearn_steps", "greater"))  # fmt: skip
+            rows += [_compare(claim, scale, f"{forget}: {what}", per, a, b, key, direction, False)
+                     for claim, what, a, b, key, direction in specs]  # fmt: skip
     return rows
 
 
@@ -280,17 +220,8 @@ def claim1(root: str) -> list[list[str]]:
         if max(done.values()) < 2:  # a run under way: one row saying how far it is instead of rows of "—"
             far = ", ".join(f"{lv} {n}" for lv, n in done.items())
             n = max(done.values())
-            rows.append(
-                [
-                    "1: SAM helps NegGrad (ToW)",
-                    scale,
-                    f"run under way (seeds done per level: {far})",
-                    "—",
-                    "—",
-                    "under way",
-                    str(n),
-                ]
-            )
+            rows.append(["1: SAM helps NegGrad (ToW)", scale, f"run under way (seeds done per level: {far})", "—",
+                         "—", "under way", str(n)])  # fmt: skip
             continue
         jobs = {lv: e for lv, e in jobs.items() if done[lv] >= 2}  # levels with a paired interval so far
         want = {lv: _planned_seeds(root, name, lv) for lv in done}  # 0: a run from before settings.json
@@ -314,24 +245,11 @@ def claim1(root: str) -> list[list[str]]:
                 continue
             rows.append(_row(f"1: SAM helps NegGrad (ToW, {what})", scale, f"{label} − SGD / AdamW", *_pairs(cells)))
             for lv, e in jobs.items():
-                rows.append(
-                    _row(
-                        f"1: … at {lv} memorization",
-                        scale,
-                        f"{label} − SGD / AdamW",
-                        *_pairs([(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad")]),
-                    )
-                )
+                rows.append(_row(f"1: … at {lv} memorization", scale, f"{label} − SGD / AdamW",
+                                 *_pairs([(e, pa, f"{ua}/neggrad", "sgd", "sgd/neggrad")])))  # fmt: skip
         floor = [(e, "sgd", "original", "sgd", "sgd/neggrad") for e in mean_jobs.values()]
-        rows.append(
-            _row(
-                "1: NegGrad beats doing nothing (the floor)",
-                scale,
-                "original model − NegGrad SGD / AdamW",
-                *_pairs(floor),
-                "less",
-            )
-        )
+        rows.append(_row("1: NegGrad beats doing nothing (the floor)", scale, "original model − NegGrad SGD / AdamW",
+                         *_pairs(floor), "less"))  # fmt: skip
     return rows
 
 
@@ -344,14 +262,8 @@ def claim2(root: str) -> list[list[str]]:
         names = sorted({k.split("/")[-1] for k in e if k.count("/") == 3})
         for label, (pa, ua) in {"SAM pretraining": ("sam", "sgd"), "SAM unlearning": ("sgd", "sam")}.items():
             cells = [(e, pa, f"{ua}/{m}", "sgd", f"sgd/{m}") for m in names]
-            rows.append(
-                _row(
-                    f"2: SAM helps unlearning (ToW, mean of {len(names)} methods)",
-                    scale,
-                    f"{label} − SGD / AdamW",
-                    *_pairs(cells),
-                )
-            )
+            rows.append(_row(f"2: SAM helps unlearning (ToW, mean of {len(names)} methods)", scale,
+                             f"{label} − SGD / AdamW", *_pairs(cells)))  # fmt: skip
     return rows
 
 
@@ -364,17 +276,9 @@ def claim3(root: str) -> list[list[str]]:
         base = ["neggrad", "salun", "scrub"]
         done = [s for s in _seeds(e) if all(f"{s}/sgd/sgd/{m}" in e for m in base + ["sharp_minmax@f0.3-largest"])]
         if len(done) < 2:  # a run under way: one row saying how far it is
-            rows.append(
-                [
-                    "3: Sharp MinMax beats the best baseline (ToW)",
-                    scale,
-                    f"run under way (seeds done: {len(done)})",
-                    "—",
-                    "—",
-                    "under way",
-                    str(len(done)),
-                ]
-            )
+            rows.append(["3: Sharp MinMax beats the best baseline (ToW)", scale,
+                         f"run under way (seeds done: {len(done)})", "—", "—",
+                         "under way", str(len(done))])  # fmt: skip
             continue
         mean = {m: np.mean([t for s in _seeds(e) if (t := _tow(e, s, "sgd", f"sgd/{m}")) is not None]) for m in base}
         best = max(base, key=mean.get)
@@ -383,23 +287,12 @@ def claim3(root: str) -> list[list[str]]:
             ("sharp_minmax@f0.3-smallest-reference", "t = 0.3, smallest, reference reading (official code)"),
             ("sharp_minmax@f0.1-largest", "t = 0.1, largest, strict"),
         ):
-            rows.append(
-                _row(
-                    "3: Sharp MinMax beats the best baseline (ToW)",
-                    scale,
-                    f"{label} − {best} (best baseline by mean)",
-                    *_pairs([(e, "sgd", f"sgd/{variant}", "sgd", f"sgd/{best}")]),
-                )
-            )
-        rows.append(
-            _row(
-                "3: the best baseline beats doing nothing (the floor)",
-                scale,
-                f"original model − {best}",
-                *_pairs([(e, "sgd", "original", "sgd", f"sgd/{best}")]),
-                "less",
-            )
-        )
+            rows.append(_row("3: Sharp MinMax beats the best baseline (ToW)", scale,
+                             f"{label} − {best} (best baseline by mean)",
+                             *_pairs([(e, "sgd", f"sgd/{variant}", "sgd", f"sgd/{best}")])))  # fmt: skip
+        rows.append(_row("3: the best baseline beats doing nothing (the floor)", scale,
+                         f"original model − {best}", *_pairs([(e, "sgd", "original", "sgd", f"sgd/{best}")]),
+                         "less"))  # fmt: skip
     return rows
 
 
