@@ -1084,7 +1084,8 @@ def memorization_cache(path: str, compute: Callable[[], Any]) -> tuple[np.ndarra
     Read order: ``path + ".npy"`` (a cache of scores alone, written before the held-out accuracies were kept:
     ``heldout`` is then None, and ``--tune`` falls back to ``FA₀ − mean mem``), then ``path + ".npz"``
     (``scores`` and ``heldout``); otherwise ``compute()``'s ``(scores, heldout)`` are written to ``path + ".npz"``
-    atomically, so a killed job leaves either the whole cache or none.
+    atomically, so a killed job leaves either the whole cache or none (in a multi-host job only process 0 writes;
+    every process returns the computed arrays).
 
     Example:
         >>> import tempfile
@@ -1102,7 +1103,7 @@ def memorization_cache(path: str, compute: Callable[[], Any]) -> tuple[np.ndarra
         with np.load(path + ".npz") as z:
             return z["scores"], z["heldout"]
     scores, heldout = (np.asarray(a) for a in compute())
-    _atomic.save_npz(path + ".npz", scores=scores, heldout=heldout)
+    _atomic_npz(path + ".npz", {"scores": scores, "heldout": heldout})
     return scores, heldout
 
 

@@ -135,6 +135,18 @@ def test_memorization_cache_computes_once_reads_old_score_caches_first_and_never
     assert len(calls) == 2
 
 
+def test_memorization_cache_is_written_by_the_main_process_only(tmp_path, monkeypatch):
+    """In a multi-host job every process computes the scores, but only process 0 writes the cache file."""
+    monkeypatch.setattr(runner.distributed, "is_main_process", lambda: False)
+    base = str(tmp_path / "seed0")
+    scores, heldout = runner.memorization_cache(base, lambda: (np.array([0.5, 0.0]), np.array([0.25, 1.0])))
+    assert scores.tolist() == [0.5, 0.0] and heldout.tolist() == [0.25, 1.0]
+    assert not os.path.exists(base + ".npz")
+    monkeypatch.setattr(runner.distributed, "is_main_process", lambda: True)
+    runner.memorization_cache(base, lambda: (np.array([0.5, 0.0]), np.array([0.25, 1.0])))
+    assert os.path.exists(base + ".npz")
+
+
 def test_jobs_share_their_originals_through_a_folder(tmp_path, monkeypatch):
     """Two jobs that differ only in the forget set share one original per (seed, pretraining): the second reads
     it back (resumed at its last epoch, no training) and records the same test accuracy for it; a job with
