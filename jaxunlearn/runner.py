@@ -691,8 +691,9 @@ def _default_model(dataset: str) -> str:
 class Progress:
     """The record of a job's finished entries, ``OUT/progress.json``, which lets an interrupted job resume.
 
-    The file holds ``{"settings_key": json.dumps(settings, sort_keys=True), "entries": {key: entry}}`` and is
-    rewritten atomically after each :meth:`record`, so it always holds every entry finished so far and never
+    The file holds ``{"settings_key": json.dumps(settings, sort_keys=True), "seconds": wall time so far,
+    "entries": {key: entry}}`` (``seconds`` summed over every invocation: :attr:`seconds`) and is rewritten
+    atomically after each :meth:`record`, so it always holds every entry finished so far and never
     half of one. It is written when the record is opened, before any checkpoint, so a later resume can always
     check the settings. A key names one cell of the job's grid (:meth:`key`); the checkpoints of the cells'
     training runs live under ``OUT/checkpoints/`` (:meth:`checkpoint_dir`).
@@ -745,10 +746,15 @@ class Progress:
         settings_file = os.path.join(self.out, self.SETTINGS_FILE)
         #: whether this record continues one already in ``out`` (then a failure must not undo anything)
         self.continued = resume and (has_progress or has_ckpt)
+        #: wall seconds of the earlier invocations of a resumed record (see :attr:`seconds`)
+        self._seconds_before = 0.0
+        self._opened = time.perf_counter()
         if resume and has_progress:
             saved = self._load(self.path, "--resume", self.out, has_ckpt and os.path.isfile(settings_file))
             self._check_same(saved.get("settings_key"))
             self.done = saved.get("entries", {})
+            before = saved.get("seconds", 0.0)
+            self._seconds_before = float(before) if isinstance(before, numbers.Real) else 0.0
         elif resume and has_ckpt:
             if not os.path.isfile(settings_file):
                 raise ValueError(
@@ -868,6 +874,27 @@ class Progress:
         self.done[key] = report.to_jsonable(entry)
         self._save()
 
+    @property
+    def seconds(self) -> float:
+        """The job's wall time over all its invocations: ``Σ_earlier + (now − opened)``, where ``Σ_earlier`` is
+        the time the record held when this invocation resumed it (each invocation counted up to its last write
+        of ``progress.json``, so the work an interrupted invocation lost after its last entry is not counted).
+        A record of an older version without the field starts from 0.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> first = Progress(tmp.name, {"rho": 0.1})
+            >>> first.record("0/sgd/original", {"forget_acc": 1.0})
+            >>> with open(first.path) as f:
+            ...     saved = json.load(f)["seconds"]  # the first invocation's time, up to its last write
+            >>> later = Progress(tmp.name, {"rho": 0.1}, resume=True)
+            >>> later.seconds >= saved > 0
+            True
+            >>> tmp.cleanup()
+        """
+        return self._seconds_before + (time.perf_counter() - self._opened)
+
     def checkpoint_dir(self, *parts: str) -> str:
         """``OUT/checkpoints/<parts...>``: where one training run of the job keeps its checkpoints."""
         return os.path.join(self.out, "checkpoints", *parts)
@@ -898,7 +925,7 @@ class Progress:
         return "different: " + ", ".join(f"{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in diff[:5])
 
     def _save(self) -> None:
-        _atomic_json(self.path, {"settings_key": self._settings_key, "entries": self.done})
+        _atomic_json(self.path, {"settings_key": self._settings_key, "seconds": self.seconds, "entries": self.done})
 
 
 def _atomic_json(path: str, obj) -> None:
@@ -1300,7 +1327,6 @@ def _run_grid(cfg: JobConfig, progress: Progress, memorization_fn, unlearn_fn) -
     """The body of :func:`run_job` once its progress record is open."""
     mesh = distributed.make_mesh(cfg.devices) if cfg.devices else None
     job = _Job(cfg, progress, unlearn_fn or methods.unlearn, mesh)
-    t_job = time.perf_counter()
     method_list = [m for m in cfg.methods if m != "retrain"]
     n_tasks = cfg.seeds * len(cfg.pretrain) * (2 + len(method_list) * len(cfg.unlearn_optimizer))
     if cfg.population:
@@ -1353,7 +1379,8 @@ def _run_grid(cfg: JobConfig, progress: Progress, memorization_fn, unlearn_fn) -
                     per_variant_population.update(_population_cells(job, sd, pre, pre_cfg, un_base, method_list, bar))
     finally:
         bar.close()
-    return _write_all(cfg, per_variant, time.perf_counter() - t_job, per_variant_population)
+    progress._save()  # the time of the last cells and of the evaluation after them
+    return _write_all(cfg, per_variant, progress.seconds, per_variant_population)
 
 
 @dataclasses.dataclass

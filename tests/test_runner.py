@@ -25,7 +25,9 @@ def test_progress_records_entries_and_a_resume_continues_them(tmp_path):
     out = str(tmp_path / "run")
     rec = Progress(out, {"rho": 0.1, "seeds": 1})
     with open(rec.path) as f:  # written at once, before anything is recorded
-        assert json.load(f) == {"settings_key": json.dumps({"rho": 0.1, "seeds": 1}, sort_keys=True), "entries": {}}
+        saved = json.load(f)
+    assert saved.pop("seconds") >= 0
+    assert saved == {"settings_key": json.dumps({"rho": 0.1, "seeds": 1}, sort_keys=True), "entries": {}}
     key = Progress.key(0, "sgd", "ft", unlearn="sam")
     assert key == "0/sgd/sam/ft" and Progress.key(2, "sam", "retrain") == "2/sam/retrain"
     assert not rec.is_done(key)
@@ -35,10 +37,16 @@ def test_progress_records_entries_and_a_resume_continues_them(tmp_path):
     assert Progress.read(out) == {key: {"forget_acc": 0.25, "diverged": None}} == rec.done
     assert sorted(os.listdir(out)) == ["progress.json", "settings.json"]
     # the same settings in another key order resume the record; a second record keeps the first
+    with open(rec.path) as f:  # an earlier invocation that ran for 1000 s before it was cut off
+        saved = json.load(f)
+    with open(rec.path, "w") as f:
+        json.dump({**saved, "seconds": 1000.0}, f)
     again = Progress(out, {"seeds": 1, "rho": 0.1}, resume=True)
     assert again.done == rec.done
     again.record("0/sgd/original", {"forget_acc": 1.0})
     assert set(Progress.read(out)) == {key, "0/sgd/original"}
+    with open(rec.path) as f:  # the wall time goes on from the earlier invocations' total
+        assert 1000.0 <= json.load(f)["seconds"] <= again.seconds < 1000.0 + 600
     assert rec.checkpoint_dir("seed0", "pretrain-sgd", "original") == os.path.join(
         out, "checkpoints", "seed0", "pretrain-sgd", "original"
     )
@@ -215,6 +223,8 @@ def test_run_job_uses_the_memorization_and_unlearning_functions_passed_in(tmp_pa
     )
     assert again == [] and seen_seeds == [0, 0]
     assert res2["variants"].keys() == res["variants"].keys()
+    # the job's wall time covers both invocations, not only the resume that found everything done
+    assert res2["settings"]["seconds"] >= res["settings"]["seconds"] > 0
     for label, variant in res["variants"].items():
         assert res2["variants"][label]["methods"] == variant["methods"]
 
