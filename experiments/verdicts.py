@@ -73,11 +73,22 @@ def _row(claim, scale, comparison, a, b, direction="greater", percent=True):
     d = metrics.paired_difference(a, b)
     if percent:
         value = f"{100 * np.mean(a):.1f} vs {100 * np.mean(b):.1f}"
-        delta = f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+        delta = f"{100 * d['mean']:+.1f} [{_bound(100 * d['ci_low'])}, {_bound(100 * d['ci_high'])}]"
     else:
         value = f"{np.mean(a):.3g} vs {np.mean(b):.3g}"
         delta = f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"
     return [claim, scale, comparison, value, delta, metrics.verdict(d, direction), str(d["n"])]
+
+
+def _bound(x: float) -> str:
+    """An interval bound in points with one decimal, or two significant digits where one decimal would round a
+    bound that excludes 0 to 0 (``-0.04``, not ``-0.0``).
+
+    Example:
+        >>> _bound(-1.74), _bound(-0.04), _bound(0.0)
+        ('-1.7', '-0.04', '+0.0')
+    """
+    return f"{x:+.2g}" if x != 0 and round(x, 1) == 0 else f"{x:+.1f}"
 
 
 _SEED_FILE = re.compile(r"seed(\d+)\.json")
