@@ -15,8 +15,10 @@ is a one-line dispatch) returns ``{"settings", "methods", "variants", "relearn",
 * ``relearn[opt][method]``: the relearning curves (exact-match per step), per seed.
 * ``pretrain``: steps, epochs, wall seconds and final exact-match of the pretraining.
 
-Every finished entry is recorded in ``DIR/progress.json``; ``resume=True`` skips them and restores the
-pretrained / retrained models from their Orbax checkpoints under ``DIR/checkpoints``.
+Every finished entry is recorded in ``DIR/progress.json`` (:class:`jaxunlearn.record.Progress`, as the image
+job does); ``resume=True`` skips them and restores the pretrained / retrained models from their Orbax checkpoints
+under ``DIR/checkpoints``. A resume with other settings is refused, and a new run into a ``DIR`` that holds one
+asks for ``resume=True`` or another ``DIR``; ``settings.wall_seconds`` is summed over every invocation.
 
 Example:
     >>> cfg = LMJobConfig(people=12, templates=1, dim=16, heads=2, pretrain_epochs=2, unlearn_epochs=1,
@@ -37,10 +39,11 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 
-from jaxunlearn import _atomic, engine, models, report
+from jaxunlearn import _atomic, engine, models, record, report
 from jaxunlearn.data.facts import make_facts
 from jaxunlearn.methods import lm as lm_methods
 from jaxunlearn.metrics import lm as lm_metrics
@@ -146,6 +149,16 @@ class LMJobConfig:
         """The settings as a plain dict (for results.json)."""
         return dataclasses.asdict(self)
 
+    def resume_settings(self) -> dict:
+        """The settings a ``resume`` must match: all but where the run goes, ``resume`` and ``progress``.
+
+        Example:
+            >>> cfg = LMJobConfig(out="runs/lm")
+            >>> sorted(set(cfg.settings()) - set(cfg.resume_settings()))
+            ['out', 'progress', 'resume']
+        """
+        return {k: v for k, v in self.settings().items() if k not in ("out", "resume", "progress")}
+
 
 def _optimizer(kind: str, cfg: LMJobConfig):
     base = dataclasses.replace(lm_methods.LM_UNLEARN_DEFAULT, lr=cfg.unlearn_lr)
@@ -176,23 +189,52 @@ def _method_options(name: str, sign: str, cfg: LMJobConfig) -> dict:
     return {k: v for k, v in opts.items() if k in defaults}
 
 
-class _Progress:
-    """``DIR/progress.json``: finished entries by key, so a resumed job skips them."""
+class _Entries:
+    """The job's finished entries by key: a :class:`jaxunlearn.record.Progress` in ``cfg.out`` (so a resume with
+    other settings is refused and the wall time is summed over invocations), or a dict in memory without ``out``."""
 
-    def __init__(self, out, resume):
-        self.path = os.path.join(out, "progress.json") if out else None
-        self.done = {}
-        if self.path and resume and os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as fh:
-                self.done = json.load(fh)
+    def __init__(self, cfg: LMJobConfig):
+        self.rec = None
+        self.done: dict = {}
+        self._opened = time.perf_counter()
+        if cfg.out:
+            settings = cfg.resume_settings()
+            if cfg.resume:
+                _adopt_unversioned_record(cfg.out, settings)
+            self.rec = record.Progress(cfg.out, settings, resume=cfg.resume, overwrite=True)
+            self.done = self.rec.done
 
     def get(self, key):
         return self.done.get(key)
 
     def put(self, key, value):
-        self.done[key] = report.to_jsonable(value)
-        if self.path:
-            _atomic.write_text(self.path, json.dumps(self.done, indent=1, allow_nan=True))
+        if self.rec is not None:
+            self.rec.record(key, value)
+        else:
+            self.done[key] = report.to_jsonable(value)
+
+    @property
+    def seconds(self) -> float:
+        return self.rec.seconds if self.rec is not None else time.perf_counter() - self._opened
+
+
+def _adopt_unversioned_record(out: str, settings: dict) -> None:
+    """A ``progress.json`` of an older version holds the entries alone (no settings): rewrite it as a record of
+    ``settings`` (with a warning), so ``--resume`` continues it and checks the settings from then on."""
+    path = os.path.join(out, record.Progress.FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        return  # missing or damaged: record.Progress says what to do
+    if isinstance(saved, dict) and "settings_key" not in saved and "entries" not in saved:
+        warnings.warn(
+            f"{path} was written without its settings (an older version); its {len(saved)} entries are taken as "
+            "this run's, and the settings are checked from now on.",
+            stacklevel=3,
+        )
+        key = json.dumps(settings, sort_keys=True, default=str)
+        _atomic.write_text(path, json.dumps({"settings_key": key, "entries": saved}, indent=1, allow_nan=False))
 
 
 def _entry(metrics: dict, seconds: float, compile_seconds: float = 0.0, diverged=None) -> dict:
@@ -201,7 +243,7 @@ def _entry(metrics: dict, seconds: float, compile_seconds: float = 0.0, diverged
             "compile_seconds": float(compile_seconds), "diverged": diverged, **metrics}  # fmt: skip
 
 
-def _one_seed(cfg: LMJobConfig, seed: int, corpus, arrays, prog: _Progress, say) -> dict:
+def _one_seed(cfg: LMJobConfig, seed: int, corpus, arrays, prog: _Entries, say) -> dict:
     split = corpus.split(cfg.forget, seed=seed)
     t = arrays["x"].shape[1]
 
@@ -351,13 +393,12 @@ def run(config: LMJobConfig | dict | None = None, **overrides) -> dict:
     corpus = make_facts(cfg.people, heldout=cfg.heldout, templates=cfg.templates, seed=cfg.corpus_seed)
     arrays = corpus.arrays()
     say = print if cfg.progress else (lambda *_: None)
-    prog = _Progress(cfg.out, cfg.resume)
-    t0 = time.perf_counter()
+    prog = _Entries(cfg)
     per_seed = [_one_seed(cfg, cfg.seed + i, corpus, arrays, prog, say) for i in range(cfg.seeds)]
     agg = _aggregate(per_seed)
     first = next(iter(agg["variants"]))
     settings = {**cfg.settings(), "dataset": "facts", "model": "gpt", "vocab_size": corpus.tokenizer.vocab_size,
-                "context": int(arrays["x"].shape[1]), "examples": len(corpus), "wall_seconds": time.perf_counter() - t0,
+                "context": int(arrays["x"].shape[1]), "examples": len(corpus), "wall_seconds": prog.seconds,
                 "num_params": models.num_params(models.build("gpt", num_classes=corpus.tokenizer.vocab_size,
                                                              input_shape=(int(arrays["x"].shape[1]),), dim=cfg.dim,
                                                              depth=cfg.depth, heads=cfg.heads,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jaxunlearn import lm_job, report
+from jaxunlearn import lm_job, record, report
 from jaxunlearn.methods import lm as lm_methods
 
 TINY = {"people": 12, "templates": 1, "dim": 8, "depth": 1, "heads": 2, "pretrain_epochs": 2, "unlearn_epochs": 1,
@@ -27,6 +27,33 @@ def test_job_writes_results_and_resumes(tmp_path):
     assert "| npo |" in (tmp_path / "table.md").read_text()
     again = lm_job.run(cfg, resume=True)  # every entry comes from progress.json
     assert again["methods"]["npo"]["seconds"] == res["methods"]["npo"]["seconds"]
+    # the wall time covers both invocations, not only the resume that found everything done
+    assert again["settings"]["wall_seconds"] >= res["settings"]["wall_seconds"] > 0
+
+
+def test_a_run_is_never_mixed_with_another(tmp_path):
+    """A resume with other settings is refused, and so is a new run into a folder that holds one; both before any
+    training and without changing the folder."""
+    cfg = lm_job.LMJobConfig(methods=("graddiff",), optimizers=("sgd",), out=str(tmp_path), **TINY)
+    record.Progress(cfg.out, cfg.resume_settings()).record("0/pretrain", {"epochs": 2})
+    before = (tmp_path / "progress.json").read_text()
+    with pytest.raises(ValueError, match=r"different settings.*unlearn_lr was 0\.001, now 0\.01"):
+        lm_job.run(cfg, resume=True, unlearn_lr=1e-2)
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        lm_job.run(cfg)
+    assert (tmp_path / "progress.json").read_text() == before
+
+
+def test_an_older_record_without_settings_is_adopted_with_a_warning(tmp_path):
+    """A ``progress.json`` of entries alone (older versions) becomes a record of the current settings on resume."""
+    cfg = lm_job.LMJobConfig(out=str(tmp_path), resume=True, **TINY)
+    (tmp_path / "progress.json").write_text(json.dumps({"0/pretrain": {"epochs": 2}}))
+    with pytest.warns(UserWarning, match="written without its settings.*1 entries"):
+        lm_job._adopt_unversioned_record(cfg.out, cfg.resume_settings())
+    rec = record.Progress(cfg.out, cfg.resume_settings(), resume=True)
+    assert rec.done == {"0/pretrain": {"epochs": 2}}
+    with pytest.raises(ValueError, match="different settings"):
+        record.Progress(cfg.out, {**cfg.resume_settings(), "rho": 0.5}, resume=True)
 
 
 def test_method_options_for_the_max_optimizer():
