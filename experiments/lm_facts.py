@@ -15,7 +15,8 @@ exact-match, verbatim extraction, MIA AUC, utility and the relearning attack; me
 and its pretraining (default: the 2-block GPT of width 64, 40 epochs).
 
 Writes ``experiments/results/lm_facts/{results.json, table.md, relearn.md, relearn.png}`` (or under ``--out``);
-``--resume`` continues an interrupted run from its ``progress.json`` and checkpoints.
+``--resume`` (implied when ``--out`` holds a ``progress.json``, as in the other scripts) continues an interrupted run from
+its ``progress.json`` and checkpoints; a run with other settings is refused in one line.
 """
 
 from __future__ import annotations
@@ -115,14 +116,17 @@ def main(argv=None):
             methods=args.methods,
             forget=args.forget,
             out=args.out,
-            resume=args.resume,
+            resume=args.resume or os.path.exists(os.path.join(args.out, "progress.json")),  # as the other scripts
             progress=False,
             **kw,
         )
     except ValueError as e:
         ap.error(str(e))
     t0 = time.perf_counter()
-    res = lm_job.run(cfg)
+    try:
+        res = lm_job.run(cfg)
+    except ValueError as e:  # e.g. the --out holds a run with other settings: one line, no traceback
+        ap.error(str(e))
     wall = time.perf_counter() - t0
     pre = {k: v["mean"] if isinstance(v, dict) else v for k, v in res["pretrain"].items()}
     head = (f"GPT: {res['settings']['depth']} blocks, width {res['settings']['dim']}, "

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 
 import numpy as np
 
@@ -198,10 +197,9 @@ class _Entries:
         self.done: dict = {}
         self._opened = time.perf_counter()
         if cfg.out:
-            settings = cfg.resume_settings()
             if cfg.resume:
-                _adopt_unversioned_record(cfg.out, settings)
-            self.rec = record.Progress(cfg.out, settings, resume=cfg.resume, overwrite=True)
+                _refuse_unversioned_record(cfg.out)
+            self.rec = record.Progress(cfg.out, cfg.resume_settings(), resume=cfg.resume, overwrite=True)
             self.done = self.rec.done
 
     def get(self, key):
@@ -218,9 +216,9 @@ class _Entries:
         return self.rec.seconds if self.rec is not None else time.perf_counter() - self._opened
 
 
-def _adopt_unversioned_record(out: str, settings: dict) -> None:
-    """A ``progress.json`` of an older version holds the entries alone (no settings): rewrite it as a record of
-    ``settings`` (with a warning), so ``--resume`` continues it and checks the settings from then on."""
+def _refuse_unversioned_record(out: str) -> None:
+    """A ``progress.json`` of an older version holds the entries alone, without the settings they were made with,
+    so a resume could not check them: refuse it in one line instead of mixing two runs."""
     path = os.path.join(out, record.Progress.FILE)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -228,13 +226,10 @@ def _adopt_unversioned_record(out: str, settings: dict) -> None:
     except (OSError, ValueError):
         return  # missing or damaged: record.Progress says what to do
     if isinstance(saved, dict) and "settings_key" not in saved and "entries" not in saved:
-        warnings.warn(
-            f"{path} was written without its settings (an older version); its {len(saved)} entries are taken as "
-            "this run's, and the settings are checked from now on.",
-            stacklevel=3,
+        raise ValueError(
+            f"--resume: {path} was written by an older version without its settings, so this run cannot check "
+            "that they are the same; choose a new --out (its entries are then computed again)."
         )
-        key = json.dumps(settings, sort_keys=True, default=str)
-        _atomic.write_text(path, json.dumps({"settings_key": key, "entries": saved}, indent=1, allow_nan=False))
 
 
 def _entry(metrics: dict, seconds: float, compile_seconds: float = 0.0, diverged=None) -> dict:

@@ -44,16 +44,15 @@ def test_a_run_is_never_mixed_with_another(tmp_path):
     assert (tmp_path / "progress.json").read_text() == before
 
 
-def test_an_older_record_without_settings_is_adopted_with_a_warning(tmp_path):
-    """A ``progress.json`` of entries alone (older versions) becomes a record of the current settings on resume."""
+def test_an_older_record_without_settings_is_refused_on_resume(tmp_path):
+    """A ``progress.json`` of entries alone (older versions) cannot have its settings checked: a resume is refused
+    in one line before any training, and the file is left as it was."""
     cfg = lm_job.LMJobConfig(out=str(tmp_path), resume=True, **TINY)
     (tmp_path / "progress.json").write_text(json.dumps({"0/pretrain": {"epochs": 2}}))
-    with pytest.warns(UserWarning, match="written without its settings.*1 entries"):
-        lm_job._adopt_unversioned_record(cfg.out, cfg.resume_settings())
-    rec = record.Progress(cfg.out, cfg.resume_settings(), resume=True)
-    assert rec.done == {"0/pretrain": {"epochs": 2}}
-    with pytest.raises(ValueError, match="different settings"):
-        record.Progress(cfg.out, {**cfg.resume_settings(), "rho": 0.5}, resume=True)
+    with pytest.raises(ValueError, match="written by an older version without its settings.*choose a new --out"):
+        lm_job.run(cfg)
+    assert json.loads((tmp_path / "progress.json").read_text()) == {"0/pretrain": {"epochs": 2}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.json"]
 
 
 def test_method_options_for_the_max_optimizer():
