@@ -28,8 +28,10 @@ NAME = "verdicts"
 #: scale -> the suffix of its results folders. "CNN fit 30" = configs/fashion_mnist_fit30.json (30 pretraining epochs,
 #: ≥ 99 % training accuracy with SGD; memorization from 64 models; 5 seeds; rates tuned on validation), run with
 #: ``--out experiments/results/<name>_fit30``; "CNN fit 20" = configs/fashion_mnist_fit.json, the same at 20 epochs
-#: (97-99 % training accuracy), ``<name>_fit``.
-SCALES = {"CNN fit 30": "_fit30", "CNN fit 20": "_fit", "CNN": "_cnn", "MLP": ""}
+#: (97-99 % training accuracy), ``<name>_fit``; "CNN fit 30, every seed tuned" = configs/fashion_mnist_fit30_tune5.json
+#: (the rates chosen on each seed's own validation split, ``--tune-seeds 5``), ``<name>_fit30_tune5``.
+SCALES = {"CNN fit 30": "_fit30", "CNN fit 30, every seed tuned": "_fit30_tune5", "CNN fit 20": "_fit", "CNN": "_cnn",
+          "MLP": ""}  # fmt: skip
 
 
 def _entries(job_dir: str) -> dict:
