@@ -15,8 +15,8 @@ exact-match, verbatim extraction, MIA AUC, utility and the relearning attack; me
 and its pretraining (default: the 2-block GPT of width 64, 40 epochs).
 
 Writes ``experiments/results/lm_facts/{results.json, table.md, relearn.md, relearn.png}`` (or under ``--out``);
-``--resume`` (implied when ``--out`` holds a ``progress.json``, as in the other scripts) continues an interrupted run from
-its ``progress.json`` and checkpoints; a run with other settings is refused in one line.
+``--resume`` (implied when ``--out`` holds a ``progress.json``, as in the other scripts) continues an interrupted
+run from its ``progress.json`` and checkpoints; a run with other settings is refused in one line.
 """
 
 from __future__ import annotations
