@@ -399,7 +399,7 @@ def run(config: LMJobConfig | dict | None = None, **overrides) -> dict:
                                                              depth=cfg.depth, heads=cfg.heads,
                                                              positions=cfg.positions))}  # fmt: skip
     results = {"settings": settings, "methods": agg["variants"][first], "variants": agg["variants"],
-               "relearn": agg["relearn"], "pretrain": agg["pretrain"]}  # fmt: skip
+               "relearn": agg["relearn"], "pretrain": agg["pretrain"], "environment": report.environment()}  # fmt: skip
     results = report.to_jsonable(results)
     if cfg.out:
         report.validate_results({"settings": results["settings"], "methods": results["methods"]})

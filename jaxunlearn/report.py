@@ -32,6 +32,7 @@ from jaxunlearn import _atomic
 __all__ = [
     "ACCURACY_KEYS",
     "REQUIRED_KEYS",
+    "environment",
     "markdown_table",
     "plot_bars",
     "plot_epsilons",
@@ -125,6 +126,46 @@ def _check_value(name: str, key: str, v) -> float:
     if not _value_ok(v):
         raise ValueError(f"{where} must be a finite number or {{'mean': m, 'std': s}}, got {v!r}")
     return float(v)
+
+
+#: the packages whose versions :func:`environment` records (XLA's numbers can change between their releases)
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint", "jaxunlearn")
+
+
+def environment() -> dict:
+    """What a result was computed with, for ``results.json``'s ``environment``: the Python version, the versions
+    of :data:`PACKAGES` (``None`` where one is not installed), the OS, and JAX's backend, device kind, device and
+    process counts. The same seed on another jax/jaxlib release or another device kind can give other numbers,
+    so a run is reproducible only together with these.
+
+    Example:
+        >>> env = environment()
+        >>> sorted(env)
+        ['backend', 'device_count', 'device_kind', 'packages', 'platform', 'process_count', 'python']
+        >>> import jax
+        >>> env["packages"]["jax"] == jax.__version__, env["backend"] == jax.default_backend()
+        (True, True)
+    """
+    import platform
+    from importlib import metadata
+
+    import jax
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "packages": {name: version(name) for name in PACKAGES},
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+    }
 
 
 def validate_results(obj: Any) -> dict:

@@ -1671,6 +1671,7 @@ def _write_all(cfg: JobConfig, per_variant: dict[str, list[dict]], seconds: floa
         "settings": {**cfg.settings(), "variants": list(variants), "seconds": seconds},
         "methods": first["methods"],
         "variants": variants,
+        "environment": report.environment(),
     }
     if "population" in first:
         top["population"] = first["population"]

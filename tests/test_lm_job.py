@@ -24,6 +24,7 @@ def test_job_writes_results_and_resumes(tmp_path):
     assert res["pretrain"]["steps"] == 2 * 6  # 2 epochs of ceil(11 people · 8 examples / 16) steps
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["methods"]["npo"]["forget_acc"] == res["methods"]["npo"]["forget_acc"]
+    assert on_disk["environment"]["packages"]["jaxlib"] and on_disk["environment"]["device_count"] >= 1
     assert "| npo |" in (tmp_path / "table.md").read_text()
     again = lm_job.run(cfg, resume=True)  # every entry comes from progress.json
     assert again["methods"]["npo"]["seconds"] == res["methods"]["npo"]["seconds"]

@@ -272,3 +272,16 @@ def test_atomic_npz_is_whole_or_not_there(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["mem.npz"]
     with np.load(path) as z:
         assert z["heldout"].tolist() == [0.25, 1.0]
+
+
+def test_environment_names_the_versions_and_devices_a_result_was_computed_with():
+    from importlib import metadata
+
+    import jax
+
+    env = report.environment()
+    assert env["packages"]["jaxlib"] == metadata.version("jaxlib")
+    assert env["packages"]["numpy"] == np.__version__
+    assert set(env["packages"]) == set(report.PACKAGES)
+    assert env["device_count"] == jax.device_count() and env["device_kind"] == jax.devices()[0].device_kind
+    json.dumps(env)  # plain JSON, as results.json needs it

@@ -7,6 +7,7 @@ import json
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -168,6 +169,10 @@ def test_run_job_uses_the_memorization_and_unlearning_functions_passed_in(tmp_pa
     assert res2["variants"].keys() == res["variants"].keys()
     # the job's wall time covers both invocations, not only the resume that found everything done
     assert res2["settings"]["seconds"] >= res["settings"]["seconds"] > 0
+    # what the numbers were computed with is kept beside them
+    on_disk = json.loads(open(os.path.join(out, "results.json")).read())
+    assert on_disk["environment"]["packages"]["jax"] == jax.__version__
+    assert on_disk["environment"]["backend"] == jax.default_backend()
     for label, variant in res["variants"].items():
         assert res2["variants"][label]["methods"] == variant["methods"]
 
