@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -85,7 +84,9 @@ def main(argv=None):
     ap.add_argument("--optimizers", default="sgd,sam")
     ap.add_argument("--methods", default=",".join(lm_job.DEFAULT_METHODS))
     ap.add_argument("--forget", type=float, default=0.05)
-    ap.add_argument("--out", default=OUT)
+    ap.add_argument(
+        "--out", help=f"output folder (default {os.path.relpath(OUT)}, with --smoke {os.path.relpath(OUT)}_smoke)"
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--depth", type=int, default=None, help="transformer blocks (default 2)")
     ap.add_argument("--dim", type=int, default=None, help="model width (default 64)")
@@ -99,6 +100,7 @@ def main(argv=None):
     )
     ap.add_argument("--smoke", action="store_true", help="a seconds-long run on a tiny corpus and model")
     args = ap.parse_args(argv)
+    args.out = args.out or OUT + ("_smoke" if args.smoke else "")  # a smoke run never touches the real results
     kw = {}
     if args.smoke:
         kw = {"people": 12, "templates": 1, "dim": 16, "heads": 2, "pretrain_epochs": 2, "unlearn_epochs": 1,
@@ -122,12 +124,11 @@ def main(argv=None):
         )
     except ValueError as e:
         ap.error(str(e))
-    t0 = time.perf_counter()
     try:
         res = lm_job.run(cfg)
     except ValueError as e:  # e.g. the --out holds a run with other settings: one line, no traceback
         ap.error(str(e))
-    wall = time.perf_counter() - t0
+    wall = res["settings"]["wall_seconds"]  # summed over every invocation of a resumed run
     pre = {k: v["mean"] if isinstance(v, dict) else v for k, v in res["pretrain"].items()}
     head = (f"GPT: {res['settings']['depth']} blocks, width {res['settings']['dim']}, "
             f"{res['settings']['num_params']} parameters, vocabulary {res['settings']['vocab_size']}, context "

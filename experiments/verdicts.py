@@ -84,7 +84,7 @@ def _row(claim, scale, comparison, a, b, direction="greater", percent=True):
 
 def _bound(x: float) -> str:
     """An interval bound in points with one decimal, or two significant digits where one decimal would round a
-    bound that excludes 0 to 0 (``-0.04``, not ``-0.0``).
+    nonzero bound to 0 (``-0.04``, not ``-0.0``), so the printed interval shows whether it excludes 0.
 
     Example:
         >>> _bound(-1.74), _bound(-0.04), _bound(0.0)

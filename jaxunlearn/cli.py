@@ -234,7 +234,7 @@ _LM_SETTINGS = {
     "seeds": "seeds", "seed": "seed", "out": "out", "resume": "resume", "methods": "methods",
     "unlearn_optimizer": "optimizers", "unlearn_lr": "unlearn_lr", "unlearn_epochs": "unlearn_epochs",
     "pretrain_epochs": "pretrain_epochs", "pretrain_lr": "pretrain_lr", "batch_size": "batch_size", "rho": "rho",
-    "method_options": "method_options", "progress": "progress", "forget_size": "forget",
+    "method_options": "method_options", "progress": "progress", "forget_size": "forget", "overwrite": "overwrite",
 }  # fmt: skip
 
 
@@ -268,6 +268,8 @@ def _cmd_run_lm(args) -> int:
         )
     if kw.get("resume") and not kw.get("out"):
         raise ValueError("--resume needs --out DIR: the directory of the run to continue.")
+    if kw.get("resume"):
+        _check_resumable(kw["out"])
     if not kw.get("out"):
         import datetime
 
@@ -343,6 +345,8 @@ def resume_command(out: str) -> str:
     if not isinstance(settings, dict):
         words.append("...")
         settings = {}
+    if settings.get("job") == "lm":  # the language-model job (lm_job.LMJobConfig.resume_settings)
+        return " ".join(shlex.quote(w) for w in [*words, *_lm_flags(settings), "--out", out, "--resume"])
     for opt in job_options():
         value = settings.get(opt.name, opt.default)
         default = list(opt.default) if isinstance(opt.default, tuple) else opt.default
@@ -358,6 +362,33 @@ def resume_command(out: str) -> str:
         else:
             words += [opt.flag, str(value)]
     return " ".join(shlex.quote(w) for w in [*words, "--out", out, "--resume"])
+
+
+def _lm_flags(settings: dict) -> list[str]:
+    """The ``jaxunlearn run --dataset facts`` options that give an LM job's saved ``settings`` (those that differ
+    from :class:`jaxunlearn.lm_job.LMJobConfig`'s defaults), with ``...`` where a setting has no option."""
+    from jaxunlearn import lm_job
+    from jaxunlearn.runner import job_options
+
+    defaults = lm_job.LMJobConfig().resume_settings()
+    flags = {o.name: o for o in job_options()}
+    words, unsaid = ["--dataset", "facts"], False
+    for key, value in settings.items():
+        default = defaults.get(key)
+        if key == "job" or value == (list(default) if isinstance(default, tuple) else default):
+            continue
+        name = next((n for n, lm_name in _LM_SETTINGS.items() if lm_name == key), None)
+        opt = flags.get(name)
+        if opt is None:
+            unsaid = True
+        elif opt.type is dict:
+            for method, kv in value.items():
+                words += [w for k, v in kv.items() for w in ("--option", f"{method}.{k}={json.dumps(v)}")]
+        elif opt.type is tuple:
+            words += [opt.flag, ",".join(value)]
+        else:
+            words += [opt.flag, str(value)]
+    return words + (["..."] if unsaid else [])
 
 
 def _cmd_show(args) -> int:

@@ -3,7 +3,8 @@ without the forget people (the reference), unlearn with each LM method × unlear
 attack with relearning, and write ``results.json`` + ``table.md``.
 
 ``run(LMJobConfig(...))`` (or ``run(dict)``, plain settings, so ``jaxunlearn run --dataset facts --model gpt``
-is a one-line dispatch) returns ``{"settings", "methods", "variants", "relearn", "pretrain"}``:
+is a one-line dispatch) returns ``{"settings", "methods", "variants", "relearn", "pretrain", "environment"}``
+(``environment``: :func:`jaxunlearn.report.environment`):
 
 * ``variants[opt][method]``, for each unlearning optimizer kind (``sgd`` = plain AdamW, ``sam``, ``asam``,
   ``max`` = SAM with the phase's sign set to sharpness maximization, any :data:`jaxunlearn.plan.OPTIMIZER_KINDS`),
@@ -17,8 +18,10 @@ is a one-line dispatch) returns ``{"settings", "methods", "variants", "relearn",
 
 Every finished entry is recorded in ``DIR/progress.json`` (:class:`jaxunlearn.record.Progress`, as the image
 job does); ``resume=True`` skips them and restores the pretrained / retrained models from their Orbax checkpoints
-under ``DIR/checkpoints``. A resume with other settings is refused, and a new run into a ``DIR`` that holds one
-asks for ``resume=True`` or another ``DIR``; ``settings.wall_seconds`` is summed over every invocation.
+under ``DIR/checkpoints``. A resume with other settings is refused, a new run into a ``DIR`` that holds one
+asks for ``resume=True`` or another ``DIR`` (and a non-empty ``DIR`` without a run for ``overwrite=True``), a run
+that fails before its first entry leaves ``DIR`` as it was, and ``settings.wall_seconds`` is summed over every
+invocation.
 
 Example:
     >>> cfg = LMJobConfig(people=12, templates=1, dim=16, heads=2, pretrain_epochs=2, unlearn_epochs=1,
@@ -110,6 +113,7 @@ class LMJobConfig:
     seeds: int = 1
     out: str | None = None
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -149,14 +153,16 @@ class LMJobConfig:
         return dataclasses.asdict(self)
 
     def resume_settings(self) -> dict:
-        """The settings a ``resume`` must match: all but where the run goes, ``resume`` and ``progress``.
+        """The settings a ``resume`` must match: all but where the run goes, ``resume``, ``overwrite`` and
+        ``progress``, marked ``"job": "lm"`` (so ``jaxunlearn show`` knows which command continues the run).
 
         Example:
             >>> cfg = LMJobConfig(out="runs/lm")
-            >>> sorted(set(cfg.settings()) - set(cfg.resume_settings()))
-            ['out', 'progress', 'resume']
+            >>> sorted(set(cfg.settings()) - set(cfg.resume_settings())), cfg.resume_settings()["job"]
+            (['out', 'overwrite', 'progress', 'resume'], 'lm')
         """
-        return {k: v for k, v in self.settings().items() if k not in ("out", "resume", "progress")}
+        kept = {k: v for k, v in self.settings().items() if k not in ("out", "resume", "overwrite", "progress")}
+        return {"job": "lm", **kept}
 
 
 def _optimizer(kind: str, cfg: LMJobConfig):
@@ -197,9 +203,8 @@ class _Entries:
         self.done: dict = {}
         self._opened = time.perf_counter()
         if cfg.out:
-            if cfg.resume:
-                _refuse_unversioned_record(cfg.out)
-            self.rec = record.Progress(cfg.out, cfg.resume_settings(), resume=cfg.resume, overwrite=True)
+            _refuse_unversioned_record(cfg.out)
+            self.rec = record.Progress(cfg.out, cfg.resume_settings(), resume=cfg.resume, overwrite=cfg.overwrite)
             self.done = self.rec.done
 
     def get(self, key):
@@ -211,6 +216,14 @@ class _Entries:
         else:
             self.done[key] = report.to_jsonable(value)
 
+    def save(self):
+        if self.rec is not None:
+            self.rec.save()
+
+    def discard(self):
+        if self.rec is not None:
+            self.rec.discard()
+
     @property
     def seconds(self) -> float:
         return self.rec.seconds if self.rec is not None else time.perf_counter() - self._opened
@@ -218,7 +231,8 @@ class _Entries:
 
 def _refuse_unversioned_record(out: str) -> None:
     """A ``progress.json`` of an older version holds the entries alone, without the settings they were made with,
-    so a resume could not check them: refuse it in one line instead of mixing two runs."""
+    so a resume could not check them: refuse it in one line (with or without ``resume``) instead of mixing two
+    runs or overwriting it."""
     path = os.path.join(out, record.Progress.FILE)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -227,8 +241,8 @@ def _refuse_unversioned_record(out: str) -> None:
         return  # missing or damaged: record.Progress says what to do
     if isinstance(saved, dict) and "settings_key" not in saved and "entries" not in saved:
         raise ValueError(
-            f"--resume: {path} was written by an older version without its settings, so this run cannot check "
-            "that they are the same; choose a new --out (its entries are then computed again)."
+            f"{path} was written by an older version without its settings, so a run cannot continue it (its "
+            "settings cannot be checked); choose a new --out (its entries are then computed again)."
         )
 
 
@@ -370,8 +384,8 @@ def table(results: dict) -> str:
 
 def run(config: LMJobConfig | dict | None = None, **overrides) -> dict:
     """Run the LM job (module docstring) and return its results; with ``config.out`` also write
-    ``results.json`` (validated like the image job's: ``report.validate_results``), ``table.md`` and
-    ``relearn.json`` there.
+    ``results.json`` (validated like the image job's: ``report.validate_results``) and ``table.md`` there (the
+    relearning curves are in ``results.json``'s ``relearn``).
 
     Example:
         >>> run({"people": 1})
@@ -388,8 +402,17 @@ def run(config: LMJobConfig | dict | None = None, **overrides) -> dict:
     corpus = make_facts(cfg.people, heldout=cfg.heldout, templates=cfg.templates, seed=cfg.corpus_seed)
     arrays = corpus.arrays()
     say = print if cfg.progress else (lambda *_: None)
+    created = cfg.out if cfg.out and not os.path.exists(cfg.out) else None
     prog = _Entries(cfg)
-    per_seed = [_one_seed(cfg, cfg.seed + i, corpus, arrays, prog, say) for i in range(cfg.seeds)]
+    try:
+        per_seed = [_one_seed(cfg, cfg.seed + i, corpus, arrays, prog, say) for i in range(cfg.seeds)]
+    except Exception:
+        # a failure before any finished entry leaves the folder as it was (as the image job does), so the
+        # corrected command needs neither resume=True nor another out
+        prog.discard()
+        if created is not None and os.path.isdir(created) and not os.listdir(created):
+            os.rmdir(created)
+        raise
     agg = _aggregate(per_seed)
     first = next(iter(agg["variants"]))
     settings = {**cfg.settings(), "dataset": "facts", "model": "gpt", "vocab_size": corpus.tokenizer.vocab_size,
@@ -407,4 +430,5 @@ def run(config: LMJobConfig | dict | None = None, **overrides) -> dict:
             report.validate_results({"settings": {}, "methods": results["variants"][kind]})
         _atomic.write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=2) + "\n")
         _atomic.write_text(os.path.join(cfg.out, "table.md"), table(results))
+    prog.save()
     return results

@@ -214,6 +214,23 @@ class Progress:
         self.done[key] = report.to_jsonable(entry)
         self._save()
 
+    def save(self) -> None:
+        """Rewrite ``progress.json`` now (its entries and :attr:`seconds`): a job calls it when it ends, so the time
+        after its last entry (the final evaluation, the tables) is counted too. Rerunning a finished job therefore
+        adds the seconds it spends reading its entries back.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> rec = Progress(tmp.name, {"rho": 0.1})
+            >>> rec.save()
+            >>> with open(rec.path) as f:
+            ...     json.load(f)["seconds"] <= rec.seconds
+            True
+            >>> tmp.cleanup()
+        """
+        self._save()
+
     @property
     def seconds(self) -> float:
         """The job's wall time over all its invocations: ``Σ_earlier + (now − opened)``, where ``Σ_earlier`` is

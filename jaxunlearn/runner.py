@@ -1139,7 +1139,7 @@ def _run_grid(cfg: JobConfig, progress: Progress, memorization_fn, unlearn_fn) -
                     per_variant_population.update(_population_cells(job, sd, pre, pre_cfg, un_base, method_list, bar))
     finally:
         bar.close()
-    progress._save()  # the time of the last cells and of the evaluation after them
+    progress.save()  # the time of the last cells and of the evaluation after them
     return _write_all(cfg, per_variant, progress.seconds, per_variant_population)
 
 

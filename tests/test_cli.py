@@ -391,6 +391,26 @@ def test_dataset_facts_runs_the_language_model_job_with_the_flags_it_takes(tmp_p
         (["--model", "cnn"], "use --model gpt"),
         (["--forget-size", "20"], "fraction of people to forget"),
         (["--resume"], "--resume needs --out"),
+        (["--resume", "--out", str(tmp_path / "misspelled")], "does not exist"),
     ):
         assert cli.main(["run", "--dataset", "facts", *extra]) == 2
         assert says in capsys.readouterr().err
+    assert not (tmp_path / "misspelled").exists()
+    # --overwrite reaches the LM job (a non-empty --out without a run needs it there too)
+    assert cli.main([*argv, "--overwrite"]) == 0 and seen["overwrite"] is True
+
+
+def test_show_names_the_command_that_continues_an_interrupted_language_model_run(tmp_path, capsys):
+    """An LM job's record says it is one, so the command printed to continue it is `run --dataset facts ...` with
+    the options that differ from the LM job's defaults (``...`` where a setting has no option)."""
+    from jaxunlearn import lm_job, record
+
+    cfg = lm_job.LMJobConfig(methods=("npo",), seeds=3, unlearn_lr=0.01, out=str(tmp_path / "a"))
+    record.Progress(cfg.out, cfg.resume_settings()).record("0/pretrain", {"epochs": 2})
+    assert cli.resume_command(cfg.out) == (
+        f"jaxunlearn run --dataset facts --methods npo --seeds 3 --unlearn-lr 0.01 --out {cfg.out} --resume"
+    )
+    assert cli.main(["show", cfg.out]) == 1 and "with: jaxunlearn run --dataset facts" in capsys.readouterr().out
+    wide = lm_job.LMJobConfig(dim=32, out=str(tmp_path / "b"))  # the width has no command-line option
+    record.Progress(wide.out, wide.resume_settings())
+    assert cli.resume_command(wide.out).endswith(f"--dataset facts ... --out {wide.out} --resume")

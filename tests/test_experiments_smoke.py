@@ -60,6 +60,9 @@ def test_verdicts_summarize_the_recorded_runs_with_the_paired_rule(tmp_path):
     claim = lambda r: (r[0].split(":")[0], r[1])  # noqa: E731
     assert {claim(r) for r in top} == {claim(r) for r in obj["rows"]}  # every claim × scale keeps a row
     assert {"4", "5"} <= {r[0].split(":")[0] for r in top}  # claims 4 and 5 from their seed<k>.json
+    # a bound that one decimal would print as 0 keeps its sign, so the printed interval shows the verdict
+    bound = _load("verdicts")._bound
+    assert [bound(x) for x in (-1.74, -0.04, 0.0, 0.049, 12.25)] == ["-1.7", "-0.04", "+0.0", "+0.049", "+12.2"]
 
 
 def test_verdicts_of_claims_4_and_5_pair_the_per_seed_files_by_seed(tmp_path):

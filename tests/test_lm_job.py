@@ -52,6 +52,8 @@ def test_an_older_record_without_settings_is_refused_on_resume(tmp_path):
     (tmp_path / "progress.json").write_text(json.dumps({"0/pretrain": {"epochs": 2}}))
     with pytest.raises(ValueError, match="written by an older version without its settings.*choose a new --out"):
         lm_job.run(cfg)
+    with pytest.raises(ValueError, match="written by an older version"):  # the same line without resume
+        lm_job.run(cfg, resume=False)
     assert json.loads((tmp_path / "progress.json").read_text()) == {"0/pretrain": {"epochs": 2}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.json"]
 
@@ -81,3 +83,27 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="method_options names methods"):
         lm_job.LMJobConfig(methods=("npo",), method_options={"rmu": {}})
     assert lm_job.LMJobConfig(methods="npo,rmu", optimizers="sgd").methods == ("npo", "rmu")
+
+
+def test_a_job_that_fails_before_its_first_entry_leaves_its_folder_as_it_was(tmp_path, monkeypatch):
+    """As the image job does: a failure before anything is recorded removes the record (and the folder the job
+    created), so the corrected command needs neither resume=True nor another out; a non-empty out without a run
+    needs overwrite=True."""
+    from jaxunlearn import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("pretraining failed")
+
+    monkeypatch.setattr(engine, "train", broken)
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError, match="pretraining failed"):
+        lm_job.run(lm_job.LMJobConfig(out=str(new), **TINY))
+    assert not new.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty.*--overwrite"):
+        lm_job.run(lm_job.LMJobConfig(out=str(kept), **TINY))
+    with pytest.raises(RuntimeError, match="pretraining failed"):
+        lm_job.run(lm_job.LMJobConfig(out=str(kept), overwrite=True, **TINY))
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
