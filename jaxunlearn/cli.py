@@ -352,16 +352,20 @@ def resume_command(out: str) -> str:
         default = list(opt.default) if isinstance(opt.default, tuple) else opt.default
         if opt.name not in settings or value == default:
             continue
-        if opt.type is bool:
-            words.append(opt.flag)
-        elif opt.type is dict:
-            for method, kv in value.items():
-                words += [w for k, v in kv.items() for w in ("--option", f"{method}.{k}={json.dumps(v)}")]
-        elif opt.type is tuple:
-            words += [opt.flag, ",".join(value)]
-        else:
-            words += [opt.flag, str(value)]
+        words += _option_words(opt, value)
     return " ".join(shlex.quote(w) for w in [*words, "--out", out, "--resume"])
+
+
+def _option_words(opt, value) -> list[str]:
+    """The command-line words that set the job option ``opt`` to ``value`` (a saved setting)."""
+    if opt.type is bool:
+        return [opt.flag] if value else []
+    if opt.type is dict:
+        return [w for method, kv in value.items() for k, v in kv.items()
+                for w in ("--option", f"{method}.{k}={json.dumps(v)}")]  # fmt: skip
+    if opt.type is tuple:
+        return [opt.flag, ",".join(value)]
+    return [opt.flag, str(value)]
 
 
 def _lm_flags(settings: dict) -> list[str]:
@@ -381,13 +385,8 @@ def _lm_flags(settings: dict) -> list[str]:
         opt = flags.get(name)
         if opt is None:
             unsaid = True
-        elif opt.type is dict:
-            for method, kv in value.items():
-                words += [w for k, v in kv.items() for w in ("--option", f"{method}.{k}={json.dumps(v)}")]
-        elif opt.type is tuple:
-            words += [opt.flag, ",".join(value)]
         else:
-            words += [opt.flag, str(value)]
+            words += _option_words(opt, value)
     return words + (["..."] if unsaid else [])
 
 
