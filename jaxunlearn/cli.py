@@ -375,14 +375,14 @@ def _lm_flags(settings: dict) -> list[str]:
     from jaxunlearn.runner import job_options
 
     defaults = lm_job.LMJobConfig().resume_settings()
-    flags = {o.name: o for o in job_options()}
+    options = {o.name: o for o in job_options()}
+    by_lm_name = {lm_name: options.get(name) for name, lm_name in _LM_SETTINGS.items()}
     words, unsaid = ["--dataset", "facts"], False
     for key, value in settings.items():
         default = defaults.get(key)
         if key == "job" or value == (list(default) if isinstance(default, tuple) else default):
             continue
-        name = next((n for n, lm_name in _LM_SETTINGS.items() if lm_name == key), None)
-        opt = flags.get(name)
+        opt = by_lm_name.get(key)
         if opt is None:
             unsaid = True
         else:
